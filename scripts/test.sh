@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# README's test command: starts RabbitMQ and Redis if they are not running, then runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/services.sh
+exec cargo test --locked "$@"

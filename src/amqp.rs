@@ -1,0 +1,226 @@
+//! RabbitMQ: the topology this service declares (every argument explicit, because RabbitMQ 4.x
+//! changed several defaults), connections, and publishing with publisher confirms.
+//!
+//! ```text
+//! cyzen.schedules (topic) ──schedule.*──▶ outlook-sync.work (quorum, x-delivery-limit,
+//!                                            │  at-least-once dead-lettering, reject-publish)
+//!                                            ▼ rejected / over the delivery limit / published by us
+//!                         outlook-sync.dead (fanout) ──▶ outlook-sync.dead (quorum)
+//! ```
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use crate::config::AmqpConfig;
+
+/// An AMQP failure, always retryable by reconnecting (the caller decides how often).
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    #[error("RabbitMQ at {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("RabbitMQ: {0}")]
+    Protocol(#[from] lapin::Error),
+    #[error("RabbitMQ refused (nacked) a publish to {exchange}/{routing_key}")]
+    Nacked {
+        exchange: String,
+        routing_key: String,
+    },
+}
+
+/// The URL without its password, safe to log.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(unparsable amqp url)".into(),
+    }
+}
+
+pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
+    let props =
+        ConnectionProperties::default().with_connection_name(LongString::from(name.to_string()));
+    Connection::connect(url, props)
+        .await
+        .map_err(|source| AmqpError::Connect {
+            endpoint: redacted(url),
+            source,
+        })
+}
+
+/// Names and arguments of everything this service declares.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub exchange: String,
+    pub queue: String,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    pub delivery_limit: u32,
+}
+
+/// The binding of the work queue: every schedule event.
+pub const WORK_BINDING: &str = "schedule.*";
+
+impl Topology {
+    pub fn new(cfg: &AmqpConfig) -> Self {
+        Self {
+            exchange: cfg.exchange.clone(),
+            queue: cfg.queue.clone(),
+            dead_letter_exchange: cfg.dead_letter_exchange.clone(),
+            dead_letter_queue: cfg.dead_letter_queue.clone(),
+            delivery_limit: cfg.delivery_limit,
+        }
+    }
+
+    /// Arguments of the work queue. `deploy/rabbitmq/definitions.json` must say the same.
+    pub fn work_queue_arguments(&self) -> FieldTable {
+        let mut t = FieldTable::default();
+        t.insert("x-queue-type".into(), long_str("quorum"));
+        t.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongInt(self.delivery_limit as i32),
+        );
+        t.insert(
+            "x-dead-letter-exchange".into(),
+            long_str(&self.dead_letter_exchange),
+        );
+        t.insert("x-dead-letter-strategy".into(), long_str("at-least-once"));
+        t.insert("x-overflow".into(), long_str("reject-publish"));
+        t
+    }
+
+    /// Arguments of the dead-letter queue: quorum, so dead letters survive a broker restart.
+    pub fn dead_letter_queue_arguments(&self) -> FieldTable {
+        let mut t = FieldTable::default();
+        t.insert("x-queue-type".into(), long_str("quorum"));
+        t
+    }
+
+    /// Declares exchanges, queues and bindings. Idempotent; fails if an existing queue was
+    /// declared with other arguments (RabbitMQ answers PRECONDITION_FAILED).
+    pub async fn declare(&self, ch: &Channel) -> Result<(), AmqpError> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.exchange_declare(
+            self.exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+        ch.exchange_declare(
+            self.dead_letter_exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+        let qopts = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.queue_declare(
+            self.dead_letter_queue.as_str().into(),
+            qopts,
+            self.dead_letter_queue_arguments(),
+        )
+        .await?;
+        ch.queue_bind(
+            self.dead_letter_queue.as_str().into(),
+            self.dead_letter_exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        ch.queue_declare(
+            self.queue.as_str().into(),
+            qopts,
+            self.work_queue_arguments(),
+        )
+        .await?;
+        ch.queue_bind(
+            self.queue.as_str().into(),
+            self.exchange.as_str().into(),
+            WORK_BINDING.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+pub fn long_str(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.to_string()))
+}
+
+/// A channel in confirm mode: every publish is awaited until the broker acks it.
+pub struct Publisher {
+    channel: Channel,
+}
+
+impl Publisher {
+    pub async fn new(conn: &Connection) -> Result<Self, AmqpError> {
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self { channel })
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Publishes and waits for the broker's confirm; a nack is an error.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), AmqpError> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await?
+            .await?;
+        if confirm.is_nack() {
+            return Err(AmqpError::Nacked {
+                exchange: exchange.into(),
+                routing_key: routing_key.into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Properties of an event as the contract prescribes: JSON, persistent, message id = event id.
+pub fn event_properties(event_id: &str, event_type: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type(ShortString::from("application/json"))
+        .with_delivery_mode(2)
+        .with_message_id(ShortString::from(event_id.to_string()))
+        .with_type(ShortString::from(event_type.to_string()))
+        .with_timestamp(jiff::Timestamp::now().as_second().max(0) as u64)
+}

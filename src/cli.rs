@@ -1,0 +1,218 @@
+//! The command line. Each subcommand is a thin shell over a library module; `anyhow` lives only
+//! here and in `main`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::amqp::{self, Publisher, Topology};
+use crate::config::Config;
+use crate::event::{self, WireEvent};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "outlook-sync",
+    version,
+    about = "Mirrors cyzen schedules into linked users' Outlook calendars through Microsoft Graph"
+)]
+pub struct Cli {
+    /// TOML configuration file (keys and defaults: `outlook-sync config-defaults`).
+    #[arg(long, global = true, env = "OUTLOOK_SYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a worker: ingest from RabbitMQ, stage windows in Redis, flush to Graph.
+    Run,
+    /// Publish events from JSON files (an object, an array, or JSON lines) with publisher confirms.
+    Publish(PublishArgs),
+    /// Check messages against the v1 contract and say why each invalid one is invalid.
+    Validate {
+        /// Files holding one event each (an array or JSON lines are checked item by item).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Serve the Microsoft Graph emulator (token endpoint, events, $batch, throttling, faults).
+    GraphEmulator {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+        /// Seed file (JSON) with tenants, apps, secrets and users; see README.
+        #[arg(long)]
+        seed: Option<PathBuf>,
+    },
+    /// Load and check the configuration, then print it (secrets redacted).
+    CheckConfig,
+    /// Print the commented default configuration.
+    ConfigDefaults,
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Also publish events that break the contract (to exercise dead-lettering).
+    #[arg(long)]
+    pub allow_invalid: bool,
+    /// Declare the exchange and queues first (they normally exist already).
+    #[arg(long)]
+    pub declare: bool,
+}
+
+pub async fn main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    match cli.command {
+        Command::ConfigDefaults => {
+            print!("{}", crate::config::DEFAULTS_TOML);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate { files } => validate(&files),
+        Command::CheckConfig => {
+            let cfg = load_config(cli.config.as_deref())?;
+            let mut shown = cfg.clone();
+            shown.amqp.url = amqp::redacted(&shown.amqp.url);
+            shown.admin.tokens = shown.admin.tokens.iter().map(|_| "***".into()).collect();
+            println!("configuration is valid:\n{shown:#?}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Publish(args) => {
+            let cfg = load_config(cli.config.as_deref())?;
+            crate::telemetry::init_logging(&cfg.log);
+            publish(&cfg, &args).await
+        }
+        Command::GraphEmulator { listen, seed } => {
+            crate::telemetry::init_logging(&crate::config::LogConfig::default());
+            // EMULATOR-WIRING
+            let _ = (listen, seed);
+            bail!("the Graph emulator is not built yet (issue 3)")
+        }
+        Command::Run => {
+            let cfg = load_config(cli.config.as_deref())?;
+            crate::telemetry::init_logging(&cfg.log);
+            bail!("the worker is not built yet (issue 4): `run` has nothing to run")
+        }
+    }
+}
+
+pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Reads a file holding one JSON message, a JSON array of messages, or JSON lines, and returns
+/// each message's raw bytes with a label for messages.
+pub fn read_messages(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let name = path.display().to_string();
+    let trimmed = bytes.trim_ascii_start();
+    if trimmed.first() == Some(&b'[') {
+        if let Ok(items) = serde_json::from_slice::<Vec<serde_json::Value>>(&bytes) {
+            return Ok(items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("{name}[{i}]"), serde_json::to_vec(v).expect("value")))
+                .collect());
+        }
+    }
+    let lines: Vec<&[u8]> = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.trim_ascii().is_empty())
+        .collect();
+    let is_json_lines = lines.len() > 1
+        && lines
+            .iter()
+            .all(|l| serde_json::from_slice::<serde_json::Value>(l).is_ok());
+    if is_json_lines {
+        return Ok(lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("{name}:{}", i + 1), l.to_vec()))
+            .collect());
+    }
+    Ok(vec![(name, bytes)])
+}
+
+fn validate(files: &[PathBuf]) -> anyhow::Result<std::process::ExitCode> {
+    let mut invalid = 0usize;
+    let mut total = 0usize;
+    let mut out = std::io::stdout().lock();
+    for path in files {
+        for (label, body) in read_messages(path)? {
+            total += 1;
+            match event::decode(&body) {
+                Ok(ev) => writeln!(
+                    out,
+                    "valid    {label}: {} {} revision {}",
+                    ev.event_type.routing_key(),
+                    ev.schedule_id,
+                    ev.revision
+                )?,
+                Err(e) => {
+                    invalid += 1;
+                    writeln!(out, "INVALID  {label}: {e}")?;
+                }
+            }
+        }
+    }
+    writeln!(out, "{} valid, {invalid} invalid", total - invalid)?;
+    Ok(if invalid == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    })
+}
+
+async fn publish(cfg: &Config, args: &PublishArgs) -> anyhow::Result<std::process::ExitCode> {
+    let mut messages = Vec::new();
+    let mut refused = 0usize;
+    for path in &args.files {
+        for (label, body) in read_messages(path)? {
+            match event::decode(&body) {
+                Ok(ev) => messages.push((label, ev.event_id, ev.event_type.routing_key(), body)),
+                Err(e) if args.allow_invalid => {
+                    eprintln!("publishing invalid {label} anyway: {e}");
+                    let wire: Option<WireEvent> = serde_json::from_slice(&body).ok();
+                    let (id, key) = wire
+                        .map(|w| (w.event_id, w.event_type.routing_key()))
+                        .unwrap_or_else(|| (uuid::Uuid::new_v4().to_string(), "schedule.updated"));
+                    messages.push((label, id, key, body));
+                }
+                Err(e) => {
+                    refused += 1;
+                    eprintln!("not publishing {label}: {e}");
+                }
+            }
+        }
+    }
+    if refused > 0 {
+        bail!("{refused} message(s) break the contract; fix them, or pass --allow-invalid to publish them anyway");
+    }
+    let conn = amqp::connect(&cfg.amqp.url, "outlook-sync publish").await?;
+    let publisher = Publisher::new(&conn).await?;
+    if args.declare {
+        Topology::new(&cfg.amqp).declare(publisher.channel()).await?;
+    }
+    for (label, id, key, body) in &messages {
+        publisher
+            .publish(
+                &cfg.amqp.exchange,
+                key,
+                body,
+                amqp::event_properties(id, key),
+            )
+            .await
+            .with_context(|| format!("publishing {label}"))?;
+        println!("published {label} as {key} (message_id {id})");
+    }
+    println!(
+        "{} event(s) published to exchange {:?}, confirmed by the broker",
+        messages.len(),
+        cfg.amqp.exchange
+    );
+    let _ = conn.close(200, "done".into()).await;
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -1,0 +1,415 @@
+//! One typed, validated configuration, loaded from a TOML file and `OUTLOOK_SYNC__*` environment
+//! variables (`OUTLOOK_SYNC__AMQP__URL` sets `amqp.url`). Every key and its default is documented
+//! in `config/default.toml`; an invalid setting stops the process with the key and the problem.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The commented defaults file, shipped in the binary so `outlook-sync config-defaults` can print it.
+pub const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub amqp: AmqpConfig,
+    pub redis: RedisConfig,
+    pub window: WindowConfig,
+    pub graph: GraphConfig,
+    pub retry: RetryConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpConfig {
+    /// `amqp://` or `amqps://` URL, with credentials and vhost.
+    pub url: String,
+    /// Topic exchange cyzen services publish schedule events to.
+    pub exchange: String,
+    /// The quorum work queue, bound to `schedule.*`.
+    pub queue: String,
+    /// Exchange and quorum queue dead letters go to.
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    /// Unacked deliveries per consumer (quorum queues cap this at 2,000).
+    pub prefetch: u16,
+    /// Redeliveries before the broker dead-letters a message by itself (`x-delivery-limit`).
+    pub delivery_limit: u32,
+    /// Deliveries staged in Redis with one pipelined round trip, then acked together.
+    pub ingest_batch: usize,
+    /// How long ingest waits to fill a batch before staging what it has, in milliseconds.
+    pub ingest_batch_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Every key this service writes starts with `{key_prefix}:`.
+    pub key_prefix: String,
+    /// Timeout of one Redis call (a large pipeline needs more than redis-rs's 500 ms default).
+    pub response_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WindowConfig {
+    /// Length of the tumbling, aligned window, in seconds.
+    pub seconds: u64,
+    /// How often a worker looks for due schedules, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// How long a claim on due schedules lasts before another worker may take it over.
+    pub claim_lease_seconds: u64,
+    /// Due schedules claimed at once.
+    pub claim_batch: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GraphConfig {
+    /// Graph's versioned base URL (national clouds: e.g. https://graph.microsoft.us/v1.0).
+    pub base_url: String,
+    /// The identity platform's base URL (token endpoint `{login_url}/{tenant}/oauth2/v2.0/token`).
+    pub login_url: String,
+    /// The Outlook category every copy carries.
+    pub category: String,
+    /// Requests in flight per mailbox across all workers (Graph's limit is 4).
+    pub max_in_flight_per_mailbox: u32,
+    /// Requests in flight per worker across all mailboxes.
+    pub max_in_flight_total: usize,
+    /// Requests per JSON `$batch` (Graph's limit is 20).
+    pub batch_size: usize,
+    /// Timeout of one HTTP request, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// A token is renewed this many seconds before it expires.
+    pub token_refresh_margin_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts for one change before it becomes a dead letter.
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    /// A `Retry-After` longer than this is capped (and logged), in seconds.
+    pub max_retry_after_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Where the admin API, /metrics, /healthz and /readyz listen.
+    pub listen: String,
+    /// Bearer tokens accepted by the admin API. Empty: the admin API refuses every call.
+    pub tokens: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `info,outlook_sync::graph=debug`.
+    pub filter: String,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            exchange: "cyzen.schedules".into(),
+            queue: "outlook-sync.work".into(),
+            dead_letter_exchange: "outlook-sync.dead".into(),
+            dead_letter_queue: "outlook-sync.dead".into(),
+            prefetch: 1000,
+            delivery_limit: 20,
+            ingest_batch: 500,
+            ingest_batch_wait_ms: 20,
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/".into(),
+            key_prefix: "outlook-sync".into(),
+            response_timeout_ms: 5000,
+        }
+    }
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        Self {
+            seconds: 300,
+            poll_interval_ms: 1000,
+            claim_lease_seconds: 120,
+            claim_batch: 200,
+        }
+    }
+}
+
+impl Default for GraphConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://graph.microsoft.com/v1.0".into(),
+            login_url: "https://login.microsoftonline.com".into(),
+            category: "cyzen".into(),
+            max_in_flight_per_mailbox: 4,
+            max_in_flight_total: 256,
+            batch_size: 20,
+            request_timeout_ms: 30_000,
+            token_refresh_margin_seconds: 300,
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            initial_backoff_ms: 500,
+            max_backoff_ms: 60_000,
+            max_retry_after_seconds: 600,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            amqp: AmqpConfig::default(),
+            redis: RedisConfig::default(),
+            window: WindowConfig::default(),
+            graph: GraphConfig::default(),
+            retry: RetryConfig::default(),
+            admin: AdminConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// A setting that cannot be used: the key and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {path}: {message}")]
+    File { path: String, message: String },
+    #[error("configuration key `{key}`: {message}")]
+    Key { key: String, message: String },
+}
+
+const ENV_PREFIX: &str = "OUTLOOK_SYNC__";
+
+impl Config {
+    /// Defaults, then the TOML file (if given), then `OUTLOOK_SYNC__SECTION__KEY` variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::File {
+                    path: path.display().to_string(),
+                    message: "does not exist (copy config/default.toml and edit it)".into(),
+                });
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        Self::from_figment(fig)
+    }
+
+    /// Loads from TOML text only (no environment), for tests and tools.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
+        )
+    }
+
+    fn from_figment(fig: Figment) -> Result<Config, ConfigError> {
+        let cfg: Config = fig.extract().map_err(|e| {
+            let e = e.into_iter().next().expect("figment errors are never empty");
+            let key = if e.path.is_empty() {
+                "(top level)".to_string()
+            } else {
+                e.path.join(".")
+            };
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
+            ConfigError::Key {
+                key,
+                message: format!("{}{source}", e.kind),
+            }
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every rule a type cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(key: &str, message: impl Into<String>) -> ConfigError {
+            ConfigError::Key {
+                key: key.into(),
+                message: message.into(),
+            }
+        }
+        let a = &self.amqp;
+        if !(a.url.starts_with("amqp://") || a.url.starts_with("amqps://")) {
+            return Err(bad("amqp.url", "must start with amqp:// or amqps://"));
+        }
+        for (key, v) in [
+            ("amqp.exchange", &a.exchange),
+            ("amqp.queue", &a.queue),
+            ("amqp.dead_letter_exchange", &a.dead_letter_exchange),
+            ("amqp.dead_letter_queue", &a.dead_letter_queue),
+            ("redis.key_prefix", &self.redis.key_prefix),
+            ("graph.category", &self.graph.category),
+        ] {
+            if v.trim().is_empty() {
+                return Err(bad(key, "must not be empty"));
+            }
+        }
+        if a.queue == a.dead_letter_queue {
+            return Err(bad(
+                "amqp.dead_letter_queue",
+                "must differ from amqp.queue",
+            ));
+        }
+        if a.prefetch == 0 || a.prefetch > 2000 {
+            return Err(bad(
+                "amqp.prefetch",
+                format!("{} is out of range 1..=2000 (quorum queues cap prefetch at 2,000)", a.prefetch),
+            ));
+        }
+        if a.delivery_limit == 0 {
+            return Err(bad("amqp.delivery_limit", "must be at least 1"));
+        }
+        if a.ingest_batch == 0 || a.ingest_batch > usize::from(a.prefetch) {
+            return Err(bad(
+                "amqp.ingest_batch",
+                format!("{} must be from 1 to amqp.prefetch ({})", a.ingest_batch, a.prefetch),
+            ));
+        }
+        if !(self.redis.url.starts_with("redis://")
+            || self.redis.url.starts_with("rediss://")
+            || self.redis.url.starts_with("unix://"))
+        {
+            return Err(bad("redis.url", "must start with redis://, rediss:// or unix://"));
+        }
+        if self.redis.response_timeout_ms < 100 {
+            return Err(bad("redis.response_timeout_ms", "must be at least 100"));
+        }
+        let w = &self.window;
+        if w.seconds == 0 || w.seconds > 3600 {
+            return Err(bad(
+                "window.seconds",
+                format!("{} is out of range 1..=3600", w.seconds),
+            ));
+        }
+        if w.poll_interval_ms == 0 {
+            return Err(bad("window.poll_interval_ms", "must be at least 1"));
+        }
+        if w.claim_lease_seconds < 5 {
+            return Err(bad("window.claim_lease_seconds", "must be at least 5"));
+        }
+        if w.claim_batch == 0 {
+            return Err(bad("window.claim_batch", "must be at least 1"));
+        }
+        let g = &self.graph;
+        for (key, v) in [("graph.base_url", &g.base_url), ("graph.login_url", &g.login_url)] {
+            match url::Url::parse(v) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                Ok(_) => return Err(bad(key, "must be an http(s) URL")),
+                Err(e) => return Err(bad(key, format!("{v:?} is not a URL: {e}"))),
+            }
+        }
+        if g.max_in_flight_per_mailbox == 0 || g.max_in_flight_per_mailbox > 4 {
+            return Err(bad(
+                "graph.max_in_flight_per_mailbox",
+                format!(
+                    "{} is out of range 1..=4 (Graph allows 4 concurrent requests per mailbox)",
+                    g.max_in_flight_per_mailbox
+                ),
+            ));
+        }
+        if g.max_in_flight_total == 0 {
+            return Err(bad("graph.max_in_flight_total", "must be at least 1"));
+        }
+        if g.batch_size == 0 || g.batch_size > 20 {
+            return Err(bad(
+                "graph.batch_size",
+                format!("{} is out of range 1..=20 (Graph's $batch limit)", g.batch_size),
+            ));
+        }
+        if g.request_timeout_ms < 100 {
+            return Err(bad("graph.request_timeout_ms", "must be at least 100"));
+        }
+        let r = &self.retry;
+        if r.max_attempts == 0 {
+            return Err(bad("retry.max_attempts", "must be at least 1"));
+        }
+        if r.initial_backoff_ms == 0 || r.initial_backoff_ms > r.max_backoff_ms {
+            return Err(bad(
+                "retry.initial_backoff_ms",
+                "must be at least 1 and at most retry.max_backoff_ms",
+            ));
+        }
+        if self.admin.listen.parse::<SocketAddr>().is_err() {
+            return Err(bad(
+                "admin.listen",
+                format!("{:?} is not an address such as 127.0.0.1:8080", self.admin.listen),
+            ));
+        }
+        if self.admin.tokens.iter().any(|t| t.len() < 16) {
+            return Err(bad(
+                "admin.tokens",
+                "every token must be at least 16 characters",
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            return Err(bad("log.filter", e.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn window(&self) -> Duration {
+        Duration::from_secs(self.window.seconds)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.listen.parse().expect("validated")
+    }
+}

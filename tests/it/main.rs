@@ -1,0 +1,8 @@
+//! The one integration-test binary: modules talk to the real RabbitMQ and Redis (and the
+//! in-process Graph emulator). Each test uses its own queue names and key prefix.
+
+mod config;
+mod contract;
+mod emulator;
+mod publish;
+mod support;
