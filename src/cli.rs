@@ -109,12 +109,19 @@ pub fn read_messages(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let name = path.display().to_string();
     let trimmed = bytes.trim_ascii_start();
-    if trimmed.first() == Some(&b'[') {
-        if let Ok(items) = serde_json::from_slice::<Vec<serde_json::Value>>(&bytes) {
+    if trimmed.first() == Some(&b'[')
+        && let Ok(items) = serde_json::from_slice::<Vec<serde_json::Value>>(&bytes)
+    {
+        {
             return Ok(items
                 .iter()
                 .enumerate()
-                .map(|(i, v)| (format!("{name}[{i}]"), serde_json::to_vec(v).expect("value")))
+                .map(|(i, v)| {
+                    (
+                        format!("{name}[{i}]"),
+                        serde_json::to_vec(v).expect("value"),
+                    )
+                })
                 .collect());
         }
     }
@@ -189,12 +196,16 @@ async fn publish(cfg: &Config, args: &PublishArgs) -> anyhow::Result<std::proces
         }
     }
     if refused > 0 {
-        bail!("{refused} message(s) break the contract; fix them, or pass --allow-invalid to publish them anyway");
+        bail!(
+            "{refused} message(s) break the contract; fix them, or pass --allow-invalid to publish them anyway"
+        );
     }
     let conn = amqp::connect(&cfg.amqp.url, "outlook-sync publish").await?;
     let publisher = Publisher::new(&conn).await?;
     if args.declare {
-        Topology::new(&cfg.amqp).declare(publisher.channel()).await?;
+        Topology::new(&cfg.amqp)
+            .declare(publisher.channel())
+            .await?;
     }
     for (label, id, key, body) in &messages {
         publisher

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// The commented defaults file, shipped in the binary so `outlook-sync config-defaults` can print it.
 pub const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub amqp: AmqpConfig,
@@ -207,20 +207,6 @@ impl Default for LogConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            amqp: AmqpConfig::default(),
-            redis: RedisConfig::default(),
-            window: WindowConfig::default(),
-            graph: GraphConfig::default(),
-            retry: RetryConfig::default(),
-            admin: AdminConfig::default(),
-            log: LogConfig::default(),
-        }
-    }
-}
-
 /// A setting that cannot be used: the key and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -258,7 +244,10 @@ impl Config {
 
     fn from_figment(fig: Figment) -> Result<Config, ConfigError> {
         let cfg: Config = fig.extract().map_err(|e| {
-            let e = e.into_iter().next().expect("figment errors are never empty");
+            let e = e
+                .into_iter()
+                .next()
+                .expect("figment errors are never empty");
             let key = if e.path.is_empty() {
                 "(top level)".to_string()
             } else {
@@ -303,15 +292,15 @@ impl Config {
             }
         }
         if a.queue == a.dead_letter_queue {
-            return Err(bad(
-                "amqp.dead_letter_queue",
-                "must differ from amqp.queue",
-            ));
+            return Err(bad("amqp.dead_letter_queue", "must differ from amqp.queue"));
         }
         if a.prefetch == 0 || a.prefetch > 2000 {
             return Err(bad(
                 "amqp.prefetch",
-                format!("{} is out of range 1..=2000 (quorum queues cap prefetch at 2,000)", a.prefetch),
+                format!(
+                    "{} is out of range 1..=2000 (quorum queues cap prefetch at 2,000)",
+                    a.prefetch
+                ),
             ));
         }
         if a.delivery_limit == 0 {
@@ -320,14 +309,20 @@ impl Config {
         if a.ingest_batch == 0 || a.ingest_batch > usize::from(a.prefetch) {
             return Err(bad(
                 "amqp.ingest_batch",
-                format!("{} must be from 1 to amqp.prefetch ({})", a.ingest_batch, a.prefetch),
+                format!(
+                    "{} must be from 1 to amqp.prefetch ({})",
+                    a.ingest_batch, a.prefetch
+                ),
             ));
         }
         if !(self.redis.url.starts_with("redis://")
             || self.redis.url.starts_with("rediss://")
             || self.redis.url.starts_with("unix://"))
         {
-            return Err(bad("redis.url", "must start with redis://, rediss:// or unix://"));
+            return Err(bad(
+                "redis.url",
+                "must start with redis://, rediss:// or unix://",
+            ));
         }
         if self.redis.response_timeout_ms < 100 {
             return Err(bad("redis.response_timeout_ms", "must be at least 100"));
@@ -349,7 +344,10 @@ impl Config {
             return Err(bad("window.claim_batch", "must be at least 1"));
         }
         let g = &self.graph;
-        for (key, v) in [("graph.base_url", &g.base_url), ("graph.login_url", &g.login_url)] {
+        for (key, v) in [
+            ("graph.base_url", &g.base_url),
+            ("graph.login_url", &g.login_url),
+        ] {
             match url::Url::parse(v) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") => {}
                 Ok(_) => return Err(bad(key, "must be an http(s) URL")),
@@ -371,7 +369,10 @@ impl Config {
         if g.batch_size == 0 || g.batch_size > 20 {
             return Err(bad(
                 "graph.batch_size",
-                format!("{} is out of range 1..=20 (Graph's $batch limit)", g.batch_size),
+                format!(
+                    "{} is out of range 1..=20 (Graph's $batch limit)",
+                    g.batch_size
+                ),
             ));
         }
         if g.request_timeout_ms < 100 {
@@ -390,7 +391,10 @@ impl Config {
         if self.admin.listen.parse::<SocketAddr>().is_err() {
             return Err(bad(
                 "admin.listen",
-                format!("{:?} is not an address such as 127.0.0.1:8080", self.admin.listen),
+                format!(
+                    "{:?} is not an address such as 127.0.0.1:8080",
+                    self.admin.listen
+                ),
             ));
         }
         if self.admin.tokens.iter().any(|t| t.len() < 16) {

@@ -74,7 +74,13 @@ pub struct ContractError {
 
 impl fmt::Display for ContractError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {} [{}]", self.field, self.problem, self.reason.code())
+        write!(
+            f,
+            "{}: {} [{}]",
+            self.field,
+            self.problem,
+            self.reason.code()
+        )
     }
 }
 
@@ -210,7 +216,11 @@ fn check_structure(w: &WireEvent) -> Result<(), ContractError> {
 fn check_schedule_structure(s: &WireSchedule) -> Result<(), ContractError> {
     let chars = s.title.chars().count();
     if chars == 0 {
-        return Err(err(Reason::InvalidValue, "schedule.title", "must not be empty"));
+        return Err(err(
+            Reason::InvalidValue,
+            "schedule.title",
+            "must not be empty",
+        ));
     }
     check_len("schedule.title", &s.title, 255)?;
     check_len("schedule.memo", &s.memo, 20_000)?;
@@ -284,10 +294,7 @@ fn check_schedule_structure(s: &WireSchedule) -> Result<(), ContractError> {
         return Err(err(
             Reason::TooLong,
             "schedule.participant_user_ids",
-            format!(
-                "{} participants; at most 500",
-                s.participant_user_ids.len()
-            ),
+            format!("{} participants; at most 500", s.participant_user_ids.len()),
         ));
     }
     for (i, p) in s.participant_user_ids.iter().enumerate() {
@@ -354,7 +361,8 @@ fn check_timestamp_shape(field: &str, v: &str) -> Result<(), ContractError> {
 
 pub(crate) fn parse_timestamp(v: &str) -> Option<Timestamp> {
     let b = v.as_bytes();
-    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
     let shape = b.len() >= 20
         && digits(0..4)
         && b[4] == b'-'
@@ -467,7 +475,10 @@ fn schedule_semantics(s: WireSchedule) -> Result<Schedule, ContractError> {
         if let Some(tz) = &s.time_zone {
             zone(tz)?;
         }
-        let days = first.until(last).map(|span| span.get_days()).unwrap_or(i32::MAX);
+        let days = first
+            .until(last)
+            .map(|span| span.get_days())
+            .unwrap_or(i32::MAX);
         if days >= MAX_ALL_DAY_DAYS {
             return Err(err(
                 Reason::SpanTooLong,
@@ -490,7 +501,9 @@ fn schedule_semantics(s: WireSchedule) -> Result<Schedule, ContractError> {
             return Err(err(
                 Reason::SpanTooLong,
                 "schedule.end",
-                format!("a timed schedule lasts at most {MAX_TIMED_DAYS} days; use an all-day schedule"),
+                format!(
+                    "a timed schedule lasts at most {MAX_TIMED_DAYS} days; use an all-day schedule"
+                ),
             ));
         }
         let time_zone = zone(s.time_zone.as_deref().unwrap_or_default())?;

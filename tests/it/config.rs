@@ -5,7 +5,10 @@ use outlook_sync::config::{Config, DEFAULTS_TOML};
 
 #[test]
 fn the_defaults_file_equals_the_built_in_defaults() {
-    assert_eq!(Config::from_toml_str(DEFAULTS_TOML).unwrap(), Config::default());
+    assert_eq!(
+        Config::from_toml_str(DEFAULTS_TOML).unwrap(),
+        Config::default()
+    );
 }
 
 #[test]
@@ -29,18 +32,37 @@ fn an_invalid_setting_names_its_key_and_the_problem() {
         ("[amqp]\nprefetch = 5000", "amqp.prefetch", "2,000"),
         ("[amqp]\nurl = \"http://x\"", "amqp.url", "amqp://"),
         ("[graph]\nbatch_size = 21", "graph.batch_size", "20"),
-        ("[graph]\nmax_in_flight_per_mailbox = 5", "graph.max_in_flight_per_mailbox", "4"),
-        ("[graph]\nbase_url = \"not a url\"", "graph.base_url", "not a URL"),
-        ("[admin]\nlisten = \"nowhere\"", "admin.listen", "not an address"),
+        (
+            "[graph]\nmax_in_flight_per_mailbox = 5",
+            "graph.max_in_flight_per_mailbox",
+            "4",
+        ),
+        (
+            "[graph]\nbase_url = \"not a url\"",
+            "graph.base_url",
+            "not a URL",
+        ),
+        (
+            "[admin]\nlisten = \"nowhere\"",
+            "admin.listen",
+            "not an address",
+        ),
         ("[admin]\ntokens = [\"short\"]", "admin.tokens", "16"),
-        ("[window]\nseconds = \"five\"", "window.seconds", "invalid type"),
+        (
+            "[window]\nseconds = \"five\"",
+            "window.seconds",
+            "invalid type",
+        ),
         ("[window]\nsecs = 5", "window", "secs"),
         ("[log]\nformat = \"xml\"", "log.format", "xml"),
     ];
     for (toml, key, problem) in cases {
         let err = Config::from_toml_str(toml).unwrap_err().to_string();
         assert!(err.contains(key), "{toml:?}: {err:?} does not name {key}");
-        assert!(err.contains(problem), "{toml:?}: {err:?} does not say {problem:?}");
+        assert!(
+            err.contains(problem),
+            "{toml:?}: {err:?} does not say {problem:?}"
+        );
     }
 }
 
@@ -74,13 +96,23 @@ fn environment_variables_override_the_file() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_outlook-sync"))
         .args(["--config", path.to_str().unwrap(), "check-config"])
         .env("OUTLOOK_SYNC__WINDOW__SECONDS", "7")
-        .env("OUTLOOK_SYNC__AMQP__URL", "amqp://user:hunter2hunter2@mq:5672/%2f")
+        .env(
+            "OUTLOOK_SYNC__AMQP__URL",
+            "amqp://user:hunter2hunter2@mq:5672/%2f",
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("seconds: 7"), "{stdout}");
-    assert!(!stdout.contains("hunter2"), "the AMQP password is printed: {stdout}");
+    assert!(
+        !stdout.contains("hunter2"),
+        "the AMQP password is printed: {stdout}"
+    );
 }
 
 /// Just enough TOML reading to see which keys the commented defaults file sets.
@@ -97,10 +129,10 @@ mod toml_like {
         for line in text.lines().map(str::trim) {
             if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
                 section = s.to_string();
-            } else if let Some((k, _)) = line.split_once('=') {
-                if !line.starts_with('#') {
-                    keys.push((section.clone(), k.trim().to_string()));
-                }
+            } else if let Some((k, _)) = line.split_once('=')
+                && !line.starts_with('#')
+            {
+                keys.push((section.clone(), k.trim().to_string()));
             }
         }
         Doc(keys)

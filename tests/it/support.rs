@@ -38,6 +38,7 @@ pub async fn rabbitmq() -> lapin::Connection {
     }
 }
 
+#[allow(dead_code)] // used by the pipeline tests
 /// Connects to the local Redis or fails the test saying it is absent and how to start it.
 pub async fn redis() -> redis::aio::ConnectionManager {
     let client = redis::Client::open(REDIS_URL).expect("redis url");
@@ -72,9 +73,7 @@ pub async fn cleanup_amqp(cfg: &Config) {
     };
     if let Ok(ch) = conn.create_channel().await {
         for q in [&cfg.amqp.queue, &cfg.amqp.dead_letter_queue] {
-            let _ = ch
-                .queue_delete(q.as_str().into(), Default::default())
-                .await;
+            let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
         }
         for x in [&cfg.amqp.exchange, &cfg.amqp.dead_letter_exchange] {
             let _ = ch
