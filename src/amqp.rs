@@ -28,6 +28,10 @@ pub enum AmqpError {
     },
     #[error("RabbitMQ: {0}")]
     Protocol(#[from] lapin::Error),
+    #[error("the RabbitMQ consumer stream ended")]
+    StreamEnded,
+    #[error("interrupted: {0}")]
+    Interrupted(String),
     #[error("RabbitMQ refused (nacked) a publish to {exchange}/{routing_key}")]
     Nacked {
         exchange: String,

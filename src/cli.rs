@@ -29,6 +29,13 @@ pub struct Cli {
 pub enum Command {
     /// Run a worker: ingest from RabbitMQ, stage windows in Redis, flush to Graph.
     Run,
+    /// The demo: a realistic day of schedule events in, each user's Outlook calendar out (local
+    /// RabbitMQ and Redis, the embedded Graph emulator).
+    Demo {
+        /// Window length in seconds (production: 300).
+        #[arg(long, default_value_t = 3)]
+        window_seconds: u64,
+    },
     /// Publish events from JSON files (an object, an array, or JSON lines) with publisher confirms.
     Publish(PublishArgs),
     /// Check messages against the v1 contract and say why each invalid one is invalid.
@@ -87,16 +94,52 @@ pub async fn main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::GraphEmulator { listen, seed } => {
             crate::telemetry::init_logging(&crate::config::LogConfig::default());
-            // EMULATOR-WIRING
-            let _ = (listen, seed);
-            bail!("the Graph emulator is not built yet (issue 3)")
+            let settings = crate::graph::emulator::Settings::default();
+            crate::graph::emulator::run_standalone(listen, seed, settings).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { window_seconds } => {
+            let mut log = crate::config::LogConfig::default();
+            log.filter = "warn,lapin=off".into();
+            crate::telemetry::init_logging(&log);
+            println!(
+                "outlook-sync demo: {window_seconds}-second windows, local RabbitMQ and Redis, embedded Graph emulator\n"
+            );
+            let outcome = crate::demo::run_demo(window_seconds).await?;
+            print!("{}", outcome.report);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Run => {
             let cfg = load_config(cli.config.as_deref())?;
             crate::telemetry::init_logging(&cfg.log);
-            bail!("the worker is not built yet (issue 4): `run` has nothing to run")
+            run(cfg).await?;
+            Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `outlook-sync run`: a worker until SIGTERM or Ctrl-C, then a bounded drain.
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    use crate::worker::{Worker, shutdown_signal};
+    let addr = cfg.admin_addr();
+    let worker = Worker::start(cfg)
+        .await
+        .context("Redis is unreachable at start (check redis.url)")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (admin.listen)"))?;
+    tracing::info!(%addr, "serving /healthz, /readyz, /metrics");
+    let app = crate::admin::router(worker.health());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    });
+    shutdown_signal().await;
+    tracing::info!("shutting down: no new deliveries; finishing the current flush");
+    worker.stop(std::time::Duration::from_secs(25)).await;
+    let _ = server.await;
+    Ok(())
 }
 
 pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {

@@ -79,6 +79,8 @@ pub struct GraphConfig {
     pub login_url: String,
     /// The Outlook category every copy carries.
     pub category: String,
+    /// IANA zone for all-day schedules published without one (and for zones with no Windows name).
+    pub default_time_zone: String,
     /// Requests in flight per mailbox across all workers (Graph's limit is 4).
     pub max_in_flight_per_mailbox: u32,
     /// Requests in flight per worker across all mailboxes.
@@ -169,6 +171,7 @@ impl Default for GraphConfig {
             base_url: "https://graph.microsoft.com/v1.0".into(),
             login_url: "https://login.microsoftonline.com".into(),
             category: "cyzen".into(),
+            default_time_zone: "Asia/Tokyo".into(),
             max_in_flight_per_mailbox: 4,
             max_in_flight_total: 256,
             batch_size: 20,
@@ -353,6 +356,12 @@ impl Config {
                 Ok(_) => return Err(bad(key, "must be an http(s) URL")),
                 Err(e) => return Err(bad(key, format!("{v:?} is not a URL: {e}"))),
             }
+        }
+        if jiff::tz::TimeZone::get(&g.default_time_zone).is_err() {
+            return Err(bad(
+                "graph.default_time_zone",
+                format!("{:?} is not a known IANA time zone", g.default_time_zone),
+            ));
         }
         if g.max_in_flight_per_mailbox == 0 || g.max_in_flight_per_mailbox > 4 {
             return Err(bad(

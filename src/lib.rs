@@ -1,12 +1,22 @@
 //! cyzen → Outlook calendar sync. See ARCHITECTURE.md for the codemap.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod amqp;
 pub mod cli;
 pub mod config;
+pub mod deadletter;
+pub mod demo;
 pub mod event;
+pub mod flush;
 pub mod graph;
+pub mod ingest;
+pub mod metrics;
+pub mod secret;
 pub mod telemetry;
+pub mod tenants;
+pub mod window;
+pub mod worker;
 
 /// Installs rustls' ring provider once per process (TLS to amqps://, rediss:// and Graph).
 pub fn install_crypto_provider() {

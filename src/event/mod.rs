@@ -151,6 +151,11 @@ pub enum Timing {
         end: Timestamp,
         time_zone: jiff::tz::TimeZone,
     },
-    /// An all-day schedule: first and last day, both inclusive, as cyzen shows them.
-    AllDay { first: Date, last: Date },
+    /// An all-day schedule: first and last day, both inclusive, as cyzen shows them, and the
+    /// zone it is shown in when the publisher gave one.
+    AllDay {
+        first: Date,
+        last: Date,
+        time_zone: Option<jiff::tz::TimeZone>,
+    },
 }

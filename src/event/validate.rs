@@ -472,9 +472,7 @@ fn schedule_semantics(s: WireSchedule) -> Result<Schedule, ContractError> {
                 format!("{last} is before first_date {first}"),
             ));
         }
-        if let Some(tz) = &s.time_zone {
-            zone(tz)?;
-        }
+        let time_zone = s.time_zone.as_deref().map(zone).transpose()?;
         let days = first
             .until(last)
             .map(|span| span.get_days())
@@ -486,7 +484,11 @@ fn schedule_semantics(s: WireSchedule) -> Result<Schedule, ContractError> {
                 format!("an all-day schedule spans at most {MAX_ALL_DAY_DAYS} days"),
             ));
         }
-        Timing::AllDay { first, last }
+        Timing::AllDay {
+            first,
+            last,
+            time_zone,
+        }
     } else {
         let start = parse_timestamp(s.start.as_deref().unwrap_or_default()).expect("phase 1");
         let end = parse_timestamp(s.end.as_deref().unwrap_or_default()).expect("phase 1");

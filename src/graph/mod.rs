@@ -1,2 +1,6 @@
 //! Microsoft Graph: the client the flush writes through, and the emulator tests run against.
+pub mod client;
 pub mod emulator;
+pub mod error;
+pub mod mapping;
+pub mod zones;

@@ -45,8 +45,19 @@ fn schema_accepts(v: &jsonschema::Validator, body: &[u8]) -> bool {
 fn every_reason() -> Vec<Reason> {
     use Reason::*;
     vec![
-        TooLarge, NotUtf8, MalformedJson, UnknownVersion, MissingField, WrongType, TooLong,
-        InvalidValue, EndBeforeStart, AllDayWithTimes, TimedWithDates, UnknownZone, SpanTooLong,
+        TooLarge,
+        NotUtf8,
+        MalformedJson,
+        UnknownVersion,
+        MissingField,
+        WrongType,
+        TooLong,
+        InvalidValue,
+        EndBeforeStart,
+        AllDayWithTimes,
+        TimedWithDates,
+        UnknownZone,
+        SpanTooLong,
     ]
 }
 
@@ -64,7 +75,11 @@ fn schema_and_decoder_agree_on_every_valid_example() {
         let body = std::fs::read(&path).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let schema_errors: Vec<String> = v.iter_errors(&value).map(|e| e.to_string()).collect();
-        assert!(schema_errors.is_empty(), "{}: schema rejects: {schema_errors:?}", path.display());
+        assert!(
+            schema_errors.is_empty(),
+            "{}: schema rejects: {schema_errors:?}",
+            path.display()
+        );
         if let Err(e) = event::decode(&body) {
             panic!("{}: decoder rejects a valid example: {e}", path.display());
         }
@@ -98,8 +113,15 @@ fn schema_and_decoder_agree_on_every_invalid_example_with_its_specific_reason() 
         // express (`x-semantic-rules`) are the decoder's alone.
         let structural_ok = event::decode_structure(&body).is_ok();
         let schema_ok = schema_accepts(&v, &body);
-        assert_eq!(schema_ok, structural_ok, "{key}: schema and decoder disagree");
-        assert_eq!(schema_ok, reason.is_semantic(), "{key}: schema verdict vs reason {reason:?}");
+        assert_eq!(
+            schema_ok, structural_ok,
+            "{key}: schema and decoder disagree"
+        );
+        assert_eq!(
+            schema_ok,
+            reason.is_semantic(),
+            "{key}: schema verdict vs reason {reason:?}"
+        );
     }
 }
 
@@ -114,7 +136,8 @@ fn every_reason_code_is_distinct() {
 
 #[test]
 fn a_message_over_the_size_limit_is_rejected_before_parsing() {
-    let mut body = std::fs::read(repo_path("schemas/examples/valid/created-timed-tokyo.json")).unwrap();
+    let mut body =
+        std::fs::read(repo_path("schemas/examples/valid/created-timed-tokyo.json")).unwrap();
     body.extend(std::iter::repeat_n(b' ', MAX_MESSAGE_BYTES));
     let e = event::decode(&body).unwrap_err();
     assert_eq!(e.reason, Reason::TooLarge);
@@ -130,8 +153,10 @@ fn invalid_utf8_is_rejected_with_its_offset() {
 
 #[test]
 fn unknown_fields_are_accepted_for_forward_compatibility() {
-    let body =
-        std::fs::read(repo_path("schemas/examples/valid/created-with-unknown-fields.json")).unwrap();
+    let body = std::fs::read(repo_path(
+        "schemas/examples/valid/created-with-unknown-fields.json",
+    ))
+    .unwrap();
     let ev = event::decode(&body).unwrap();
     assert_eq!(ev.schedule_id, "sch-1001");
 }
@@ -153,7 +178,11 @@ fn the_validate_command_gives_each_example_its_verdict_and_reason() {
         .output()
         .unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(out.status.code(), Some(1), "invalid examples make it exit 1\n{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "invalid examples make it exit 1\n{stdout}"
+    );
     for path in examples("valid") {
         let line = format!("valid    {}", path.display());
         assert!(stdout.contains(&line), "missing {line:?} in\n{stdout}");
@@ -173,5 +202,8 @@ fn the_validate_command_gives_each_example_its_verdict_and_reason() {
     }
     let valid = examples("valid").len();
     let invalid = files.len() - valid;
-    assert!(stdout.contains(&format!("{valid} valid, {invalid} invalid")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{valid} valid, {invalid} invalid")),
+        "{stdout}"
+    );
 }

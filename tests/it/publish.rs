@@ -22,7 +22,11 @@ async fn publish_puts_a_valid_event_on_the_exchange_with_the_contract_properties
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let mut consumer = ch
         .basic_consume(
@@ -40,7 +44,10 @@ async fn publish_puts_a_valid_event_on_the_exchange_with_the_contract_properties
         .unwrap();
     let p = &delivery.properties;
     assert_eq!(delivery.routing_key.as_str(), "schedule.created");
-    assert_eq!(p.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
+    assert_eq!(
+        p.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/json")
+    );
     assert_eq!(*p.delivery_mode(), Some(2), "persistent");
     assert_eq!(
         p.message_id().as_ref().map(|s| s.as_str()),
@@ -64,6 +71,9 @@ async fn publish_refuses_an_invalid_event_and_says_why() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("schedule.end") && stderr.contains("end_before_start"), "{stderr}");
+    assert!(
+        stderr.contains("schedule.end") && stderr.contains("end_before_start"),
+        "{stderr}"
+    );
     assert!(stderr.contains("--allow-invalid"), "{stderr}");
 }

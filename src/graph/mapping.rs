@@ -1,0 +1,793 @@
+//! A cyzen schedule → the Graph `event` JSON of its Outlook copy (DESIGN.md §1, GRAPH.md §2).
+//!
+//! Pure: no I/O, no clock. The flush builds a create (POST) or update (PATCH) body here, finds
+//! copies by their tag with [`tag_filter`] / [`tag_expand`], and derives the idempotency key of
+//! a create with [`transaction_id`].
+//!
+//! What every copy carries:
+//! - `subject`, `body` (text: the memo, a blank line, the schedule's cyzen url);
+//! - `start`/`end` as `dateTimeTimeZone` with a **Windows** zone name (GRAPH.md §2.3: some IANA
+//!   names are rejected), and `isAllDay`; all-day copies run from the first day 00:00 to the day
+//!   after the last day 00:00 (GRAPH.md §2.4: exclusive end, both ends midnight in one zone);
+//! - `location`, `sensitivity`, `showAs: busy`, `categories`;
+//! - the tag: a single-value extended property holding company and schedule (GRAPH.md §2.6);
+//! - never `attendees` (a copy must not send invitation mail) and never `isReminderOn` (the
+//!   mailbox's own default applies).
+
+use jiff::Timestamp;
+use jiff::civil::{Date, DateTime};
+use jiff::tz::TimeZone;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use super::zones;
+use crate::event::{Place, Schedule, Timing, Visibility};
+
+/// The single-value extended property that tags every copy (company + schedule).
+pub const TAG_PROPERTY_ID: &str =
+    "String {7d3c1e2a-9b4f-4c6d-8e1a-2f5b6c7d8e90} Name cyzenScheduleTag";
+
+/// Prefix of every tag value; the version lets a later format coexist with this one.
+const TAG_PREFIX: &str = "cyzen/v1/";
+
+/// Domain separator of the transactionId hash input; bump the version to change the encoding.
+const TRANSACTION_ID_DOMAIN: &str = "cyzen-outlook-sync/transaction-id/v1";
+
+/// The tag value of a copy: `cyzen/v1/{company}/{schedule}`.
+///
+/// Contract ids (`^[A-Za-z0-9._:-]{1,64}$`) contain no `/`, so the value is unambiguous and
+/// [`parse_tag`] inverts it. Graph matches extended-property values case-insensitively
+/// (GRAPH.md §2.6), so a search by [`tag_filter`] may also return a copy of an id differing only
+/// in case: compare the [`parse_tag`] of what comes back.
+pub fn tag_value(company_id: &str, schedule_id: &str) -> String {
+    format!("{TAG_PREFIX}{company_id}/{schedule_id}")
+}
+
+/// The `(company_id, schedule_id)` of a tag value made by [`tag_value`]; `None` for anything
+/// else (another prefix or version, a missing or empty part, an extra `/`).
+pub fn parse_tag(value: &str) -> Option<(String, String)> {
+    let rest = value.strip_prefix(TAG_PREFIX)?;
+    let (company, schedule) = rest.split_once('/')?;
+    if company.is_empty() || schedule.is_empty() || schedule.contains('/') {
+        return None;
+    }
+    Some((company.to_owned(), schedule.to_owned()))
+}
+
+/// Deterministic transactionId: company, schedule, mailbox (lowercased), and the revision that
+/// first tried to create the copy.
+///
+/// SHA-256 of `"cyzen-outlook-sync/transaction-id/v1" 0x1F company 0x1F schedule 0x1F mailbox
+/// 0x1F revision` (revision in decimal; none of the parts can contain 0x1F), whose first 16
+/// bytes are shown as a lowercase 8-4-4-4-12 UUID with the version and variant bits of an RFC
+/// 9562 version 8 (custom) UUID set, so it is also a well-formed GUID.
+pub fn transaction_id(company_id: &str, schedule_id: &str, mailbox: &str, revision: u64) -> String {
+    let mailbox = mailbox.to_lowercase();
+    let revision = revision.to_string();
+    let mut hash = Sha256::new();
+    for (i, part) in [
+        TRANSACTION_ID_DOMAIN,
+        company_id,
+        schedule_id,
+        &mailbox,
+        &revision,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if i > 0 {
+            hash.update([0x1f]);
+        }
+        hash.update(part.as_bytes());
+    }
+    let digest = hash.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
+/// Settings of the mapping that come from configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct MappingOptions<'a> {
+    /// The category every copy gets (default `cyzen`); empty means no category.
+    pub category: &'a str,
+    /// Used for all-day schedules without a zone and for zones with no Windows name.
+    pub default_zone: &'a TimeZone,
+}
+
+/// The full event body for a POST (create): includes transactionId and the tag property.
+pub fn create_body(
+    s: &Schedule,
+    company_id: &str,
+    schedule_id: &str,
+    transaction_id: &str,
+    opts: &MappingOptions,
+) -> Value {
+    let mut body = event_body(s, company_id, schedule_id, opts, Write::Create);
+    body.insert("transactionId".into(), Value::from(transaction_id));
+    Value::Object(body)
+}
+
+/// The body for a PATCH (update): same fields, no transactionId. (includes the tag property so a
+/// copy whose tag was lost regains it)
+pub fn update_body(
+    s: &Schedule,
+    company_id: &str,
+    schedule_id: &str,
+    opts: &MappingOptions,
+) -> Value {
+    Value::Object(event_body(s, company_id, schedule_id, opts, Write::Update))
+}
+
+/// The `$filter` query value that finds copies by tag:
+/// `singleValueExtendedProperties/Any(ep: ep/id eq '<TAG_PROPERTY_ID>' and ep/value eq '<value>')`,
+/// with single quotes inside values doubled (OData). Not URL-encoded: the client encodes it.
+pub fn tag_filter(company_id: &str, schedule_id: &str) -> String {
+    format!(
+        "singleValueExtendedProperties/Any(ep: ep/id eq '{}' and ep/value eq '{}')",
+        odata_string(TAG_PROPERTY_ID),
+        odata_string(&tag_value(company_id, schedule_id)),
+    )
+}
+
+/// `$expand` value that returns the tag:
+/// `singleValueExtendedProperties($filter=id eq '<TAG_PROPERTY_ID>')`.
+pub fn tag_expand() -> String {
+    format!(
+        "singleValueExtendedProperties($filter=id eq '{}')",
+        odata_string(TAG_PROPERTY_ID)
+    )
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    Create,
+    Update,
+}
+
+fn event_body(
+    s: &Schedule,
+    company_id: &str,
+    schedule_id: &str,
+    opts: &MappingOptions,
+    write: Write,
+) -> Map<String, Value> {
+    let (start, end, all_day) = times(&s.timing, opts.default_zone);
+    let mut body = Map::new();
+    body.insert("subject".into(), Value::from(s.title.as_str()));
+    body.insert(
+        "body".into(),
+        json!({ "contentType": "text", "content": body_text(s) }),
+    );
+    body.insert("start".into(), start);
+    body.insert("end".into(), end);
+    body.insert("isAllDay".into(), Value::from(all_day));
+    match (location(s.place.as_ref()), write) {
+        (Some(location), _) => {
+            body.insert("location".into(), location);
+        }
+        // A PATCH only changes what it names: clear a place the schedule no longer has.
+        (None, Write::Update) => {
+            body.insert("location".into(), json!({ "displayName": "" }));
+        }
+        (None, Write::Create) => {}
+    }
+    let sensitivity = match s.visibility {
+        Visibility::Private => "private",
+        Visibility::Public => "normal",
+    };
+    body.insert("sensitivity".into(), Value::from(sensitivity));
+    body.insert("showAs".into(), Value::from("busy"));
+    let categories: &[&str] = match opts.category {
+        "" => &[],
+        category => &[category],
+    };
+    body.insert("categories".into(), json!(categories));
+    body.insert(
+        "singleValueExtendedProperties".into(),
+        json!([{ "id": TAG_PROPERTY_ID, "value": tag_value(company_id, schedule_id) }]),
+    );
+    body
+}
+
+/// The memo, a blank line, then the cyzen url; just the url when there is no memo.
+fn body_text(s: &Schedule) -> String {
+    if s.memo.is_empty() {
+        s.url.clone()
+    } else {
+        format!("{}\n\n{}", s.memo, s.url)
+    }
+}
+
+/// `location` for a place; `None` when there is no place (or one with neither name nor address).
+fn location(place: Option<&Place>) -> Option<Value> {
+    let place = place?;
+    let display_name = if place.name.is_empty() {
+        &place.address
+    } else {
+        &place.name
+    };
+    if display_name.is_empty() {
+        return None;
+    }
+    let mut location = json!({ "displayName": display_name, "locationType": "default" });
+    if !place.address.is_empty() {
+        location["address"] = json!({ "street": place.address });
+    }
+    Some(location)
+}
+
+/// `(start, end, isAllDay)` as Graph `dateTimeTimeZone` values.
+fn times(timing: &Timing, default_zone: &TimeZone) -> (Value, Value, bool) {
+    match timing {
+        Timing::Timed {
+            start,
+            end,
+            time_zone,
+        } => {
+            let (zone, windows) = wire_zone(time_zone, default_zone);
+            let at = |ts: &Timestamp| date_time_time_zone(zone.to_datetime(*ts), windows);
+            (at(start), at(end), false)
+        }
+        Timing::AllDay {
+            first,
+            last,
+            time_zone,
+        } => {
+            // The dates are cyzen's calendar days whatever the zone; the zone only names the
+            // midnights, and both ends must be in the same one (GRAPH.md §2.4).
+            let zone = time_zone.as_ref().unwrap_or(default_zone);
+            let (_, windows) = wire_zone(zone, default_zone);
+            let midnight = |d: Date| {
+                date_time_time_zone(d.to_datetime(jiff::civil::Time::midnight()), windows)
+            };
+            // The day after the last one; a last day of 9999-12-31 (never a real schedule)
+            // keeps itself rather than failing.
+            let after_last = last.tomorrow().unwrap_or(*last);
+            (midnight(*first), midnight(after_last), true)
+        }
+    }
+}
+
+/// The zone to express a time in and its Windows name: the schedule's own zone when CLDR maps
+/// it, else the default zone, else UTC.
+fn wire_zone(zone: &TimeZone, default_zone: &TimeZone) -> (TimeZone, &'static str) {
+    let windows = |tz: &TimeZone| tz.iana_name().and_then(zones::windows_name);
+    if let Some(name) = windows(zone) {
+        (zone.clone(), name)
+    } else if let Some(name) = windows(default_zone) {
+        (default_zone.clone(), name)
+    } else {
+        (TimeZone::UTC, "UTC")
+    }
+}
+
+/// `{"dateTime": "YYYY-MM-DDTHH:MM:SS", "timeZone": windows}`: wall clock, no offset, no fraction.
+fn date_time_time_zone(wall: DateTime, windows: &str) -> Value {
+    json!({
+        "dateTime": wall.strftime("%Y-%m-%dT%H:%M:%S").to_string(),
+        "timeZone": windows,
+    })
+}
+
+/// An OData string literal's content: single quotes doubled.
+fn odata_string(s: &str) -> String {
+    s.replace('\'', "''")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const URL: &str = "https://app.cyzen.cloud/schedules/S-1";
+
+    fn tz(name: &str) -> TimeZone {
+        TimeZone::get(name).unwrap()
+    }
+
+    fn timed(start: &str, end: &str, zone: &str) -> Timing {
+        Timing::Timed {
+            start: start.parse().unwrap(),
+            end: end.parse().unwrap(),
+            time_zone: tz(zone),
+        }
+    }
+
+    fn all_day(first: &str, last: &str, zone: Option<&str>) -> Timing {
+        Timing::AllDay {
+            first: first.parse().unwrap(),
+            last: last.parse().unwrap(),
+            time_zone: zone.map(tz),
+        }
+    }
+
+    fn schedule(timing: Timing) -> Schedule {
+        Schedule {
+            title: "Visit ACME".into(),
+            memo: "Bring the contract".into(),
+            timing,
+            place: None,
+            owner_user_id: "u-1".into(),
+            participant_user_ids: vec![],
+            visibility: Visibility::Public,
+            url: URL.into(),
+            created_at: "2026-11-01T00:00:00Z".parse().unwrap(),
+            updated_at: "2026-11-01T00:00:00Z".parse().unwrap(),
+        }
+    }
+
+    fn place(name: &str, address: &str) -> Option<Place> {
+        Some(Place {
+            name: name.into(),
+            address: address.into(),
+        })
+    }
+
+    fn tokyo_9_to_10() -> Schedule {
+        schedule(timed(
+            "2026-11-30T09:00:00+09:00",
+            "2026-11-30T10:00:00+09:00",
+            "Asia/Tokyo",
+        ))
+    }
+
+    /// Builds the create and the update body with Asia/Tokyo as the default zone and checks the
+    /// given fields of each: a field expected `null` must be absent.
+    fn check(s: Schedule, create: Value, update: Value) {
+        let default_zone = tz("Asia/Tokyo");
+        check_with(&s, &default_zone, create, update);
+    }
+
+    fn check_with(s: &Schedule, default_zone: &TimeZone, create: Value, update: Value) {
+        let opts = MappingOptions {
+            category: "cyzen",
+            default_zone,
+        };
+        let bodies = [
+            ("create", create_body(s, "C-1", "S-1", "tx", &opts), create),
+            ("update", update_body(s, "C-1", "S-1", &opts), update),
+        ];
+        for (what, got, expected) in bodies {
+            for (field, want) in expected.as_object().unwrap() {
+                let got = got.get(field).unwrap_or(&Value::Null);
+                assert_eq!(got, want, "{what} body, field {field}: {s:#?}");
+            }
+        }
+    }
+
+    /// The same expectation for create and update.
+    fn check_both(s: Schedule, expected: Value) {
+        check(s, expected.clone(), expected);
+    }
+
+    fn at(date_time: &str, zone: &str) -> Value {
+        json!({ "dateTime": date_time, "timeZone": zone })
+    }
+
+    #[test]
+    fn a_create_body_is_the_whole_copy() {
+        let s = Schedule {
+            place: place("ACME HQ", "1-1 Marunouchi, Chiyoda-ku"),
+            ..tokyo_9_to_10()
+        };
+        let default_zone = tz("Asia/Tokyo");
+        let opts = MappingOptions {
+            category: "cyzen",
+            default_zone: &default_zone,
+        };
+        let tx = transaction_id("C-1", "S-1", "a@example.com", 7);
+        assert_eq!(
+            create_body(&s, "C-1", "S-1", &tx, &opts),
+            json!({
+                "subject": "Visit ACME",
+                "body": { "contentType": "text", "content": format!("Bring the contract\n\n{URL}") },
+                "start": at("2026-11-30T09:00:00", "Tokyo Standard Time"),
+                "end": at("2026-11-30T10:00:00", "Tokyo Standard Time"),
+                "isAllDay": false,
+                "location": {
+                    "displayName": "ACME HQ",
+                    "locationType": "default",
+                    "address": { "street": "1-1 Marunouchi, Chiyoda-ku" },
+                },
+                "sensitivity": "normal",
+                "showAs": "busy",
+                "categories": ["cyzen"],
+                "singleValueExtendedProperties": [
+                    { "id": TAG_PROPERTY_ID, "value": "cyzen/v1/C-1/S-1" },
+                ],
+                "transactionId": tx,
+            })
+        );
+    }
+
+    #[test]
+    fn an_update_body_is_the_create_body_without_transaction_id() {
+        let s = tokyo_9_to_10();
+        let default_zone = tz("Asia/Tokyo");
+        let opts = MappingOptions {
+            category: "cyzen",
+            default_zone: &default_zone,
+        };
+        let mut create = create_body(&s, "C-1", "S-1", "tx", &opts);
+        let update = update_body(&s, "C-1", "S-1", &opts);
+        let create = create.as_object_mut().unwrap();
+        assert_eq!(create.remove("transactionId"), Some(json!("tx")));
+        // The only other difference: an update clears a place the schedule no longer has.
+        let mut update = update.as_object().unwrap().clone();
+        assert_eq!(
+            update.remove("location"),
+            Some(json!({ "displayName": "" }))
+        );
+        assert_eq!(*create, update);
+    }
+
+    #[test]
+    fn no_copy_has_attendees_or_a_reminder_setting() {
+        let default_zone = tz("Asia/Tokyo");
+        let opts = MappingOptions {
+            category: "cyzen",
+            default_zone: &default_zone,
+        };
+        let s = Schedule {
+            participant_user_ids: vec!["u-2".into(), "u-3".into()],
+            ..tokyo_9_to_10()
+        };
+        for body in [
+            create_body(&s, "C-1", "S-1", "tx", &opts),
+            update_body(&s, "C-1", "S-1", &opts),
+        ] {
+            for field in ["attendees", "isReminderOn", "reminderMinutesBeforeStart"] {
+                assert!(body.get(field).is_none(), "{field} in {body}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_timed_schedule_is_wall_clock_time_in_its_zone() {
+        let cases = [
+            // Given in the zone's own offset.
+            (
+                timed(
+                    "2026-11-30T09:00:00+09:00",
+                    "2026-11-30T10:00:00+09:00",
+                    "Asia/Tokyo",
+                ),
+                at("2026-11-30T09:00:00", "Tokyo Standard Time"),
+                at("2026-11-30T10:00:00", "Tokyo Standard Time"),
+            ),
+            // Given with another offset: shown in the schedule's zone.
+            (
+                timed("2026-11-30T01:00:00Z", "2026-11-30T02:30:00Z", "Asia/Tokyo"),
+                at("2026-11-30T10:00:00", "Tokyo Standard Time"),
+                at("2026-11-30T11:30:00", "Tokyo Standard Time"),
+            ),
+            // No fraction on the wire, even when the instant has one.
+            (
+                timed(
+                    "2026-11-30T09:00:00.5+09:00",
+                    "2026-11-30T10:00:00.999+09:00",
+                    "Asia/Tokyo",
+                ),
+                at("2026-11-30T09:00:00", "Tokyo Standard Time"),
+                at("2026-11-30T10:00:00", "Tokyo Standard Time"),
+            ),
+            // Across the end of DST in New York (2026-11-01 02:00 EDT → 01:00 EST): 01:30 EDT
+            // and 01:30 EST are the same wall clock, and that is what Outlook stores.
+            (
+                timed(
+                    "2026-11-01T01:30:00-04:00",
+                    "2026-11-01T01:30:00-05:00",
+                    "America/New_York",
+                ),
+                at("2026-11-01T01:30:00", "Eastern Standard Time"),
+                at("2026-11-01T01:30:00", "Eastern Standard Time"),
+            ),
+            // Summer time in Berlin.
+            (
+                timed(
+                    "2026-07-01T08:00:00Z",
+                    "2026-07-01T09:00:00Z",
+                    "Europe/Berlin",
+                ),
+                at("2026-07-01T10:00:00", "W. Europe Standard Time"),
+                at("2026-07-01T11:00:00", "W. Europe Standard Time"),
+            ),
+            // An alias jiff keeps as given.
+            (
+                timed(
+                    "2026-11-30T03:30:00Z",
+                    "2026-11-30T04:30:00Z",
+                    "Asia/Kolkata",
+                ),
+                at("2026-11-30T09:00:00", "India Standard Time"),
+                at("2026-11-30T10:00:00", "India Standard Time"),
+            ),
+            (
+                timed("2026-11-30T00:00:00Z", "2026-11-30T01:00:00Z", "UTC"),
+                at("2026-11-30T00:00:00", "UTC"),
+                at("2026-11-30T01:00:00", "UTC"),
+            ),
+            // A zone with no Windows name: the same instants in the default zone.
+            (
+                timed(
+                    "2026-11-30T12:00:00Z",
+                    "2026-11-30T13:00:00Z",
+                    "Antarctica/Troll",
+                ),
+                at("2026-11-30T21:00:00", "Tokyo Standard Time"),
+                at("2026-11-30T22:00:00", "Tokyo Standard Time"),
+            ),
+        ];
+        for (timing, start, end) in cases {
+            check_both(
+                schedule(timing),
+                json!({ "start": start, "end": end, "isAllDay": false }),
+            );
+        }
+    }
+
+    #[test]
+    fn with_no_windows_name_for_either_zone_a_timed_schedule_is_sent_in_utc() {
+        let s = schedule(timed(
+            "2026-11-30T12:00:00Z",
+            "2026-11-30T13:00:00Z",
+            "Antarctica/Troll",
+        ));
+        let expected = json!({
+            "start": at("2026-11-30T12:00:00", "UTC"),
+            "end": at("2026-11-30T13:00:00", "UTC"),
+        });
+        check_with(
+            &s,
+            &tz("Antarctica/Troll"),
+            expected.clone(),
+            expected.clone(),
+        );
+        let fixed = TimeZone::fixed(jiff::tz::offset(5));
+        check_with(&s, &fixed, expected.clone(), expected);
+    }
+
+    #[test]
+    fn an_all_day_schedule_runs_midnight_to_the_midnight_after_its_last_day() {
+        let cases = [
+            (
+                all_day("2026-12-01", "2026-12-01", Some("Asia/Tokyo")),
+                at("2026-12-01T00:00:00", "Tokyo Standard Time"),
+                at("2026-12-02T00:00:00", "Tokyo Standard Time"),
+            ),
+            (
+                all_day("2026-12-01", "2026-12-02", Some("America/New_York")),
+                at("2026-12-01T00:00:00", "Eastern Standard Time"),
+                at("2026-12-03T00:00:00", "Eastern Standard Time"),
+            ),
+            // Over a month and a year end.
+            (
+                all_day("2026-12-31", "2027-01-01", Some("Europe/Berlin")),
+                at("2026-12-31T00:00:00", "W. Europe Standard Time"),
+                at("2027-01-02T00:00:00", "W. Europe Standard Time"),
+            ),
+            // On the day New York leaves DST: still midnight to midnight.
+            (
+                all_day("2026-11-01", "2026-11-01", Some("America/New_York")),
+                at("2026-11-01T00:00:00", "Eastern Standard Time"),
+                at("2026-11-02T00:00:00", "Eastern Standard Time"),
+            ),
+            // Without a zone: the default zone (Asia/Tokyo here).
+            (
+                all_day("2026-12-01", "2026-12-01", None),
+                at("2026-12-01T00:00:00", "Tokyo Standard Time"),
+                at("2026-12-02T00:00:00", "Tokyo Standard Time"),
+            ),
+            // A zone with no Windows name: the same days, named in the default zone.
+            (
+                all_day("2026-12-01", "2026-12-01", Some("Antarctica/Troll")),
+                at("2026-12-01T00:00:00", "Tokyo Standard Time"),
+                at("2026-12-02T00:00:00", "Tokyo Standard Time"),
+            ),
+        ];
+        for (timing, start, end) in cases {
+            check_both(
+                schedule(timing),
+                json!({ "start": start, "end": end, "isAllDay": true }),
+            );
+        }
+    }
+
+    #[test]
+    fn an_all_day_schedule_without_a_zone_uses_the_configured_default() {
+        let s = schedule(all_day("2026-12-01", "2026-12-02", None));
+        let expected = json!({
+            "start": at("2026-12-01T00:00:00", "Pacific Standard Time"),
+            "end": at("2026-12-03T00:00:00", "Pacific Standard Time"),
+            "isAllDay": true,
+        });
+        check_with(&s, &tz("America/Los_Angeles"), expected.clone(), expected);
+    }
+
+    #[test]
+    fn sensitivity_follows_visibility() {
+        for (visibility, sensitivity) in [
+            (Visibility::Private, "private"),
+            (Visibility::Public, "normal"),
+        ] {
+            let s = Schedule {
+                visibility,
+                ..tokyo_9_to_10()
+            };
+            check_both(
+                s,
+                json!({ "sensitivity": sensitivity, "showAs": "busy", "categories": ["cyzen"] }),
+            );
+        }
+    }
+
+    #[test]
+    fn location_comes_from_the_place() {
+        let cases = [
+            (
+                place("ACME HQ", "1-1 Marunouchi"),
+                json!({
+                    "displayName": "ACME HQ",
+                    "locationType": "default",
+                    "address": { "street": "1-1 Marunouchi" },
+                }),
+                None,
+            ),
+            // No name: the address names it.
+            (
+                place("", "1-1 Marunouchi"),
+                json!({
+                    "displayName": "1-1 Marunouchi",
+                    "locationType": "default",
+                    "address": { "street": "1-1 Marunouchi" },
+                }),
+                None,
+            ),
+            // No address: no address object.
+            (
+                place("ACME HQ", ""),
+                json!({ "displayName": "ACME HQ", "locationType": "default" }),
+                None,
+            ),
+            // No place, or an empty one: nothing on create, cleared on update.
+            (None, Value::Null, Some(json!({ "displayName": "" }))),
+            (
+                place("", ""),
+                Value::Null,
+                Some(json!({ "displayName": "" })),
+            ),
+        ];
+        for (place, create, update) in cases {
+            let s = Schedule {
+                place,
+                ..tokyo_9_to_10()
+            };
+            let update = update.unwrap_or_else(|| create.clone());
+            check(
+                s,
+                json!({ "location": create }),
+                json!({ "location": update }),
+            );
+        }
+    }
+
+    #[test]
+    fn the_body_is_the_memo_then_the_cyzen_link() {
+        for (memo, content) in [
+            ("Bring the contract", format!("Bring the contract\n\n{URL}")),
+            ("line 1\nline 2", format!("line 1\nline 2\n\n{URL}")),
+            ("", URL.to_string()),
+        ] {
+            let s = Schedule {
+                memo: memo.into(),
+                ..tokyo_9_to_10()
+            };
+            check_both(
+                s,
+                json!({
+                    "subject": "Visit ACME",
+                    "body": { "contentType": "text", "content": content },
+                }),
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_category_means_no_category() {
+        let default_zone = tz("Asia/Tokyo");
+        let opts = MappingOptions {
+            category: "",
+            default_zone: &default_zone,
+        };
+        let body = update_body(&tokyo_9_to_10(), "C-1", "S-1", &opts);
+        assert_eq!(body["categories"], json!([]));
+    }
+
+    #[test]
+    fn transaction_id_is_deterministic_and_uuid_shaped() {
+        let id = transaction_id("C-1", "S-1", "taro@example.com", 3);
+        assert_eq!(id, transaction_id("C-1", "S-1", "taro@example.com", 3));
+        let parsed = uuid::Uuid::parse_str(&id).unwrap();
+        assert_eq!(parsed.hyphenated().to_string(), id, "lowercase 8-4-4-4-12");
+        assert_eq!(parsed.get_version_num(), 8);
+        // Pinned: a change here changes every transactionId in flight.
+        assert_eq!(id, transaction_id("C-1", "S-1", "Taro@Example.COM", 3));
+        let golden = {
+            let mut h = Sha256::new();
+            h.update(
+                b"cyzen-outlook-sync/transaction-id/v1\x1fC-1\x1fS-1\x1ftaro@example.com\x1f3",
+            );
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&h.finalize()[..16]);
+            b[6] = (b[6] & 0x0f) | 0x80;
+            b[8] = (b[8] & 0x3f) | 0x80;
+            let h = hex::encode(b);
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            )
+        };
+        assert_eq!(id, golden);
+    }
+
+    #[test]
+    fn transaction_id_differs_per_part_and_ignores_mailbox_case() {
+        let base = transaction_id("C-1", "S-1", "taro@example.com", 3);
+        for other in [
+            transaction_id("C-2", "S-1", "taro@example.com", 3),
+            transaction_id("C-1", "S-2", "taro@example.com", 3),
+            transaction_id("C-1", "S-1", "hanako@example.com", 3),
+            transaction_id("C-1", "S-1", "taro@example.com", 4),
+            // The separator keeps the parts apart.
+            transaction_id("C-1S", "-1", "taro@example.com", 3),
+        ] {
+            assert_ne!(base, other);
+        }
+        assert_eq!(base, transaction_id("C-1", "S-1", "TARO@EXAMPLE.COM", 3));
+    }
+
+    #[test]
+    fn a_tag_round_trips() {
+        for (company, schedule) in [("C-1", "S-1"), ("acme.co:jp", "2026_11-30.x")] {
+            let value = tag_value(company, schedule);
+            assert_eq!(value, format!("cyzen/v1/{company}/{schedule}"));
+            assert_eq!(parse_tag(&value), Some((company.into(), schedule.into())));
+        }
+        for bad in [
+            "",
+            "cyzen/v1/",
+            "cyzen/v1/C-1",
+            "cyzen/v1/C-1/",
+            "cyzen/v1//S-1",
+            "cyzen/v1/C-1/S-1/x",
+            "cyzen/v2/C-1/S-1",
+            "other/v1/C-1/S-1",
+        ] {
+            assert_eq!(parse_tag(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tag_filter_and_expand_are_odata() {
+        assert_eq!(
+            tag_filter("C-1", "S-1"),
+            "singleValueExtendedProperties/Any(ep: ep/id eq 'String {7d3c1e2a-9b4f-4c6d-8e1a-2f5b6c7d8e90} Name cyzenScheduleTag' and ep/value eq 'cyzen/v1/C-1/S-1')"
+        );
+        assert_eq!(
+            tag_filter("o'brien", "S'1"),
+            "singleValueExtendedProperties/Any(ep: ep/id eq 'String {7d3c1e2a-9b4f-4c6d-8e1a-2f5b6c7d8e90} Name cyzenScheduleTag' and ep/value eq 'cyzen/v1/o''brien/S''1')"
+        );
+        assert_eq!(
+            tag_expand(),
+            "singleValueExtendedProperties($filter=id eq 'String {7d3c1e2a-9b4f-4c6d-8e1a-2f5b6c7d8e90} Name cyzenScheduleTag')"
+        );
+    }
+}

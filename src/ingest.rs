@@ -1,0 +1,293 @@
+//! Ingest: consume the work queue with a bounded prefetch, validate each message against the v1
+//! contract, stage a batch of valid ones in Redis with one round trip, dead-letter invalid ones
+//! with their reason, then ack the whole batch with one `multiple` ack.
+//!
+//! A message is acked only after its staging write (or its dead letter) is done: nothing acked is
+//! lost. While Redis or the dead-letter publish fails, the batch is held unacked and retried with
+//! backoff (the broker's delivery count does not grow); if the AMQP connection or the consumer
+//! stream ends, the consumer is rebuilt with backoff and the unacked deliveries come back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::amqp::{self, Publisher, Topology};
+use crate::config::Config;
+use crate::deadletter::DeadLetter;
+use crate::event;
+use crate::metrics::Metrics;
+use crate::window::{Staged, Staging, Windows};
+
+/// What one batch came to.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchReport {
+    pub staged: usize,
+    pub duplicates: usize,
+    pub stale: usize,
+    pub invalid: usize,
+}
+
+pub struct Ingest {
+    cfg: Config,
+    windows: Windows,
+    metrics: Arc<Metrics>,
+    ready: watch::Sender<bool>,
+}
+
+impl Ingest {
+    pub fn new(cfg: Config, windows: Windows, metrics: Arc<Metrics>) -> Self {
+        let (ready, _) = watch::channel(false);
+        Self {
+            cfg,
+            windows,
+            metrics,
+            ready,
+        }
+    }
+
+    /// True while a consumer is attached.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    /// Consumes until `shutdown` turns true, rebuilding the connection and the consumer with
+    /// backoff whenever either ends.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        while !*shutdown.borrow() {
+            match self.consume(&mut shutdown).await {
+                Ok(()) => backoff.reset(),
+                Err(e) => {
+                    let _ = self.ready.send(false);
+                    let wait = backoff.next();
+                    warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "ingest: consumer lost; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+        }
+        let _ = self.ready.send(false);
+    }
+
+    async fn consume(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), amqp::AmqpError> {
+        let a = &self.cfg.amqp;
+        let conn = amqp::connect(&a.url, "outlook-sync ingest").await?;
+        let ch = conn.create_channel().await?;
+        Topology::new(a).declare(&ch).await?;
+        ch.basic_qos(a.prefetch, BasicQosOptions::default()).await?;
+        let publisher = Publisher::new(&conn).await?;
+        let mut consumer = ch
+            .basic_consume(
+                a.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        info!(queue = %a.queue, prefetch = a.prefetch, "ingest: consuming");
+        let _ = self.ready.send(true);
+        let wait = Duration::from_millis(a.ingest_batch_wait_ms);
+        let mut batch = Vec::with_capacity(a.ingest_batch);
+        loop {
+            let first = tokio::select! {
+                d = consumer.next() => d,
+                _ = shutdown.changed() => {
+                    let _ = conn.close(200, "shutting down".into()).await;
+                    return Ok(());
+                }
+            };
+            let Some(first) = first else {
+                return Err(amqp::AmqpError::StreamEnded);
+            };
+            batch.push(first?);
+            let deadline = tokio::time::Instant::now() + wait;
+            while batch.len() < a.ingest_batch {
+                match tokio::time::timeout_at(deadline, consumer.next()).await {
+                    Ok(Some(d)) => batch.push(d?),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            self.handle_batch(&ch, &publisher, &batch, shutdown).await?;
+            batch.clear();
+        }
+    }
+
+    /// Validates, dead-letters the invalid, stages the valid, then acks all with one frame.
+    async fn handle_batch(
+        &self,
+        ch: &lapin::Channel,
+        publisher: &Publisher,
+        batch: &[lapin::message::Delivery],
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<BatchReport, amqp::AmqpError> {
+        self.metrics.events_consumed.inc_by(batch.len() as u64);
+        let mut report = BatchReport::default();
+        let mut valid = Vec::with_capacity(batch.len());
+        let mut invalid = Vec::new();
+        for d in batch {
+            match check_delivery(d) {
+                Ok(ev) => valid.push((ev, d)),
+                Err(e) => invalid.push((e, d)),
+            }
+        }
+        // Dead letters first: each is confirmed before the batch is acked.
+        for (e, d) in &invalid {
+            let dl = DeadLetter {
+                stage: "ingest",
+                reason: e.reason.code().to_string(),
+                error: e.to_string(),
+                attempts: 1,
+                ..DeadLetter::default()
+            };
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+            loop {
+                match dl
+                    .publish(
+                        publisher,
+                        &self.cfg.amqp.dead_letter_exchange,
+                        d.routing_key.as_str(),
+                        &d.properties,
+                        &d.data,
+                    )
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(err) if *shutdown.borrow() => return Err(err),
+                    Err(err) => {
+                        warn!(error = %err, "ingest: dead-letter publish failed; retrying");
+                        tokio::time::sleep(backoff.next()).await;
+                        if !ch.status().connected() {
+                            return Err(err);
+                        }
+                    }
+                }
+            }
+            warn!(reason = e.reason.code(), field = %e.field, problem = %e.problem, message_id = ?d.properties.message_id(), "ingest: invalid event dead-lettered");
+            self.metrics
+                .events_invalid
+                .get_or_create(&Metrics::label("reason", e.reason.code()))
+                .inc();
+            self.metrics
+                .dead_letters
+                .get_or_create(&vec![
+                    ("stage", "ingest".into()),
+                    ("reason", e.reason.code().into()),
+                ])
+                .inc();
+            report.invalid += 1;
+        }
+        if !valid.is_empty() {
+            let staging: Vec<Staging<'_>> = valid
+                .iter()
+                .map(|(ev, d)| Staging::new(ev, &d.data))
+                .collect();
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+            let outcomes = loop {
+                match self.windows.stage(&staging).await {
+                    Ok(o) => break o,
+                    Err(e) => {
+                        if *shutdown.borrow() || !ch.status().connected() {
+                            // Unacked: the broker redelivers them to whoever consumes next.
+                            return Err(amqp::AmqpError::Interrupted(format!(
+                                "staging failed ({e}) and the channel is closing"
+                            )));
+                        }
+                        let wait = backoff.next();
+                        warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "ingest: staging in Redis failed; holding the batch unacked and retrying");
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            };
+            for o in outcomes {
+                match o {
+                    Staged::Newest => report.staged += 1,
+                    Staged::Duplicate => report.duplicates += 1,
+                    Staged::Stale => report.stale += 1,
+                }
+            }
+            self.metrics.events_staged.inc_by(report.staged as u64);
+            if report.duplicates > 0 {
+                self.metrics
+                    .events_deduplicated
+                    .get_or_create(&Metrics::label("kind", "duplicate"))
+                    .inc_by(report.duplicates as u64);
+            }
+            if report.stale > 0 {
+                self.metrics
+                    .events_deduplicated
+                    .get_or_create(&Metrics::label("kind", "stale"))
+                    .inc_by(report.stale as u64);
+            }
+        }
+        // One frame acks the whole batch: every delivery up to the last tag is handled.
+        let last = batch.last().expect("batch is never empty").delivery_tag;
+        ch.basic_ack(last, BasicAckOptions { multiple: true })
+            .await?;
+        debug!(?report, "ingest: batch acked");
+        Ok(report)
+    }
+}
+
+/// The content-type check and the contract. A message published with another content type is
+/// refused before it is parsed (publishers must send `application/json`).
+fn check_delivery(
+    d: &lapin::message::Delivery,
+) -> Result<event::ScheduleEvent, event::ContractError> {
+    if let Some(ct) = d.properties.content_type() {
+        let ct = ct.as_str();
+        let base = ct.split(';').next().unwrap_or("").trim();
+        if !base.eq_ignore_ascii_case("application/json") {
+            return Err(event::ContractError {
+                reason: event::Reason::WrongType,
+                field: "content_type".into(),
+                problem: format!(
+                    "{ct:?} is not application/json; publish JSON with content_type application/json"
+                ),
+            });
+        }
+    }
+    event::decode(&d.data)
+}
+
+/// Exponential backoff with jitter for reconnect and hold-and-retry loops (backon's schedule,
+/// never giving up: these loops end on shutdown, not on a count).
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    delays: backon::ExponentialBackoff,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self {
+            base,
+            max,
+            delays: Self::schedule(base, max),
+        }
+    }
+
+    fn schedule(base: Duration, max: Duration) -> backon::ExponentialBackoff {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(base)
+            .with_max_delay(max)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    pub fn next(&mut self) -> Duration {
+        self.delays.next().unwrap_or(self.max)
+    }
+
+    pub fn reset(&mut self) {
+        self.delays = Self::schedule(self.base, self.max);
+    }
+}

@@ -1,0 +1,50 @@
+//! A secret (a client secret, an admin token): its `Debug` and `Display` never reveal it, it has
+//! no `Serialize`, and reading it takes an explicit call to [`Secret::expose`].
+
+use std::fmt;
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself: call only where it is sent to where it belongs.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// A short, non-reversible fingerprint (for cache keys and "which secret" diagnostics).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(self.0.as_bytes());
+        hex::encode(&digest[..6])
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Secret;
+
+    #[test]
+    fn a_secret_is_never_shown_by_debug_or_display() {
+        let s = Secret::new("hunter2-very-secret");
+        assert!(!format!("{s:?} {s} {:#?}", s).contains("hunter2"));
+        assert_eq!(s.expose(), "hunter2-very-secret");
+        assert_ne!(s.fingerprint(), Secret::new("other").fingerprint());
+    }
+}

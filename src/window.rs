@@ -1,0 +1,381 @@
+//! Staged windows in Redis: the dedupe (per schedule only the highest revision is kept), the due
+//! set (each staged schedule's window end), and claims on due schedules with a lease.
+//!
+//! Keys, all under `{prefix}:`:
+//! - `s:{company}/{schedule}`: hash `rev`, `event` (the raw message), `kind`, `born` (a
+//!   `schedule.created` of this schedule was staged here, so every copy of it was created through
+//!   this Redis), `staged_at`; expires `RETENTION` after its last staging.
+//! - `due`: sorted set of `{company}/{schedule}` scored by the end of its window (ms).
+//! - `inflight`: sorted set of claimed members scored by their lease expiry (ms); `owner`: hash
+//!   member → the claim token of the worker holding it.
+//!
+//! Windows are tumbling and aligned: a change staged at `t` is due at `⌈t / W⌉·W` (the end of the
+//! window containing `t`). A schedule already due keeps its earlier due time (`ZADD NX`), so
+//! changes keep coalescing until its window closes and are never postponed indefinitely.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+
+use crate::event::{EventType, ScheduleEvent};
+
+/// How long a schedule's staging record outlives its last change. Within it, a redelivered or
+/// replayed older revision is recognised as stale.
+pub const RETENTION: Duration = Duration::from_secs(35 * 24 * 3600);
+
+/// One validated event ready to stage.
+#[derive(Debug, Clone)]
+pub struct Staging<'a> {
+    pub company_id: &'a str,
+    pub schedule_id: &'a str,
+    pub revision: u64,
+    pub event_type: EventType,
+    pub raw: &'a [u8],
+}
+
+impl<'a> Staging<'a> {
+    pub fn new(ev: &'a ScheduleEvent, raw: &'a [u8]) -> Self {
+        Self {
+            company_id: &ev.company_id,
+            schedule_id: &ev.schedule_id,
+            revision: ev.revision,
+            event_type: ev.event_type,
+            raw,
+        }
+    }
+}
+
+/// What staging did with one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Staged {
+    /// The newest revision so far: kept, and the schedule is due at its window's end.
+    Newest,
+    /// The same revision was already staged (a redelivery or a duplicate publish).
+    Duplicate,
+    /// An older revision than the one staged: dropped.
+    Stale,
+}
+
+/// A claim on a due schedule, held until completed, released or expired.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Member {
+    pub company_id: String,
+    pub schedule_id: String,
+}
+
+impl Member {
+    pub fn encode(&self) -> String {
+        format!("{}/{}", self.company_id, self.schedule_id)
+    }
+
+    /// Ids never contain `/` (the contract allows `A-Z a-z 0-9 . _ : -`).
+    pub fn decode(s: &str) -> Option<Member> {
+        let (c, sch) = s.split_once('/')?;
+        Some(Member {
+            company_id: c.to_string(),
+            schedule_id: sch.to_string(),
+        })
+    }
+}
+
+/// The staged state of one schedule, as the flush reads it.
+#[derive(Debug, Clone)]
+pub struct StagedSchedule {
+    pub revision: u64,
+    pub raw: Vec<u8>,
+    /// Its `schedule.created` was staged through this Redis: no copy can predate our mapping.
+    pub born_here: bool,
+}
+
+/// KEYS[1] = due; KEYS[1+i] = the schedule hash of event i.
+/// ARGV[1] = due score (ms), ARGV[2] = retention (s), ARGV[3] = now (ms);
+/// then per event 4 values: revision, member, kind (c/u/d), raw.
+const STAGE_LUA: &str = r#"
+local out = {}
+local n = (#ARGV - 3) / 4
+for i = 1, n do
+  local key = KEYS[1 + i]
+  local base = 3 + (i - 1) * 4
+  local rev = tonumber(ARGV[base + 1])
+  local cur = tonumber(redis.call('HGET', key, 'rev') or '0')
+  if rev > cur then
+    redis.call('HSET', key, 'rev', ARGV[base + 1], 'event', ARGV[base + 4], 'kind', ARGV[base + 3], 'staged_at', ARGV[3])
+    if ARGV[base + 3] == 'c' then redis.call('HSET', key, 'born', '1') end
+    redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[base + 2])
+    out[i] = 1
+  elseif rev == cur then
+    out[i] = 0
+  else
+    out[i] = -1
+  end
+  redis.call('EXPIRE', key, ARGV[2])
+end
+return out
+"#;
+
+/// KEYS: due, inflight, owner. ARGV: now, lease, limit, token.
+/// Takes expired claims first (their worker died), then due members not held by a live claim.
+const CLAIM_LUA: &str = r#"
+local now = tonumber(ARGV[1])
+local limit = tonumber(ARGV[3])
+local out = {}
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, limit)
+for _, m in ipairs(expired) do table.insert(out, m) end
+if #out < limit then
+  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit * 2)
+  for _, m in ipairs(due) do
+    if #out >= limit then break end
+    local held = redis.call('ZSCORE', KEYS[2], m)
+    if not held then
+      redis.call('ZREM', KEYS[1], m)
+      table.insert(out, m)
+    end
+  end
+end
+local exp = now + tonumber(ARGV[2])
+for _, m in ipairs(out) do
+  redis.call('ZADD', KEYS[2], exp, m)
+  redis.call('HSET', KEYS[3], m, ARGV[4])
+end
+return out
+"#;
+
+/// KEYS: inflight, owner, due. ARGV: token, mode (done|retry_at), retry score (ms), members...
+/// Only members this token still owns are touched.
+const SETTLE_LUA: &str = r#"
+local n = 0
+for i = 4, #ARGV do
+  local m = ARGV[i]
+  if redis.call('HGET', KEYS[2], m) == ARGV[1] then
+    redis.call('ZREM', KEYS[1], m)
+    redis.call('HDEL', KEYS[2], m)
+    if ARGV[2] == 'retry_at' then
+      redis.call('ZADD', KEYS[3], 'LT', ARGV[3], m)
+    end
+    n = n + 1
+  end
+end
+return n
+"#;
+
+/// KEYS: inflight, owner. ARGV: token, new expiry (ms), members... Extends this token's claims.
+const RENEW_LUA: &str = r#"
+local n = 0
+for i = 3, #ARGV do
+  if redis.call('HGET', KEYS[2], ARGV[i]) == ARGV[1] then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"#;
+
+/// The staging store.
+#[derive(Clone)]
+pub struct Windows {
+    redis: ConnectionManager,
+    prefix: String,
+    window_ms: u64,
+    stage: std::sync::Arc<Script>,
+    claim: std::sync::Arc<Script>,
+    settle: std::sync::Arc<Script>,
+    renew: std::sync::Arc<Script>,
+}
+
+pub fn now_ms() -> u64 {
+    jiff::Timestamp::now().as_millisecond().max(0) as u64
+}
+
+impl Windows {
+    pub fn new(redis: ConnectionManager, prefix: &str, window: Duration) -> Self {
+        Self {
+            redis,
+            prefix: prefix.to_string(),
+            window_ms: window.as_millis().max(1) as u64,
+            stage: std::sync::Arc::new(Script::new(STAGE_LUA)),
+            claim: std::sync::Arc::new(Script::new(CLAIM_LUA)),
+            settle: std::sync::Arc::new(Script::new(SETTLE_LUA)),
+            renew: std::sync::Arc::new(Script::new(RENEW_LUA)),
+        }
+    }
+
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.prefix)
+    }
+
+    fn schedule_key(&self, company: &str, schedule: &str) -> String {
+        format!("{}:s:{company}/{schedule}", self.prefix)
+    }
+
+    /// The end of the aligned window containing `t_ms`.
+    pub fn window_end(&self, t_ms: u64) -> u64 {
+        (t_ms / self.window_ms + 1) * self.window_ms
+    }
+
+    /// Stages a batch with one round trip (one script call, atomic). Returns one outcome per event.
+    pub async fn stage(&self, batch: &[Staging<'_>]) -> Result<Vec<Staged>, redis::RedisError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut inv = self.stage.prepare_invoke();
+        inv.key(self.key("due"));
+        for s in batch {
+            inv.key(self.schedule_key(s.company_id, s.schedule_id));
+        }
+        inv.arg(self.window_end(now))
+            .arg(RETENTION.as_secs())
+            .arg(now);
+        for s in batch {
+            let kind = match s.event_type {
+                EventType::Created => "c",
+                EventType::Updated => "u",
+                EventType::Deleted => "d",
+            };
+            inv.arg(s.revision)
+                .arg(format!("{}/{}", s.company_id, s.schedule_id))
+                .arg(kind)
+                .arg(s.raw);
+        }
+        let mut r = self.redis.clone();
+        let out: Vec<i64> = inv.invoke_async(&mut r).await?;
+        Ok(out
+            .into_iter()
+            .map(|v| match v {
+                1 => Staged::Newest,
+                0 => Staged::Duplicate,
+                _ => Staged::Stale,
+            })
+            .collect())
+    }
+
+    /// Claims up to `limit` due schedules (and expired claims) for `lease`.
+    pub async fn claim(
+        &self,
+        token: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Member>, redis::RedisError> {
+        let mut r = self.redis.clone();
+        let members: Vec<String> = self
+            .claim
+            .key(self.key("due"))
+            .key(self.key("inflight"))
+            .key(self.key("owner"))
+            .arg(now_ms())
+            .arg(lease.as_millis() as u64)
+            .arg(limit)
+            .arg(token)
+            .invoke_async(&mut r)
+            .await?;
+        Ok(members.iter().filter_map(|m| Member::decode(m)).collect())
+    }
+
+    async fn settle(
+        &self,
+        token: &str,
+        members: &[Member],
+        retry_at: Option<u64>,
+    ) -> Result<usize, redis::RedisError> {
+        if members.is_empty() {
+            return Ok(0);
+        }
+        let mut inv = self.settle.prepare_invoke();
+        inv.key(self.key("inflight"))
+            .key(self.key("owner"))
+            .key(self.key("due"))
+            .arg(token)
+            .arg(if retry_at.is_some() {
+                "retry_at"
+            } else {
+                "done"
+            })
+            .arg(retry_at.unwrap_or(0));
+        for m in members {
+            inv.arg(m.encode());
+        }
+        let mut r = self.redis.clone();
+        inv.invoke_async(&mut r).await
+    }
+
+    /// The claimed schedules are done (a newer change staged meanwhile is already due again).
+    pub async fn complete(
+        &self,
+        token: &str,
+        members: &[Member],
+    ) -> Result<usize, redis::RedisError> {
+        self.settle(token, members, None).await
+    }
+
+    /// Gives claims back, due again after `delay` (a busy mailbox, a shutdown).
+    pub async fn release(
+        &self,
+        token: &str,
+        members: &[Member],
+        delay: Duration,
+    ) -> Result<usize, redis::RedisError> {
+        self.settle(token, members, Some(now_ms() + delay.as_millis() as u64))
+            .await
+    }
+
+    /// Extends this token's claims by `lease` from now.
+    pub async fn renew(
+        &self,
+        token: &str,
+        members: &[Member],
+        lease: Duration,
+    ) -> Result<usize, redis::RedisError> {
+        if members.is_empty() {
+            return Ok(0);
+        }
+        let mut inv = self.renew.prepare_invoke();
+        inv.key(self.key("inflight"))
+            .key(self.key("owner"))
+            .arg(token)
+            .arg(now_ms() + lease.as_millis() as u64);
+        for m in members {
+            inv.arg(m.encode());
+        }
+        let mut r = self.redis.clone();
+        inv.invoke_async(&mut r).await
+    }
+
+    /// Reads the staged state of several schedules in one round trip.
+    pub async fn read(
+        &self,
+        members: &[Member],
+    ) -> Result<Vec<Option<StagedSchedule>>, redis::RedisError> {
+        let mut pipe = redis::pipe();
+        for m in members {
+            pipe.cmd("HMGET")
+                .arg(self.schedule_key(&m.company_id, &m.schedule_id))
+                .arg("rev")
+                .arg("event")
+                .arg("born");
+        }
+        let mut r = self.redis.clone();
+        let rows: Vec<(Option<u64>, Option<Vec<u8>>, Option<String>)> =
+            pipe.query_async(&mut r).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(rev, raw, born)| match (rev, raw) {
+                (Some(revision), Some(raw)) => Some(StagedSchedule {
+                    revision,
+                    raw,
+                    born_here: born.is_some(),
+                }),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The due backlog: how many schedules wait and the due time of the oldest (ms).
+    pub async fn backlog(&self) -> Result<(u64, Option<u64>), redis::RedisError> {
+        let mut r = self.redis.clone();
+        let due = self.key("due");
+        let n: u64 = r.zcard(&due).await?;
+        let first: Vec<(String, f64)> = r.zrange_withscores(&due, 0, 0).await?;
+        Ok((n, first.first().map(|(_, s)| *s as u64)))
+    }
+}
