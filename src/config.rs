@@ -85,6 +85,9 @@ pub struct GraphConfig {
     pub max_in_flight_per_mailbox: u32,
     /// Requests in flight per worker across all mailboxes.
     pub max_in_flight_total: usize,
+    /// A worker's exclusive lease on a mailbox (renewed while it writes) expires after this many
+    /// seconds if the worker dies; another worker then takes the mailbox over.
+    pub mailbox_lease_seconds: u64,
     /// Requests per JSON `$batch` (Graph's limit is 20).
     pub batch_size: usize,
     /// Timeout of one HTTP request, in milliseconds.
@@ -174,6 +177,7 @@ impl Default for GraphConfig {
             default_time_zone: "Asia/Tokyo".into(),
             max_in_flight_per_mailbox: 4,
             max_in_flight_total: 256,
+            mailbox_lease_seconds: 15,
             batch_size: 20,
             request_timeout_ms: 30_000,
             token_refresh_margin_seconds: 300,
@@ -371,6 +375,9 @@ impl Config {
                     g.max_in_flight_per_mailbox
                 ),
             ));
+        }
+        if g.mailbox_lease_seconds < 2 {
+            return Err(bad("graph.mailbox_lease_seconds", "must be at least 2"));
         }
         if g.max_in_flight_total == 0 {
             return Err(bad("graph.max_in_flight_total", "must be at least 1"));

@@ -87,7 +87,8 @@ impl Sandbox {
         cfg.redis.key_prefix = id;
         cfg.window.seconds = window_seconds;
         cfg.window.poll_interval_ms = 100;
-        cfg.window.claim_lease_seconds = 10;
+        cfg.window.claim_lease_seconds = 5;
+        cfg.graph.mailbox_lease_seconds = 3;
         cfg.graph.base_url = emulator.graph_url();
         cfg.graph.login_url = emulator.login_url();
         cfg.retry.initial_backoff_ms = 50;

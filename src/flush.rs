@@ -166,12 +166,21 @@ pub struct LeaseGuard {
     leases: MailboxLeases,
     key: String,
     token: String,
-    renewer: tokio::task::JoinHandle<()>,
+    _renewer: AbortOnDrop,
+}
+
+/// A background task that lives exactly as long as its owner (a lease, a claim): if the owner's
+/// task is cancelled or the worker dies, the renewing stops and the lease runs out.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl LeaseGuard {
     pub async fn release(self) {
-        self.renewer.abort();
         let mut r = self.leases.redis.clone();
         let _: Result<i64, _> = redis::Script::new(RELEASE_LUA)
             .key(&self.key)
@@ -243,7 +252,7 @@ impl MailboxLeases {
             leases: self.clone(),
             key,
             token,
-            renewer,
+            _renewer: AbortOnDrop(renewer),
         }))
     }
 }
@@ -324,8 +333,8 @@ pub struct Flusher {
     dead_letters: Arc<tokio::sync::Mutex<Option<(lapin::Connection, Arc<Publisher>)>>>,
 }
 
+/// How long a flush waits for a busy mailbox before deferring its changes to a later pass.
 const LEASE_WAIT: Duration = Duration::from_secs(2);
-const MAILBOX_LEASE_TTL: Duration = Duration::from_secs(30);
 
 impl Flusher {
     pub fn new(
@@ -341,7 +350,11 @@ impl Flusher {
             windows: Windows::new(redis.clone(), &prefix, cfg.window()),
             directory: Directory::new(redis.clone(), &prefix),
             copies: Copies::new(redis.clone(), &prefix),
-            leases: MailboxLeases::new(redis, &prefix, MAILBOX_LEASE_TTL),
+            leases: MailboxLeases::new(
+                redis,
+                &prefix,
+                Duration::from_secs(cfg.graph.mailbox_lease_seconds),
+            ),
             graph,
             metrics,
             token: format!(
@@ -400,7 +413,7 @@ impl Flusher {
             return Ok(FlushReport::default());
         }
         // Keep the claims alive while the flush runs (long Retry-After waits included).
-        let renewer = {
+        let renewer = AbortOnDrop({
             let (w, token, ms) = (self.windows.clone(), self.token.clone(), members.clone());
             tokio::spawn(async move {
                 loop {
@@ -408,9 +421,9 @@ impl Flusher {
                     let _ = w.renew(&token, &ms, lease).await;
                 }
             })
-        };
+        });
         let result = self.flush_members(&members).await;
-        renewer.abort();
+        drop(renewer);
         let (report, outcomes) = result?;
         let mut done = Vec::new();
         let mut again = Vec::new();

@@ -505,22 +505,17 @@ impl GraphClient {
                 Err(response_error(&item_resp, &token))
             });
         }
-        let results: Vec<_> = out
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                r.unwrap_or_else(|| {
-                    Err(GraphError::local(
-                        "MissingBatchResponse",
-                        format!(
-                            "the $batch answer has no response for request {:?}",
-                            reqs[i].id
-                        ),
-                        ErrorClass::Retryable { after: None },
-                    ))
-                })
-            })
-            .collect();
+        let mut results = Vec::with_capacity(reqs.len());
+        for (slot, req) in out.into_iter().zip(reqs) {
+            results.push(match slot {
+                Some(result) => result,
+                None => Err(GraphError::local(
+                    "MissingBatchResponse",
+                    format!("the $batch answer has no response for request {:?}", req.id),
+                    ErrorClass::Retryable { after: None },
+                )),
+            });
+        }
         tracing::debug!(
             company = company_id,
             status = resp.status,

@@ -652,7 +652,8 @@ mod tests {
     #[test]
     fn every_graph_status_and_code_maps_to_its_class() {
         use MailboxProblem::*;
-        let cases: Vec<(u16, Vec<(&str, &str)>, Value, ErrorClass)> = vec![
+        type Case<'a> = (u16, Vec<(&'a str, &'a str)>, Value, ErrorClass);
+        let cases: Vec<Case> = vec![
             (
                 429,
                 vec![("retry-after", "10")],

@@ -229,7 +229,16 @@ fn times(timing: &Timing, default_zone: &TimeZone) -> (Value, Value, bool) {
             time_zone,
         } => {
             let (zone, windows) = wire_zone(time_zone, default_zone);
-            let at = |ts: &Timestamp| date_time_time_zone(zone.to_datetime(*ts), windows);
+            let at = |ts: &Timestamp| {
+                let local = zone.to_datetime(*ts);
+                // A wall-clock time the zone passes twice (the hour repeated when DST ends)
+                // names no single instant: send that end in UTC, which keeps the instant.
+                if zone.to_ambiguous_timestamp(local).is_ambiguous() {
+                    date_time_time_zone(TimeZone::UTC.to_datetime(*ts), "UTC")
+                } else {
+                    date_time_time_zone(local, windows)
+                }
+            };
             (at(start), at(end), false)
         }
         Timing::AllDay {
@@ -475,16 +484,27 @@ mod tests {
                 at("2026-11-30T09:00:00", "Tokyo Standard Time"),
                 at("2026-11-30T10:00:00", "Tokyo Standard Time"),
             ),
-            // Across the end of DST in New York (2026-11-01 02:00 EDT → 01:00 EST): 01:30 EDT
-            // and 01:30 EST are the same wall clock, and that is what Outlook stores.
+            // Across the end of DST in New York (2026-11-01 02:00 EDT → 01:00 EST): wall-clock
+            // times on both sides, in Eastern time; the 3.5 hours are kept.
+            (
+                timed(
+                    "2026-11-01T00:30:00-04:00",
+                    "2026-11-01T03:00:00-05:00",
+                    "America/New_York",
+                ),
+                at("2026-11-01T00:30:00", "Eastern Standard Time"),
+                at("2026-11-01T03:00:00", "Eastern Standard Time"),
+            ),
+            // 01:30 happens twice that night: such a time is sent in UTC, so a one-hour
+            // schedule from 01:30 EDT to 01:30 EST stays one hour long.
             (
                 timed(
                     "2026-11-01T01:30:00-04:00",
                     "2026-11-01T01:30:00-05:00",
                     "America/New_York",
                 ),
-                at("2026-11-01T01:30:00", "Eastern Standard Time"),
-                at("2026-11-01T01:30:00", "Eastern Standard Time"),
+                at("2026-11-01T05:30:00", "UTC"),
+                at("2026-11-01T06:30:00", "UTC"),
             ),
             // Summer time in Berlin.
             (

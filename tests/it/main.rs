@@ -4,5 +4,7 @@
 mod config;
 mod contract;
 mod emulator;
+mod graph_client;
+mod pipeline;
 mod publish;
 mod support;

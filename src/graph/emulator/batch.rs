@@ -145,10 +145,10 @@ fn parse_batch(envelope: &Call, max: usize) -> Result<Vec<Item>, GraphError> {
         if let Some(auth) = envelope.headers.get("authorization") {
             headers.set("Authorization", auth);
         }
-        if headers.get("client-request-id").is_none() {
-            if let Some(c) = envelope.headers.get("client-request-id") {
-                headers.set("client-request-id", c);
-            }
+        if headers.get("client-request-id").is_none()
+            && let Some(c) = envelope.headers.get("client-request-id")
+        {
+            headers.set("client-request-id", c);
         }
         let url = if url.starts_with('/') {
             url.to_string()

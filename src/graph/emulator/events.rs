@@ -1051,10 +1051,10 @@ fn strip_html(html: &str) -> String {
         }
         _ => html,
     };
-    let body = body
-        .replace("<br>", "\n")
-        .replace("<br/>", "\n")
-        .replace("<br />", "\n");
+    let mut body = body.replace("\r\n", "\n");
+    for br in ["<br>", "<br/>", "<br />"] {
+        body = body.replace(&format!("{br}\n"), "\n").replace(br, "\n");
+    }
     let mut out = String::with_capacity(body.len());
     let mut in_tag = false;
     for c in body.chars() {
@@ -1071,7 +1071,6 @@ fn strip_html(html: &str) -> String {
         .replace("&#39;", "'")
         .replace("&nbsp;", " ")
         .replace("&amp;", "&")
-        .replace("\r\n", "\n")
         .trim()
         .to_string()
 }
@@ -1112,6 +1111,6 @@ mod tests {
     #[test]
     fn html_round_trip() {
         let html = wrap_html("a &amp; b<br>\r\nc");
-        assert_eq!(strip_html(&html), "a & b\n\nc".replace("\n\n", "\n"));
+        assert_eq!(strip_html(&html), "a & b\nc");
     }
 }

@@ -356,19 +356,19 @@ impl Emulator {
             None => {}
         }
         let route = route?;
-        if let Route::Mailbox(_, op) = &route {
-            if op.is_event_op() {
-                let draw = self
-                    .inner
-                    .faults
-                    .lock()
-                    .expect("faults")
-                    .draw(op.is_create(&call.method), Some(settings.retry_after_secs));
-                if let Some(kind) = draw.before {
-                    return fault_reply(kind, &settings);
-                }
-                after_504 |= draw.after_create_504;
+        if let Route::Mailbox(_, op) = &route
+            && op.is_event_op()
+        {
+            let draw = self
+                .inner
+                .faults
+                .lock()
+                .expect("faults")
+                .draw(op.is_create(&call.method), Some(settings.retry_after_secs));
+            if let Some(kind) = draw.before {
+                return fault_reply(kind, &settings);
             }
+            after_504 |= draw.after_create_504;
         }
         let result = match route {
             Route::Me => Err(GraphError::bad_request(wire::ME_WITH_APP_TOKEN)),
@@ -531,10 +531,10 @@ impl Emulator {
                 ));
             }
         }
-        if let Some(cid) = op.calendar_id() {
-            if cid != user.calendar_id() {
-                return Err(GraphError::item_not_found());
-            }
+        if let Some(cid) = op.calendar_id()
+            && cid != user.calendar_id()
+        {
+            return Err(GraphError::item_not_found());
         }
         let ctx = Ctx {
             call,
@@ -743,10 +743,10 @@ impl Emulator {
         let ev = mbox.events.get(id).ok_or_else(GraphError::item_not_found)?;
         self.check_if_match(ctx, ev)?;
         let ev = mbox.events.remove(id).expect("present");
-        if let Some(tx) = &ev.transaction_id {
-            if mbox.transactions.get(tx) == Some(&ev.id) {
-                mbox.transactions.remove(tx);
-            }
+        if let Some(tx) = &ev.transaction_id
+            && mbox.transactions.get(tx) == Some(&ev.id)
+        {
+            mbox.transactions.remove(tx);
         }
         Counters::inc(&self.inner.counters.events_deleted);
         Ok(Reply::empty(204))

@@ -285,7 +285,7 @@ impl Inner {
             return Vec::new();
         };
         let mut events: Vec<&StoredEvent> = mbox.events.values().collect();
-        events.sort_by(|a, b| (a.start.instant, a.seq).cmp(&(b.start.instant, b.seq)));
+        events.sort_by_key(|e| (e.start.instant, e.seq));
         events
             .into_iter()
             .map(|e| e.render(&RenderOpts::full()))

@@ -244,7 +244,7 @@ impl Inner {
         let matching: Vec<_> = app
             .secrets
             .iter()
-            .filter(|s| candidates.iter().any(|c| *c == s.value))
+            .filter(|s| candidates.contains(&s.value))
             .collect();
         if matching.is_empty() {
             return aad_error(
