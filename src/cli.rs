@@ -99,8 +99,10 @@ pub async fn main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { window_seconds } => {
-            let mut log = crate::config::LogConfig::default();
-            log.filter = "warn,lapin=off".into();
+            let log = crate::config::LogConfig {
+                filter: "warn,lapin=off".into(),
+                ..Default::default()
+            };
             crate::telemetry::init_logging(&log);
             println!(
                 "outlook-sync demo: {window_seconds}-second windows, local RabbitMQ and Redis, embedded Graph emulator\n"

@@ -330,8 +330,11 @@ pub struct Flusher {
     /// This worker's claim token.
     token: String,
     default_zone: jiff::tz::TimeZone,
-    dead_letters: Arc<tokio::sync::Mutex<Option<(lapin::Connection, Arc<Publisher>)>>>,
+    dead_letters: DeadLetterChannel,
 }
+
+/// The flush's own AMQP connection for dead letters, opened on first use.
+type DeadLetterChannel = Arc<tokio::sync::Mutex<Option<(lapin::Connection, Arc<Publisher>)>>>;
 
 /// How long a flush waits for a busy mailbox before deferring its changes to a later pass.
 const LEASE_WAIT: Duration = Duration::from_secs(2);
@@ -390,7 +393,7 @@ impl Flusher {
                     }
                 }
                 Err(e) => {
-                    let wait = backoff.next();
+                    let wait = backoff.delay();
                     warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "flush: pass failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
@@ -738,7 +741,13 @@ impl Flusher {
                     .collect();
                 let results = match self.graph.batch(&company.id, &creds, &reqs).await {
                     Ok(r) => r,
-                    Err(e) => chunk.iter().map(|_| Err(e.clone())).collect(),
+                    Err(e) => {
+                        let mut all = Vec::with_capacity(chunk.len());
+                        for _ in chunk {
+                            all.push(Err(e.clone()));
+                        }
+                        all
+                    }
                 };
                 let mut puts = Vec::new();
                 let mut removals = Vec::new();

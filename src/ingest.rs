@@ -64,7 +64,7 @@ impl Ingest {
                 Ok(()) => backoff.reset(),
                 Err(e) => {
                     let _ = self.ready.send(false);
-                    let wait = backoff.next();
+                    let wait = backoff.delay();
                     warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "ingest: consumer lost; reconnecting");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
@@ -162,7 +162,7 @@ impl Ingest {
                     Err(err) if *shutdown.borrow() => return Err(err),
                     Err(err) => {
                         warn!(error = %err, "ingest: dead-letter publish failed; retrying");
-                        tokio::time::sleep(backoff.next()).await;
+                        tokio::time::sleep(backoff.delay()).await;
                         if !ch.status().connected() {
                             return Err(err);
                         }
@@ -199,7 +199,7 @@ impl Ingest {
                                 "staging failed ({e}) and the channel is closing"
                             )));
                         }
-                        let wait = backoff.next();
+                        let wait = backoff.delay();
                         warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "ingest: staging in Redis failed; holding the batch unacked and retrying");
                         tokio::time::sleep(wait).await;
                     }
@@ -283,7 +283,7 @@ impl Backoff {
             .build()
     }
 
-    pub fn next(&mut self) -> Duration {
+    pub fn delay(&mut self) -> Duration {
         self.delays.next().unwrap_or(self.max)
     }
 

@@ -48,12 +48,9 @@ impl Metrics {
             dead_letters: Family::default(),
             due_backlog: Gauge::default(),
             due_oldest_age_seconds: Gauge::default(),
-            sync_latency_seconds: Histogram::new(
-                [
-                    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 450.0, 600.0, 900.0, 1800.0,
-                ]
-                .into_iter(),
-            ),
+            sync_latency_seconds: Histogram::new([
+                1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 450.0, 600.0, 900.0, 1800.0,
+            ]),
             registry: Registry::default(),
         };
         registry.register(

@@ -88,6 +88,9 @@ pub struct StagedSchedule {
     pub born_here: bool,
 }
 
+/// `HMGET rev event born` of one schedule.
+type StagedRow = (Option<u64>, Option<Vec<u8>>, Option<String>);
+
 /// KEYS[1] = due; KEYS[1+i] = the schedule hash of event i.
 /// ARGV[1] = due score (ms), ARGV[2] = retention (s), ARGV[3] = now (ms);
 /// then per event 4 values: revision, member, kind (c/u/d), raw.
@@ -355,8 +358,7 @@ impl Windows {
                 .arg("born");
         }
         let mut r = self.redis.clone();
-        let rows: Vec<(Option<u64>, Option<Vec<u8>>, Option<String>)> =
-            pipe.query_async(&mut r).await?;
+        let rows: Vec<StagedRow> = pipe.query_async(&mut r).await?;
         Ok(rows
             .into_iter()
             .map(|(rev, raw, born)| match (rev, raw) {

@@ -52,8 +52,10 @@ async fn dead_letter_count(sb: &Sandbox) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_acked_is_lost_when_a_worker_is_killed_mid_flush() {
-    let mut settings = Settings::default();
-    settings.latency = Duration::from_millis(300);
+    let settings = Settings {
+        latency: Duration::from_millis(300),
+        ..Settings::default()
+    };
     let sb = sandbox("killed", settings).await;
     let c = "acme";
     sb.company(
@@ -298,8 +300,10 @@ async fn n_changes_inside_one_window_make_one_write_per_mailbox() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_more_than_four_requests_in_flight_per_mailbox_with_two_workers() {
-    let mut settings = Settings::default();
-    settings.latency = Duration::from_millis(40);
+    let settings = Settings {
+        latency: Duration::from_millis(40),
+        ..Settings::default()
+    };
     let sb = sandbox("four", settings).await;
     let c = "acme";
     sb.company(
