@@ -22,7 +22,26 @@ pub struct Config {
     pub graph: GraphConfig,
     pub retry: RetryConfig,
     pub admin: AdminConfig,
+    pub ledger: LedgerConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// Days a schedule's sync ledger is kept after its last entry.
+    pub retention_days: u64,
+    /// Entries kept per schedule (the newest).
+    pub max_entries: usize,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 14,
+            max_entries: 200,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -418,6 +437,12 @@ impl Config {
                 "admin.tokens",
                 "every token must be at least 16 characters",
             ));
+        }
+        if self.ledger.retention_days == 0 || self.ledger.retention_days > 366 {
+            return Err(bad("ledger.retention_days", "must be from 1 to 366"));
+        }
+        if self.ledger.max_entries == 0 {
+            return Err(bad("ledger.max_entries", "must be at least 1"));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             return Err(bad("log.filter", e.to_string()));

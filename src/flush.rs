@@ -30,6 +30,7 @@ use crate::graph::client::{GraphClient, GraphRequest, Method, path_segment};
 use crate::graph::error::{ErrorClass, GraphError};
 use crate::graph::mapping::{self, MappingOptions};
 use crate::ingest::Backoff;
+use crate::ledger::{self, Entry, Ledger};
 use crate::metrics::Metrics;
 use crate::tenants::{Company, Directory, LinkedUser, UserStatus};
 use crate::window::{Member, StagedSchedule, Windows};
@@ -325,6 +326,7 @@ pub struct Flusher {
     directory: Directory,
     copies: Copies,
     leases: MailboxLeases,
+    ledger: Ledger,
     graph: GraphClient,
     metrics: Arc<Metrics>,
     /// This worker's claim token.
@@ -353,6 +355,12 @@ impl Flusher {
             windows: Windows::new(redis.clone(), &prefix, cfg.window()),
             directory: Directory::new(redis.clone(), &prefix),
             copies: Copies::new(redis.clone(), &prefix),
+            ledger: Ledger::new(
+                redis.clone(),
+                &prefix,
+                Duration::from_secs(cfg.ledger.retention_days * 86_400),
+                cfg.ledger.max_entries,
+            ),
             leases: MailboxLeases::new(
                 redis,
                 &prefix,
@@ -512,6 +520,7 @@ impl Flusher {
         }
 
         // Plan: (company, mailbox) → ops.
+        let mut notes: Vec<(Member, Entry)> = Vec::new();
         let mut groups: BTreeMap<(String, String), Vec<Op>> = BTreeMap::new();
         for (idx, c) in claimed.iter().enumerate() {
             let Some(ev) = &c.event else { continue };
@@ -522,12 +531,33 @@ impl Flusher {
             };
             if let Err(why) = allowed {
                 self.skip(&mut report, why.code());
+                notes.push((
+                    c.member.clone(),
+                    Entry::new(
+                        ev.revision,
+                        "-",
+                        "plan",
+                        ledger::Outcome::Skipped,
+                        why.code(),
+                    ),
+                ));
                 continue;
             }
             let directory = users.get(&ev.company_id).cloned().unwrap_or_default();
-            for (mailbox, op) in plan(ev, &copies[idx], &directory, &mut |r| {
-                self.skip(&mut report, r)
-            }) {
+            let mut on_skip = |reason: &'static str, user: &str| {
+                self.skip(&mut report, reason);
+                notes.push((
+                    c.member.clone(),
+                    Entry::new(
+                        ev.revision,
+                        &format!("user {user}"),
+                        "plan",
+                        ledger::Outcome::Skipped,
+                        reason,
+                    ),
+                ));
+            };
+            for (mailbox, op) in plan(ev, &copies[idx], &directory, &mut on_skip) {
                 groups
                     .entry((ev.company_id.clone(), mailbox))
                     .or_default()
@@ -558,11 +588,15 @@ impl Flusher {
         }
         let mut outcomes = vec![Outcome::Settled; members.len()];
         while let Some(res) = tasks.join_next().await {
-            let (r, per_op) = res.expect("a mailbox task panicked");
+            let (r, per_op, entries) = res.expect("a mailbox task panicked");
             report.add(&r);
+            notes.extend(entries);
             for (idx, o) in per_op {
                 outcomes[idx] = worst(outcomes[idx], o);
             }
+        }
+        if let Err(e) = self.ledger.record(&notes).await {
+            warn!(error = %e, "flush: the sync ledger could not be written");
         }
         Ok((report, outcomes))
     }
@@ -582,17 +616,33 @@ impl Flusher {
         mailbox: &str,
         ops: Vec<Op>,
         claimed: &[Claimed],
-    ) -> (FlushReport, Vec<(usize, Outcome)>) {
+    ) -> (FlushReport, Vec<(usize, Outcome)>, Vec<(Member, Entry)>) {
         let mut report = FlushReport::default();
+        let mut notes = Vec::new();
         let lease = match self.leases.acquire(&company.id, mailbox, LEASE_WAIT).await {
             Ok(Some(l)) => l,
             Ok(None) => {
                 report.deferred += ops.len();
+                for o in &ops {
+                    let c = &claimed[o.member_idx];
+                    let rev = c.event.as_ref().map_or(0, |e| e.revision);
+                    notes.push((
+                        c.member.clone(),
+                        Entry::new(
+                            rev,
+                            mailbox,
+                            "plan",
+                            ledger::Outcome::Deferred,
+                            "mailbox_busy",
+                        ),
+                    ));
+                }
                 return (
                     report,
                     ops.iter()
                         .map(|o| (o.member_idx, Outcome::Deferred))
                         .collect(),
+                    notes,
                 );
             }
             Err(e) => {
@@ -602,11 +652,12 @@ impl Flusher {
                     ops.iter()
                         .map(|o| (o.member_idx, Outcome::Unsettled))
                         .collect(),
+                    notes,
                 );
             }
         };
         let result = self
-            .apply_locked(company, mailbox, &ops, claimed, &mut report)
+            .apply_locked(company, mailbox, &ops, claimed, &mut report, &mut notes)
             .await;
         lease.release().await;
         let outcomes = match result {
@@ -618,7 +669,7 @@ impl Flusher {
                     .collect()
             }
         };
-        (report, outcomes)
+        (report, outcomes, notes)
     }
 
     async fn apply_locked(
@@ -628,6 +679,7 @@ impl Flusher {
         ops: &[Op],
         claimed: &[Claimed],
         report: &mut FlushReport,
+        notes: &mut Vec<(Member, Entry)>,
     ) -> Result<Vec<(usize, Outcome)>, FlushError> {
         let creds = company
             .credentials
@@ -779,6 +831,16 @@ impl Flusher {
                                 None => {
                                     removals.push(members[w.idx]);
                                     w.done = Some(Outcome::Settled);
+                                    notes.push((
+                                        members[w.idx].clone(),
+                                        Entry::new(
+                                            ev.revision,
+                                            mailbox,
+                                            "lookup",
+                                            ledger::Outcome::Applied,
+                                            "already_gone",
+                                        ),
+                                    ));
                                 }
                             }
                             w.attempts = 0;
@@ -801,6 +863,16 @@ impl Flusher {
                             report.creates += 1;
                             self.written("create", ev);
                             w.done = Some(Outcome::Settled);
+                            notes.push((
+                                members[w.idx].clone(),
+                                Entry::new(
+                                    ev.revision,
+                                    mailbox,
+                                    "create",
+                                    ledger::Outcome::Applied,
+                                    "created",
+                                ),
+                            ));
                         }
                         (Ok(_), Step::Update(id)) => {
                             puts.push((
@@ -815,12 +887,32 @@ impl Flusher {
                             report.updates += 1;
                             self.written("update", ev);
                             w.done = Some(Outcome::Settled);
+                            notes.push((
+                                members[w.idx].clone(),
+                                Entry::new(
+                                    ev.revision,
+                                    mailbox,
+                                    "update",
+                                    ledger::Outcome::Applied,
+                                    "updated",
+                                ),
+                            ));
                         }
                         (Ok(_), Step::Delete(_)) => {
                             removals.push(members[w.idx]);
                             report.deletes += 1;
                             self.written("delete", ev);
                             w.done = Some(Outcome::Settled);
+                            notes.push((
+                                members[w.idx].clone(),
+                                Entry::new(
+                                    ev.revision,
+                                    mailbox,
+                                    "delete",
+                                    ledger::Outcome::Applied,
+                                    "deleted",
+                                ),
+                            ));
                         }
                         (Err(e), step) => {
                             w.first_failure.get_or_insert_with(Timestamp::now);
@@ -829,6 +921,16 @@ impl Flusher {
                                 (ErrorClass::ItemGone, Step::Delete(_)) => {
                                     removals.push(members[w.idx]);
                                     w.done = Some(Outcome::Settled);
+                                    notes.push((
+                                        members[w.idx].clone(),
+                                        Entry::new(
+                                            ev.revision,
+                                            mailbox,
+                                            "delete",
+                                            ledger::Outcome::Applied,
+                                            "already_gone",
+                                        ),
+                                    ));
                                 }
                                 (ErrorClass::ItemGone, Step::Update(_)) => {
                                     // The copy was deleted in Outlook: create it again.
@@ -845,6 +947,19 @@ impl Flusher {
                                     if w.attempts >= max_attempts {
                                         w.error = Some(e);
                                         w.reason = "retries_exhausted";
+                                    } else {
+                                        notes.push((
+                                            members[w.idx].clone(),
+                                            graph_entry(
+                                                ev.revision,
+                                                mailbox,
+                                                &step,
+                                                ledger::Outcome::Retrying,
+                                                "throttled_or_unavailable",
+                                                &e,
+                                                w.attempts,
+                                            ),
+                                        ));
                                     }
                                 }
                                 (ErrorClass::RefreshToken, _) => {
@@ -880,9 +995,18 @@ impl Flusher {
             {
                 let c = &claimed[w.op.member_idx];
                 let outcome = self.dead_letter(company, mailbox, w, c).await;
-                if outcome == Outcome::Settled {
+                let (kind, reason) = if outcome == Outcome::Settled {
                     report.dead_letters += 1;
-                }
+                    (ledger::Outcome::DeadLettered, w.reason)
+                } else {
+                    (ledger::Outcome::Retrying, "dead_letter_publish_failed")
+                };
+                let rev = c.event.as_ref().map_or(0, |e| e.revision);
+                let e = w.error.as_ref().expect("an error");
+                notes.push((
+                    c.member.clone(),
+                    graph_entry(rev, mailbox, &w.step, kind, reason, e, w.attempts),
+                ));
                 w.done = Some(outcome);
             }
             if work.iter().all(Work::finished) {
@@ -1071,6 +1195,31 @@ impl Work {
     }
 }
 
+/// A ledger entry for a Graph failure.
+fn graph_entry(
+    revision: u64,
+    mailbox: &str,
+    step: &Step,
+    outcome: ledger::Outcome,
+    reason: &str,
+    e: &GraphError,
+    attempt: u32,
+) -> Entry {
+    let op = match step {
+        Step::Lookup { .. } | Step::LookupForDelete => "lookup",
+        Step::Create(_) => "create",
+        Step::Update(_) => "update",
+        Step::Delete(_) => "delete",
+    };
+    Entry {
+        graph_status: e.status,
+        graph_code: Some(e.code.clone()),
+        request_id: e.request_id.clone(),
+        attempt,
+        ..Entry::new(revision, mailbox, op, outcome, reason)
+    }
+}
+
 fn events_path(mailbox: &str) -> String {
     format!("/users/{}/events", path_segment(mailbox))
 }
@@ -1163,7 +1312,7 @@ fn plan(
     ev: &ScheduleEvent,
     copies: &BTreeMap<String, Copy>,
     users: &HashMap<String, LinkedUser>,
-    skip: &mut dyn FnMut(&'static str),
+    skip: &mut dyn FnMut(&'static str, &str),
 ) -> Vec<(String, Op)> {
     let mut out = Vec::new();
     let op = |user: &str, kind| Op {
@@ -1197,20 +1346,20 @@ fn targets(
     ev: &ScheduleEvent,
     schedule: &Schedule,
     users: &HashMap<String, LinkedUser>,
-    skip: &mut dyn FnMut(&'static str),
+    skip: &mut dyn FnMut(&'static str, &str),
 ) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for p in schedule.participants() {
         let Some(u) = users.get(p) else {
-            skip("participant_not_linked");
+            skip("participant_not_linked", p);
             continue;
         };
         if ev.occurred_at < u.linked_at {
-            skip("change_before_link");
+            skip("change_before_link", p);
             continue;
         }
         if u.status == UserStatus::AuthFailed {
-            skip("user_auth_failed");
+            skip("user_auth_failed", p);
             continue;
         }
         out.insert(u.mailbox_key(), u.user_id.clone());
@@ -1284,7 +1433,7 @@ mod tests {
             })
             .collect();
         let users: HashMap<String, LinkedUser> = users.iter().cloned().collect();
-        let got: Vec<(String, &str)> = plan(&ev, &copies, &users, &mut |_| {})
+        let got: Vec<(String, &str)> = plan(&ev, &copies, &users, &mut |_, _| {})
             .into_iter()
             .map(|(mb, op)| {
                 (

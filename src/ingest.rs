@@ -186,7 +186,10 @@ impl Ingest {
         if !valid.is_empty() {
             let staging: Vec<Staging<'_>> = valid
                 .iter()
-                .map(|(ev, d)| Staging::new(ev, &d.data))
+                .map(|(ev, d)| Staging {
+                    replay: is_replay(d),
+                    ..Staging::new(ev, &d.data)
+                })
                 .collect();
             let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
             let outcomes = loop {
@@ -207,7 +210,7 @@ impl Ingest {
             };
             for o in outcomes {
                 match o {
-                    Staged::Newest => report.staged += 1,
+                    Staged::Newest | Staged::Replayed => report.staged += 1,
                     Staged::Duplicate => report.duplicates += 1,
                     Staged::Stale => report.stale += 1,
                 }
@@ -232,6 +235,21 @@ impl Ingest {
             .await?;
         debug!(?report, "ingest: batch acked");
         Ok(report)
+    }
+}
+
+/// Header an operator's replay carries (`x-replay: true`); see `deadletter`.
+pub const REPLAY_HEADER: &str = "x-replay";
+
+fn is_replay(d: &lapin::message::Delivery) -> bool {
+    use lapin::types::AMQPValue;
+    let Some(h) = d.properties.headers() else {
+        return false;
+    };
+    match h.inner().get(REPLAY_HEADER) {
+        Some(AMQPValue::Boolean(b)) => *b,
+        Some(AMQPValue::LongString(s)) => s.as_bytes() == b"true",
+        _ => false,
     }
 }
 

@@ -11,6 +11,7 @@ pub mod event;
 pub mod flush;
 pub mod graph;
 pub mod ingest;
+pub mod ledger;
 pub mod metrics;
 pub mod secret;
 pub mod telemetry;

@@ -31,6 +31,8 @@ pub struct Staging<'a> {
     pub schedule_id: &'a str,
     pub revision: u64,
     pub event_type: EventType,
+    /// An operator's replay of a dead letter: the same revision is applied again where needed.
+    pub replay: bool,
     pub raw: &'a [u8],
 }
 
@@ -41,6 +43,7 @@ impl<'a> Staging<'a> {
             schedule_id: &ev.schedule_id,
             revision: ev.revision,
             event_type: ev.event_type,
+            replay: false,
             raw,
         }
     }
@@ -55,6 +58,8 @@ pub enum Staged {
     Duplicate,
     /// An older revision than the one staged: dropped.
     Stale,
+    /// A replay of the staged revision: due again, re-applied only where a copy is behind.
+    Replayed,
 }
 
 /// A claim on a due schedule, held until completed, released or expired.
@@ -93,20 +98,25 @@ type StagedRow = (Option<u64>, Option<Vec<u8>>, Option<String>);
 
 /// KEYS[1] = due; KEYS[1+i] = the schedule hash of event i.
 /// ARGV[1] = due score (ms), ARGV[2] = retention (s), ARGV[3] = now (ms);
-/// then per event 4 values: revision, member, kind (c/u/d), raw.
+/// then per event 5 values: revision, member, kind (c/u/d), replay (0/1), raw.
+/// A replay of the staged revision makes the schedule due again (the flush re-applies it only
+/// where a copy is behind); anything older is stale.
 const STAGE_LUA: &str = r#"
 local out = {}
-local n = (#ARGV - 3) / 4
+local n = (#ARGV - 3) / 5
 for i = 1, n do
   local key = KEYS[1 + i]
-  local base = 3 + (i - 1) * 4
+  local base = 3 + (i - 1) * 5
   local rev = tonumber(ARGV[base + 1])
   local cur = tonumber(redis.call('HGET', key, 'rev') or '0')
   if rev > cur then
-    redis.call('HSET', key, 'rev', ARGV[base + 1], 'event', ARGV[base + 4], 'kind', ARGV[base + 3], 'staged_at', ARGV[3])
+    redis.call('HSET', key, 'rev', ARGV[base + 1], 'event', ARGV[base + 5], 'kind', ARGV[base + 3], 'staged_at', ARGV[3])
     if ARGV[base + 3] == 'c' then redis.call('HSET', key, 'born', '1') end
     redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[base + 2])
     out[i] = 1
+  elseif rev == cur and ARGV[base + 4] == '1' then
+    redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[base + 2])
+    out[i] = 2
   elseif rev == cur then
     out[i] = 0
   else
@@ -239,6 +249,7 @@ impl Windows {
             inv.arg(s.revision)
                 .arg(format!("{}/{}", s.company_id, s.schedule_id))
                 .arg(kind)
+                .arg(if s.replay { "1" } else { "0" })
                 .arg(s.raw);
         }
         let mut r = self.redis.clone();
@@ -248,6 +259,7 @@ impl Windows {
             .map(|v| match v {
                 1 => Staged::Newest,
                 0 => Staged::Duplicate,
+                2 => Staged::Replayed,
                 _ => Staged::Stale,
             })
             .collect())
