@@ -51,7 +51,8 @@ pub struct Copy {
 }
 
 /// The mapping (company, schedule, mailbox) → copy: `{prefix}:m:{company}/{schedule}`, a hash of
-/// lowercase mailbox → JSON [`Copy`].
+/// lowercase mailbox → JSON [`Copy`]; and its reverse index, the schedules with a copy in a
+/// mailbox: `{prefix}:copies-of:{company}:{mailbox}`, a set of schedule ids (for a clean unlink).
 #[derive(Clone)]
 pub struct Copies {
     redis: ConnectionManager,
@@ -68,6 +69,29 @@ impl Copies {
 
     fn key(&self, m: &Member) -> String {
         format!("{}:m:{}", self.prefix, m.encode())
+    }
+
+    fn index_key(&self, company: &str, mailbox: &str) -> String {
+        format!("{}:copies-of:{company}:{mailbox}", self.prefix)
+    }
+
+    /// The schedules that have (or are creating) a copy in this mailbox.
+    pub async fn schedules_in_mailbox(
+        &self,
+        company: &str,
+        mailbox: &str,
+    ) -> Result<Vec<String>, redis::RedisError> {
+        let mut r = self.redis.clone();
+        let mut ids: Vec<String> = r
+            .smembers(self.index_key(company, &mailbox.to_ascii_lowercase()))
+            .await?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// One copy.
+    pub async fn get(&self, m: &Member, mailbox: &str) -> Result<Option<Copy>, redis::RedisError> {
+        Ok(self.in_mailbox(&[m], mailbox).await?.pop().flatten())
     }
 
     /// Every copy of each schedule, in one round trip.
@@ -127,9 +151,13 @@ impl Copies {
                 serde_json::to_string(c).expect("serializable"),
             )
             .ignore();
+            pipe.sadd(self.index_key(&m.company_id, mailbox), &m.schedule_id)
+                .ignore();
         }
         for m in removals {
             pipe.hdel(self.key(m), mailbox).ignore();
+            pipe.srem(self.index_key(&m.company_id, mailbox), &m.schedule_id)
+                .ignore();
         }
         let mut r = self.redis.clone();
         pipe.query_async::<()>(&mut r).await

@@ -1,5 +1,5 @@
-//! The worker's HTTP surface: `/healthz` (alive), `/readyz` (consumer attached and Redis
-//! reachable) and `/metrics` (Prometheus). The admin API for companies and users grows here.
+//! `/healthz` (the process is alive), `/readyz` (consumer attached and Redis reachable) and
+//! `/metrics` (Prometheus).
 
 use std::sync::Arc;
 
