@@ -53,6 +53,16 @@ pub enum Command {
         #[arg(long)]
         seed: Option<PathBuf>,
     },
+    /// Measure the pipeline against its targets (local RabbitMQ/Redis, the embedded emulator) and
+    /// write BENCHMARKS.md. Build with --release.
+    Bench {
+        /// quick: under a minute; full: a few minutes.
+        #[arg(long, value_enum, default_value = "quick")]
+        size: crate::bench::Size,
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+    },
     /// Load and check the configuration, then print it (secrets redacted).
     CheckConfig,
     /// Print the commented default configuration.
@@ -109,6 +119,21 @@ pub async fn main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             );
             let outcome = crate::demo::run_demo(window_seconds).await?;
             print!("{}", outcome.report);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { size, out } => {
+            let log = crate::config::LogConfig {
+                filter: "error,lapin=off".into(),
+                ..Default::default()
+            };
+            crate::telemetry::init_logging(&log);
+            let binary = std::env::current_exe().context("locating the outlook-sync binary")?;
+            let report = crate::bench::run(size, &binary).await?;
+            let table = report.table();
+            println!("{table}");
+            crate::bench::write_markdown(&report, &out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("written to {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => {

@@ -24,6 +24,54 @@ pub struct Config {
     pub admin: AdminConfig,
     pub ledger: LedgerConfig,
     pub log: LogConfig,
+    pub secrets: SecretsConfig,
+    pub worker: WorkerConfig,
+}
+
+/// How `outlook-sync run` behaves as a process.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// On SIGTERM, how long the current flush pass may take to finish before the worker gives
+    /// its claims back and exits. Kubernetes' `terminationGracePeriodSeconds` must exceed it.
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_grace_seconds: 25,
+        }
+    }
+}
+
+/// Keys that encrypt client secrets at rest (AES-256-GCM). Each stored secret names the key id
+/// it was sealed with, so keys can rotate: add a new key, make it active, keep the old ones
+/// until `outlook-sync admin reseal` has re-encrypted everything.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// Every key that may have sealed a stored secret.
+    pub keys: Vec<SecretKeyConfig>,
+    /// The id (in `keys`) new secrets are sealed with. Empty only when `keys` is empty.
+    pub active_key: String,
+}
+
+/// One AES-256 key: an id and 32 bytes in standard base64. `Debug` never shows the key.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SecretKeyConfig {
+    pub id: String,
+    pub key_base64: String,
+}
+
+impl std::fmt::Debug for SecretKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretKeyConfig")
+            .field("id", &self.id)
+            .field("key_base64", &"***")
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -64,6 +112,24 @@ pub struct AmqpConfig {
     pub ingest_batch: usize,
     /// How long ingest waits to fill a batch before staging what it has, in milliseconds.
     pub ingest_batch_wait_ms: u64,
+    /// AMQP heartbeat the worker asks for, in seconds (0: the broker's). A broker that stops
+    /// answering is noticed after two heartbeats. A `heartbeat=` in `url` wins.
+    pub heartbeat_seconds: u16,
+}
+
+impl AmqpConfig {
+    /// `url` with `heartbeat=heartbeat_seconds` added unless it already names a heartbeat.
+    pub fn connection_url(&self) -> String {
+        let Ok(mut u) = url::Url::parse(&self.url) else {
+            return self.url.clone();
+        };
+        if self.heartbeat_seconds == 0 || u.query_pairs().any(|(k, _)| k == "heartbeat") {
+            return self.url.clone();
+        }
+        u.query_pairs_mut()
+            .append_pair("heartbeat", &self.heartbeat_seconds.to_string());
+        u.to_string()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -133,6 +199,17 @@ pub struct AdminConfig {
     pub listen: String,
     /// Bearer tokens accepted by the admin API. Empty: the admin API refuses every call.
     pub tokens: Vec<String>,
+    /// The admin API's base URL as the administrator's browser reaches it: the admin-consent
+    /// redirect comes back to `{public_url}/v1/consent/callback`.
+    pub public_url: String,
+    /// How long an admin-consent link (its `state`) stays usable, in seconds.
+    pub consent_state_ttl_seconds: u64,
+    /// A company whose recorded client-secret expiry is this many days away or less is flagged.
+    pub secret_expiry_warning_days: u32,
+    /// Mailbox checks in flight at once during a bulk link (each row reads a different mailbox).
+    pub bulk_concurrency: usize,
+    /// Bulk uploads up to this many rows are answered at once; larger ones run as a job.
+    pub bulk_sync_max_rows: usize,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -162,6 +239,7 @@ impl Default for AmqpConfig {
             delivery_limit: 20,
             ingest_batch: 500,
             ingest_batch_wait_ms: 20,
+            heartbeat_seconds: 10,
         }
     }
 }
@@ -220,6 +298,11 @@ impl Default for AdminConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             tokens: Vec::new(),
+            public_url: "http://127.0.0.1:8080".into(),
+            consent_state_ttl_seconds: 3600,
+            secret_expiry_warning_days: 30,
+            bulk_concurrency: 16,
+            bulk_sync_max_rows: 500,
         }
     }
 }
@@ -438,6 +521,25 @@ impl Config {
                 "every token must be at least 16 characters",
             ));
         }
+        match url::Url::parse(&self.admin.public_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => {
+                return Err(bad(
+                    "admin.public_url",
+                    format!("{:?} is not an http(s) URL", self.admin.public_url),
+                ));
+            }
+        }
+        if self.admin.consent_state_ttl_seconds < 60 {
+            return Err(bad("admin.consent_state_ttl_seconds", "must be at least 60"));
+        }
+        if self.admin.bulk_concurrency == 0 || self.admin.bulk_concurrency > 64 {
+            return Err(bad("admin.bulk_concurrency", "must be from 1 to 64"));
+        }
+        if self.admin.bulk_sync_max_rows == 0 {
+            return Err(bad("admin.bulk_sync_max_rows", "must be at least 1"));
+        }
+        self.validate_secrets()?;
         if self.ledger.retention_days == 0 || self.ledger.retention_days > 366 {
             return Err(bad("ledger.retention_days", "must be from 1 to 366"));
         }
@@ -447,7 +549,65 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             return Err(bad("log.filter", e.to_string()));
         }
+        if a.heartbeat_seconds > 600 {
+            return Err(bad(
+                "amqp.heartbeat_seconds",
+                format!("{} is out of range 0..=600", a.heartbeat_seconds),
+            ));
+        }
+        let grace = self.worker.shutdown_grace_seconds;
+        if grace == 0 || grace > 3600 {
+            return Err(bad(
+                "worker.shutdown_grace_seconds",
+                format!("{grace} is out of range 1..=3600"),
+            ));
+        }
         Ok(())
+    }
+
+    fn validate_secrets(&self) -> Result<(), ConfigError> {
+        use base64::Engine;
+        let s = &self.secrets;
+        let bad = |key: String, message: String| ConfigError::Key { key, message };
+        for (i, k) in s.keys.iter().enumerate() {
+            if k.id.trim().is_empty() || k.id.contains(char::is_whitespace) {
+                return Err(bad(
+                    format!("secrets.keys[{i}].id"),
+                    "must be a non-empty word".into(),
+                ));
+            }
+            if s.keys[..i].iter().any(|o| o.id == k.id) {
+                return Err(bad(
+                    format!("secrets.keys[{i}].id"),
+                    format!("{:?} is used twice", k.id),
+                ));
+            }
+            let len = base64::engine::general_purpose::STANDARD
+                .decode(k.key_base64.trim())
+                .map(|b| b.len());
+            if len != Ok(32) {
+                return Err(bad(
+                    format!("secrets.keys[{i}].key_base64"),
+                    "must be 32 bytes in standard base64 (e.g. `openssl rand -base64 32`)".into(),
+                ));
+            }
+        }
+        match (s.keys.is_empty(), s.active_key.is_empty()) {
+            (true, true) => Ok(()),
+            (true, false) => Err(bad(
+                "secrets.active_key".into(),
+                format!("{:?} is not in secrets.keys (which is empty)", s.active_key),
+            )),
+            (false, true) => Err(bad(
+                "secrets.active_key".into(),
+                "must name one of secrets.keys".into(),
+            )),
+            (false, false) if !s.keys.iter().any(|k| k.id == s.active_key) => Err(bad(
+                "secrets.active_key".into(),
+                format!("{:?} is not one of secrets.keys", s.active_key),
+            )),
+            _ => Ok(()),
+        }
     }
 
     pub fn window(&self) -> Duration {

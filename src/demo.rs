@@ -93,6 +93,17 @@ impl Sandbox {
         cfg.graph.login_url = emulator.login_url();
         cfg.retry.initial_backoff_ms = 50;
         cfg.retry.max_backoff_ms = 2_000;
+        // Client secrets are sealed at rest: a key of the sandbox's own.
+        cfg.secrets = crate::config::SecretsConfig {
+            keys: vec![crate::config::SecretKeyConfig {
+                id: "sandbox".into(),
+                key_base64: base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    rand::random::<[u8; 32]>(),
+                ),
+            }],
+            active_key: "sandbox".into(),
+        };
         cfg.validate().expect("sandbox configuration is valid");
         let conn = amqp::connect(&cfg.amqp.url, "outlook-sync sandbox")
             .await
@@ -111,7 +122,7 @@ impl Sandbox {
                 source,
             })?;
         Ok(Sandbox {
-            directory: Directory::new(redis.clone(), &cfg.redis.key_prefix),
+            directory: Directory::from_config(redis.clone(), &cfg),
             redis,
             emulator,
             cfg,
@@ -150,16 +161,14 @@ impl Sandbox {
         self.emulator.emulator.add_tenant(tenant);
         self.directory
             .put_company(&Company {
-                id: company_id.to_string(),
-                plan,
-                options: vec![],
                 enabled: true,
-                credentials: Some(StoredCredentials {
-                    tenant_id: tenant_id.clone(),
-                    client_id: client_id.clone(),
-                    client_secret: secret,
-                    secret_expires_at: None,
-                }),
+                credentials: Some(StoredCredentials::new(
+                    &tenant_id,
+                    &client_id,
+                    crate::secret::Secret::new(secret),
+                    None,
+                )),
+                ..Company::new(company_id, plan)
             })
             .await?;
         let linked_at = Timestamp::now() - jiff::SignedDuration::from_hours(1);
@@ -218,6 +227,45 @@ impl Sandbox {
             )
             .await?;
         Ok(())
+    }
+
+    /// Publishes many bodies fast: confirms are awaited in windows of 2,000 rather than one by
+    /// one (each still confirmed before this returns). `(message_id, routing_key, body)`.
+    pub async fn publish_bulk(&self, items: &[(String, &str, Vec<u8>)]) -> Result<(), SandboxError> {
+        use lapin::options::BasicPublishOptions;
+        for chunk in items.chunks(2000) {
+            let mut confirms = Vec::with_capacity(chunk.len());
+            for (id, key, body) in chunk {
+                let c = self
+                    .publisher
+                    .channel()
+                    .basic_publish(
+                        self.cfg.amqp.exchange.as_str().into(),
+                        (*key).into(),
+                        BasicPublishOptions::default(),
+                        body,
+                        amqp::event_properties(id, key),
+                    )
+                    .await
+                    .map_err(amqp::AmqpError::from)?;
+                confirms.push(c);
+            }
+            for c in confirms {
+                let confirm = c.await.map_err(amqp::AmqpError::from)?;
+                if confirm.is_nack() {
+                    return Err(SandboxError::Amqp(amqp::AmqpError::Nacked {
+                        exchange: self.cfg.amqp.exchange.clone(),
+                        routing_key: "(bulk)".into(),
+                    }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The AMQP connection (benchmarks open their own channels on it).
+    pub fn connection(&self) -> &lapin::Connection {
+        &self.conn
     }
 
     /// Messages waiting in a queue (ready, not counting unacked).

@@ -11,24 +11,20 @@
 //! - where no mapping exists and this Redis did not see the schedule's creation (Redis was
 //!   wiped, or the schedule predates the link), the copy is looked up by its tag before creating.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jiff::Timestamp;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, watch};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::amqp::{self, Publisher};
 use crate::config::Config;
-use crate::deadletter::DeadLetter;
 use crate::event::{self, Schedule, ScheduleEvent};
-use crate::graph::client::{GraphClient, GraphRequest, Method, path_segment};
-use crate::graph::error::{ErrorClass, GraphError};
-use crate::graph::mapping::{self, MappingOptions};
+use crate::graph::client::GraphClient;
 use crate::ingest::Backoff;
 use crate::ledger::{self, Entry, Ledger};
 use crate::metrics::Metrics;
@@ -163,6 +159,55 @@ impl Copies {
         pipe.query_async::<()>(&mut r).await
     }
 
+    /// The copies for (schedule, mailbox) pairs, in one round trip.
+    pub async fn pairs(&self, pairs: &[(&Member, &str)]) -> Result<Vec<Option<Copy>>, redis::RedisError> {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (m, mailbox) in pairs {
+            pipe.hget(self.key(m), *mailbox);
+        }
+        let mut r = self.redis.clone();
+        let rows: Vec<Option<String>> = pipe.query_async(&mut r).await?;
+        Ok(rows
+            .into_iter()
+            .map(|v| v.and_then(|s| serde_json::from_str(&s).ok()))
+            .collect())
+    }
+
+    /// Puts (`Some`) or removes (`None`) copies across mailboxes, in one round trip.
+    pub async fn write_many(
+        &self,
+        changes: &[(String, Member, Option<Copy>)],
+    ) -> Result<(), redis::RedisError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (mailbox, m, c) in changes {
+            match c {
+                Some(c) => {
+                    pipe.hset(
+                        self.key(m),
+                        mailbox,
+                        serde_json::to_string(c).expect("serializable"),
+                    )
+                    .ignore();
+                    pipe.sadd(self.index_key(&m.company_id, mailbox), &m.schedule_id)
+                        .ignore();
+                }
+                None => {
+                    pipe.hdel(self.key(m), mailbox).ignore();
+                    pipe.srem(self.index_key(&m.company_id, mailbox), &m.schedule_id)
+                        .ignore();
+                }
+            }
+        }
+        let mut r = self.redis.clone();
+        pipe.query_async::<()>(&mut r).await
+    }
+
     /// Forgets every copy (tests use it to simulate a lost Redis).
     pub async fn wipe(&self, members: &[Member]) -> Result<(), redis::RedisError> {
         let mut r = self.redis.clone();
@@ -191,13 +236,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 "#;
 
-pub struct LeaseGuard {
-    leases: MailboxLeases,
-    key: String,
-    token: String,
-    _renewer: AbortOnDrop,
-}
-
 /// A background task that lives exactly as long as its owner (a lease, a claim): if the owner's
 /// task is cancelled or the worker dies, the renewing stops and the lease runs out.
 pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
@@ -205,17 +243,6 @@ pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-impl LeaseGuard {
-    pub async fn release(self) {
-        let mut r = self.leases.redis.clone();
-        let _: Result<i64, _> = redis::Script::new(RELEASE_LUA)
-            .key(&self.key)
-            .arg(&self.token)
-            .invoke_async(&mut r)
-            .await;
     }
 }
 
@@ -232,70 +259,100 @@ impl MailboxLeases {
         format!("{}:lease:{company}:{mailbox}", self.prefix)
     }
 
-    /// Tries for up to `wait` to take the lease; `None` if another worker holds it throughout.
-    pub async fn acquire(
+    /// Tries to take several mailboxes' leases at once (one round trip); a token for each taken.
+    pub async fn try_acquire_many(
         &self,
         company: &str,
-        mailbox: &str,
-        wait: Duration,
-    ) -> Result<Option<LeaseGuard>, redis::RedisError> {
-        let key = self.key(company, mailbox);
-        let token = uuid::Uuid::new_v4().to_string();
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut r = self.redis.clone();
-        loop {
-            let ok: Option<String> = redis::cmd("SET")
-                .arg(&key)
-                .arg(&token)
+        mailboxes: &[String],
+    ) -> Result<Vec<Option<String>>, redis::RedisError> {
+        let tokens: Vec<String> = mailboxes
+            .iter()
+            .map(|_| uuid::Uuid::new_v4().simple().to_string())
+            .collect();
+        let mut pipe = redis::pipe();
+        for (m, t) in mailboxes.iter().zip(&tokens) {
+            pipe.cmd("SET")
+                .arg(self.key(company, m))
+                .arg(t)
                 .arg("NX")
                 .arg("PX")
-                .arg(self.ttl.as_millis() as u64)
-                .query_async(&mut r)
-                .await?;
-            if ok.is_some() {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(None);
-            }
-            let jitter = rand::random::<u64>() % 40;
-            tokio::time::sleep(Duration::from_millis(30 + jitter)).await;
+                .arg(self.ttl.as_millis() as u64);
         }
-        let renewer = {
-            let mut r = self.redis.clone();
-            let (key, token, ttl) = (key.clone(), token.clone(), self.ttl);
-            tokio::spawn(async move {
-                let script = redis::Script::new(EXTEND_LUA);
-                loop {
-                    tokio::time::sleep(ttl / 3).await;
-                    let _: Result<i64, _> = script
-                        .key(&key)
-                        .arg(&token)
-                        .arg(ttl.as_millis() as u64)
-                        .invoke_async(&mut r)
-                        .await;
+        let mut r = self.redis.clone();
+        let ok: Vec<Option<String>> = pipe.query_async(&mut r).await?;
+        Ok(ok
+            .into_iter()
+            .zip(tokens)
+            .map(|(ok, t)| ok.map(|_| t))
+            .collect())
+    }
+
+    /// Gives leases back (best effort: a lease not given back expires).
+    pub async fn release_many(&self, company: &str, held: &[(String, String)]) {
+        if held.is_empty() {
+            return;
+        }
+        let script = redis::Script::new(RELEASE_LUA);
+        let mut pipe = redis::pipe();
+        for (m, t) in held {
+            pipe.invoke_script(script.key(self.key(company, m)).arg(t))
+                .ignore();
+        }
+        let mut r = self.redis.clone();
+        if let Err(e) = pipe.query_async::<()>(&mut r).await {
+            // NOSCRIPT on a fresh server: load once and retry.
+            let _: Result<String, _> = script.prepare_invoke().load_async(&mut r).await;
+            if pipe.query_async::<()>(&mut r).await.is_err() {
+                warn!(error = %e, "mailbox leases not released; they expire by themselves");
+            }
+        }
+    }
+
+    /// Renews every lease in `held` every third of the lease time until aborted.
+    pub fn renew_all(
+        &self,
+        company: String,
+        held: Arc<std::sync::Mutex<BTreeMap<String, String>>>,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let script = redis::Script::new(EXTEND_LUA);
+            let mut r = this.redis.clone();
+            let _: Result<String, _> = script.prepare_invoke().load_async(&mut r).await;
+            loop {
+                tokio::time::sleep(this.ttl / 3).await;
+                let now: Vec<(String, String)> = held
+                    .lock()
+                    .expect("lease map")
+                    .iter()
+                    .map(|(m, t)| (m.clone(), t.clone()))
+                    .collect();
+                let mut pipe = redis::pipe();
+                for (m, t) in &now {
+                    pipe.invoke_script(
+                        script
+                            .key(this.key(&company, m))
+                            .arg(t)
+                            .arg(this.ttl.as_millis() as u64),
+                    )
+                    .ignore();
                 }
-            })
-        };
-        Ok(Some(LeaseGuard {
-            leases: self.clone(),
-            key,
-            token,
-            _renewer: AbortOnDrop(renewer),
-        }))
+                let _ = pipe.query_async::<()>(&mut r).await;
+            }
+        })
     }
 }
 
 /// One change to one mailbox, as planned before the mailbox's lease is taken.
 #[derive(Debug, Clone)]
-struct Op {
+pub(crate) struct Op {
     member_idx: usize,
     user: String,
     kind: OpKind,
 }
 
 #[derive(Debug, Clone)]
-enum OpKind {
+pub(crate) enum OpKind {
     /// Create or update the copy to this revision.
     Upsert,
     /// Delete the copy (a deleted schedule, or a participant removed).
@@ -303,15 +360,15 @@ enum OpKind {
 }
 
 /// A claimed schedule while it is flushed.
-struct Claimed {
-    member: Member,
-    staged: Option<StagedSchedule>,
-    event: Option<ScheduleEvent>,
+pub(crate) struct Claimed {
+    pub(crate) member: Member,
+    pub(crate) staged: Option<StagedSchedule>,
+    pub(crate) event: Option<ScheduleEvent>,
 }
 
 /// How one op ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+pub(crate) enum Outcome {
     /// Applied, already applied, or dead-lettered: nothing left to do.
     Settled,
     /// Not attempted (the mailbox was busy): the schedule is due again shortly.
@@ -349,25 +406,23 @@ impl FlushReport {
 /// Everything a flush needs; cheap to clone (all handles).
 #[derive(Clone)]
 pub struct Flusher {
-    cfg: Arc<Config>,
+    pub(crate) cfg: Arc<Config>,
     windows: Windows,
-    directory: Directory,
-    copies: Copies,
-    leases: MailboxLeases,
+    pub(crate) directory: Directory,
+    pub(crate) copies: Copies,
+    pub(crate) leases: MailboxLeases,
     ledger: Ledger,
-    graph: GraphClient,
-    metrics: Arc<Metrics>,
+    pub(crate) graph: GraphClient,
+    pub(crate) metrics: Arc<Metrics>,
     /// This worker's claim token.
     token: String,
-    default_zone: jiff::tz::TimeZone,
+    pub(crate) default_zone: jiff::tz::TimeZone,
     dead_letters: DeadLetterChannel,
 }
 
 /// The flush's own AMQP connection for dead letters, opened on first use.
 type DeadLetterChannel = Arc<tokio::sync::Mutex<Option<(lapin::Connection, Arc<Publisher>)>>>;
 
-/// How long a flush waits for a busy mailbox before deferring its changes to a later pass.
-const LEASE_WAIT: Duration = Duration::from_secs(2);
 
 impl Flusher {
     pub fn new(
@@ -381,7 +436,7 @@ impl Flusher {
             jiff::tz::TimeZone::get(&cfg.graph.default_time_zone).expect("validated in config");
         Self {
             windows: Windows::new(redis.clone(), &prefix, cfg.window()),
-            directory: Directory::new(redis.clone(), &prefix),
+            directory: Directory::from_config(redis.clone(), &cfg),
             copies: Copies::new(redis.clone(), &prefix),
             ledger: Ledger::new(
                 redis.clone(),
@@ -409,6 +464,11 @@ impl Flusher {
 
     pub fn copies(&self) -> &Copies {
         &self.copies
+    }
+
+    /// This worker's claim token (the owner recorded for its claims; shutdown releases them).
+    pub fn claim_token(&self) -> &str {
+        &self.token
     }
 
     /// Flushes due schedules until `shutdown` turns true.
@@ -461,6 +521,7 @@ impl Flusher {
                 }
             })
         });
+        let started = tokio::time::Instant::now();
         let result = self.flush_members(&members).await;
         drop(renewer);
         let (report, outcomes) = result?;
@@ -480,7 +541,18 @@ impl Flusher {
         }
         self.metrics.schedules_flushed.inc_by(done.len() as u64);
         self.observe_backlog().await;
-        debug!(?report, "flush: pass done");
+        info!(
+            schedules = report.schedules,
+            settled = done.len(),
+            again = again.len(),
+            creates = report.creates,
+            updates = report.updates,
+            deletes = report.deletes,
+            dead_letters = report.dead_letters,
+            deferred = report.deferred,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "flush: pass done"
+        );
         Ok(report)
     }
 
@@ -596,30 +668,45 @@ impl Flusher {
             }
         }
 
-        // Apply: mailboxes in parallel, each under its lease.
+        // Apply: each company's mailboxes, scheduled under their leases (see `apply`); the
+        // batch slots of this worker are shared by all companies.
         let claimed = Arc::new(claimed);
-        let parallel = Arc::new(Semaphore::new(
+        let batches = Arc::new(Semaphore::new(
             (self.cfg.graph.max_in_flight_total / 4).max(1),
         ));
-        let mut tasks = tokio::task::JoinSet::new();
+        let mut per_company: BTreeMap<String, Vec<crate::apply::Job>> = BTreeMap::new();
         for ((company_id, mailbox), ops) in groups {
+            for op in ops {
+                per_company
+                    .entry(company_id.clone())
+                    .or_default()
+                    .push(crate::apply::Job {
+                        member_idx: op.member_idx,
+                        mailbox: mailbox.clone(),
+                        user: op.user,
+                        kind: op.kind,
+                    });
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (company_id, jobs) in per_company {
             let company = companies
                 .get(&company_id)
                 .cloned()
                 .flatten()
                 .expect("planned only for known companies");
-            let (this, claimed, parallel) = (self.clone(), claimed.clone(), parallel.clone());
+            let (this, claimed, batches) = (self.clone(), claimed.clone(), batches.clone());
             tasks.spawn(async move {
-                let _permit = parallel.acquire_owned().await.expect("never closed");
-                this.apply_mailbox(&company, &mailbox, ops, &claimed).await
+                this.apply_company(&company, jobs, &claimed, batches)
+                    .await
             });
         }
         let mut outcomes = vec![Outcome::Settled; members.len()];
         while let Some(res) = tasks.join_next().await {
-            let (r, per_op, entries) = res.expect("a mailbox task panicked");
-            report.add(&r);
-            notes.extend(entries);
-            for (idx, o) in per_op {
+            let applied = res.expect("an apply task panicked");
+            report.add(&applied.report);
+            notes.extend(applied.notes);
+            for (idx, o) in applied.outcomes {
                 outcomes[idx] = worst(outcomes[idx], o);
             }
         }
@@ -637,459 +724,7 @@ impl Flusher {
             .inc();
     }
 
-    /// Applies one mailbox's ops under its lease. Returns the report and each op's outcome.
-    async fn apply_mailbox(
-        &self,
-        company: &Company,
-        mailbox: &str,
-        ops: Vec<Op>,
-        claimed: &[Claimed],
-    ) -> (FlushReport, Vec<(usize, Outcome)>, Vec<(Member, Entry)>) {
-        let mut report = FlushReport::default();
-        let mut notes = Vec::new();
-        let lease = match self.leases.acquire(&company.id, mailbox, LEASE_WAIT).await {
-            Ok(Some(l)) => l,
-            Ok(None) => {
-                report.deferred += ops.len();
-                for o in &ops {
-                    let c = &claimed[o.member_idx];
-                    let rev = c.event.as_ref().map_or(0, |e| e.revision);
-                    notes.push((
-                        c.member.clone(),
-                        Entry::new(
-                            rev,
-                            mailbox,
-                            "plan",
-                            ledger::Outcome::Deferred,
-                            "mailbox_busy",
-                        ),
-                    ));
-                }
-                return (
-                    report,
-                    ops.iter()
-                        .map(|o| (o.member_idx, Outcome::Deferred))
-                        .collect(),
-                    notes,
-                );
-            }
-            Err(e) => {
-                warn!(error = %e, "flush: mailbox lease unavailable");
-                return (
-                    report,
-                    ops.iter()
-                        .map(|o| (o.member_idx, Outcome::Unsettled))
-                        .collect(),
-                    notes,
-                );
-            }
-        };
-        let result = self
-            .apply_locked(company, mailbox, &ops, claimed, &mut report, &mut notes)
-            .await;
-        lease.release().await;
-        let outcomes = match result {
-            Ok(o) => o,
-            Err(e) => {
-                warn!(company = %company.id, mailbox, error = %e, "flush: interrupted; the schedules are retried");
-                ops.iter()
-                    .map(|o| (o.member_idx, Outcome::Unsettled))
-                    .collect()
-            }
-        };
-        (report, outcomes, notes)
-    }
-
-    async fn apply_locked(
-        &self,
-        company: &Company,
-        mailbox: &str,
-        ops: &[Op],
-        claimed: &[Claimed],
-        report: &mut FlushReport,
-        notes: &mut Vec<(Member, Entry)>,
-    ) -> Result<Vec<(usize, Outcome)>, FlushError> {
-        let creds = company
-            .credentials
-            .as_ref()
-            .expect("sync_allowed checked credentials")
-            .credentials();
-        let members: Vec<&Member> = ops.iter().map(|o| &claimed[o.member_idx].member).collect();
-        // Re-read the copies under the lease: another worker may have moved them meanwhile.
-        let current = self.copies.in_mailbox(&members, mailbox).await?;
-
-        let mut work: Vec<Work> = Vec::new();
-        let mut outcomes = Vec::new();
-        for (i, op) in ops.iter().enumerate() {
-            let c = &claimed[op.member_idx];
-            let ev = c.event.as_ref().expect("planned from an event");
-            let born_here = c.staged.as_ref().is_some_and(|s| s.born_here);
-            let copy = current[i].clone();
-            match (&op.kind, copy) {
-                (OpKind::Upsert, Some(copy))
-                    if copy.event_id.is_some() && copy.rev >= ev.revision =>
-                {
-                    outcomes.push((op.member_idx, Outcome::Settled));
-                }
-                (OpKind::Upsert, Some(copy)) if copy.event_id.is_some() => {
-                    work.push(Work::new(i, op, Step::Update(copy.event_id.unwrap())));
-                }
-                (OpKind::Upsert, Some(intent)) => {
-                    // An earlier create may have happened: look first, reuse its transactionId.
-                    work.push(Work::new(
-                        i,
-                        op,
-                        Step::Lookup {
-                            then_create_tx: intent.tx.clone(),
-                        },
-                    ));
-                }
-                (OpKind::Upsert, None) if born_here => {
-                    work.push(Work::new(i, op, Step::Create(None)));
-                }
-                (OpKind::Upsert, None) => {
-                    work.push(Work::new(
-                        i,
-                        op,
-                        Step::Lookup {
-                            then_create_tx: None,
-                        },
-                    ));
-                }
-                (OpKind::Delete, Some(copy)) if copy.event_id.is_some() => {
-                    work.push(Work::new(i, op, Step::Delete(copy.event_id.unwrap())));
-                }
-                (OpKind::Delete, Some(_)) => {
-                    work.push(Work::new(i, op, Step::LookupForDelete));
-                }
-                (OpKind::Delete, None) if !born_here => {
-                    work.push(Work::new(i, op, Step::LookupForDelete));
-                }
-                (OpKind::Delete, None) => outcomes.push((op.member_idx, Outcome::Settled)),
-            }
-        }
-        if work.is_empty() {
-            return Ok(outcomes);
-        }
-
-        let opts = MappingOptions {
-            category: &self.cfg.graph.category,
-            default_zone: &self.default_zone,
-        };
-        let max_attempts = self.cfg.retry.max_attempts;
-        let mut backoff = backoff_schedule(&self.cfg);
-        let mut round = 0u32;
-        while work.iter().any(|w| !w.finished()) {
-            round += 1;
-            // Intents before creates: recorded before the request is sent.
-            let mut intents = Vec::new();
-            for w in work.iter_mut().filter(|w| !w.finished()) {
-                if let Step::Create(tx) = &w.step
-                    && tx.is_none()
-                {
-                    let ev = claimed[w.op.member_idx].event.as_ref().expect("event");
-                    let tx = mapping::transaction_id(
-                        &ev.company_id,
-                        &ev.schedule_id,
-                        mailbox,
-                        ev.revision,
-                    );
-                    w.step = Step::Create(Some(tx.clone()));
-                    intents.push((
-                        members[w.idx],
-                        Copy {
-                            user: w.op.user.clone(),
-                            event_id: None,
-                            rev: ev.revision,
-                            tx: Some(tx),
-                        },
-                    ));
-                }
-            }
-            self.copies.write(mailbox, &intents, &[]).await?;
-
-            let pending: Vec<usize> = (0..work.len()).filter(|&i| !work[i].finished()).collect();
-            let mut retry_after: Option<Duration> = None;
-            for chunk in pending.chunks(self.cfg.graph.batch_size) {
-                let reqs: Vec<GraphRequest> = chunk
-                    .iter()
-                    .map(|&i| {
-                        let w = &work[i];
-                        let ev = claimed[w.op.member_idx].event.as_ref().expect("event");
-                        request(i, &w.step, ev, mailbox, &opts)
-                    })
-                    .collect();
-                let results = match self.graph.batch(&company.id, &creds, &reqs).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let mut all = Vec::with_capacity(chunk.len());
-                        for _ in chunk {
-                            all.push(Err(e.clone()));
-                        }
-                        all
-                    }
-                };
-                let mut puts = Vec::new();
-                let mut removals = Vec::new();
-                for (&i, res) in chunk.iter().zip(results) {
-                    let w = &mut work[i];
-                    let ev = claimed[w.op.member_idx].event.as_ref().expect("event");
-                    w.attempts += 1;
-                    let status = match &res {
-                        Ok(r) => r.status,
-                        Err(e) => e.status.unwrap_or(0),
-                    };
-                    self.metrics
-                        .graph_requests
-                        .get_or_create(&Metrics::label("status", status.to_string()))
-                        .inc();
-                    match (res, w.step.clone()) {
-                        (Ok(resp), Step::Lookup { then_create_tx }) => {
-                            report.lookups += 1;
-                            match first_id(&resp.body) {
-                                Some(id) => w.step = Step::Update(id),
-                                None => w.step = Step::Create(then_create_tx),
-                            }
-                            w.attempts = 0;
-                        }
-                        (Ok(resp), Step::LookupForDelete) => {
-                            report.lookups += 1;
-                            match first_id(&resp.body) {
-                                Some(id) => w.step = Step::Delete(id),
-                                None => {
-                                    removals.push(members[w.idx]);
-                                    w.done = Some(Outcome::Settled);
-                                    notes.push((
-                                        members[w.idx].clone(),
-                                        Entry::new(
-                                            ev.revision,
-                                            mailbox,
-                                            "lookup",
-                                            ledger::Outcome::Applied,
-                                            "already_gone",
-                                        ),
-                                    ));
-                                }
-                            }
-                            w.attempts = 0;
-                        }
-                        (Ok(resp), Step::Create(tx)) => {
-                            let id = resp
-                                .body
-                                .get("id")
-                                .and_then(|v| v.as_str())
-                                .map(str::to_string);
-                            puts.push((
-                                members[w.idx],
-                                Copy {
-                                    user: w.op.user.clone(),
-                                    event_id: id,
-                                    rev: ev.revision,
-                                    tx,
-                                },
-                            ));
-                            report.creates += 1;
-                            self.written("create", ev);
-                            w.done = Some(Outcome::Settled);
-                            notes.push((
-                                members[w.idx].clone(),
-                                Entry::new(
-                                    ev.revision,
-                                    mailbox,
-                                    "create",
-                                    ledger::Outcome::Applied,
-                                    "created",
-                                ),
-                            ));
-                        }
-                        (Ok(_), Step::Update(id)) => {
-                            puts.push((
-                                members[w.idx],
-                                Copy {
-                                    user: w.op.user.clone(),
-                                    event_id: Some(id),
-                                    rev: ev.revision,
-                                    tx: None,
-                                },
-                            ));
-                            report.updates += 1;
-                            self.written("update", ev);
-                            w.done = Some(Outcome::Settled);
-                            notes.push((
-                                members[w.idx].clone(),
-                                Entry::new(
-                                    ev.revision,
-                                    mailbox,
-                                    "update",
-                                    ledger::Outcome::Applied,
-                                    "updated",
-                                ),
-                            ));
-                        }
-                        (Ok(_), Step::Delete(_)) => {
-                            removals.push(members[w.idx]);
-                            report.deletes += 1;
-                            self.written("delete", ev);
-                            w.done = Some(Outcome::Settled);
-                            notes.push((
-                                members[w.idx].clone(),
-                                Entry::new(
-                                    ev.revision,
-                                    mailbox,
-                                    "delete",
-                                    ledger::Outcome::Applied,
-                                    "deleted",
-                                ),
-                            ));
-                        }
-                        (Err(e), step) => {
-                            w.first_failure.get_or_insert_with(Timestamp::now);
-                            w.last_failure = Some(Timestamp::now());
-                            match (&e.class, &step) {
-                                (ErrorClass::ItemGone, Step::Delete(_)) => {
-                                    removals.push(members[w.idx]);
-                                    w.done = Some(Outcome::Settled);
-                                    notes.push((
-                                        members[w.idx].clone(),
-                                        Entry::new(
-                                            ev.revision,
-                                            mailbox,
-                                            "delete",
-                                            ledger::Outcome::Applied,
-                                            "already_gone",
-                                        ),
-                                    ));
-                                }
-                                (ErrorClass::ItemGone, Step::Update(_)) => {
-                                    // The copy was deleted in Outlook: create it again.
-                                    w.step = Step::Create(None);
-                                    w.attempts = 0;
-                                }
-                                (ErrorClass::Retryable { after }, _) => {
-                                    if e.status == Some(429) {
-                                        self.metrics.graph_throttled.inc();
-                                    }
-                                    if let Some(a) = after {
-                                        retry_after = Some(retry_after.map_or(*a, |r| r.max(*a)));
-                                    }
-                                    if w.attempts >= max_attempts {
-                                        w.error = Some(e);
-                                        w.reason = "retries_exhausted";
-                                    } else {
-                                        notes.push((
-                                            members[w.idx].clone(),
-                                            graph_entry(
-                                                ev.revision,
-                                                mailbox,
-                                                &step,
-                                                ledger::Outcome::Retrying,
-                                                "throttled_or_unavailable",
-                                                &e,
-                                                w.attempts,
-                                            ),
-                                        ));
-                                    }
-                                }
-                                (ErrorClass::RefreshToken, _) => {
-                                    self.graph.forget_token(&company.id);
-                                    if w.attempts >= max_attempts {
-                                        w.error = Some(e);
-                                        w.reason = "retries_exhausted";
-                                    }
-                                }
-                                (ErrorClass::Mailbox(p), _) => {
-                                    w.reason = p.code();
-                                    w.error = Some(e);
-                                }
-                                (ErrorClass::Credentials(p), _) => {
-                                    w.reason = p.code();
-                                    w.error = Some(e);
-                                }
-                                _ => {
-                                    w.reason = "graph_rejected";
-                                    w.error = Some(e);
-                                }
-                            }
-                        }
-                    }
-                }
-                self.copies.write(mailbox, &puts, &removals).await?;
-            }
-
-            // Dead-letter what failed for good, with Graph's words.
-            for w in work
-                .iter_mut()
-                .filter(|w| w.done.is_none() && w.error.is_some())
-            {
-                let c = &claimed[w.op.member_idx];
-                let outcome = self.dead_letter(company, mailbox, w, c).await;
-                let (kind, reason) = if outcome == Outcome::Settled {
-                    report.dead_letters += 1;
-                    (ledger::Outcome::DeadLettered, w.reason)
-                } else {
-                    (ledger::Outcome::Retrying, "dead_letter_publish_failed")
-                };
-                let rev = c.event.as_ref().map_or(0, |e| e.revision);
-                let e = w.error.as_ref().expect("an error");
-                notes.push((
-                    c.member.clone(),
-                    graph_entry(rev, mailbox, &w.step, kind, reason, e, w.attempts),
-                ));
-                w.done = Some(outcome);
-            }
-            if work.iter().all(Work::finished) {
-                break;
-            }
-            // Honour Retry-After (never retry sooner); else exponential backoff with jitter.
-            let cap = Duration::from_secs(self.cfg.retry.max_retry_after_seconds);
-            let wait = retry_after
-                .map(|d| d.min(cap))
-                .unwrap_or_else(|| backoff.next().unwrap_or(cap));
-            self.metrics
-                .retry_after_wait_seconds
-                .inc_by(wait.as_secs_f64());
-            debug!(company = %company.id, mailbox, round, wait_ms = wait.as_millis() as u64, "flush: waiting before retrying");
-            tokio::time::sleep(wait).await;
-        }
-
-        // Feedback to the directory: a success records the sync, a mailbox problem flips the user.
-        let mut users_ok: HashSet<&str> = HashSet::new();
-        for w in &work {
-            match (&w.error, w.done) {
-                (None, Some(Outcome::Settled)) => {
-                    users_ok.insert(&w.op.user);
-                }
-                (Some(e), _) if matches!(e.class, ErrorClass::Mailbox(_)) => {
-                    let _ = self
-                        .directory
-                        .record_sync(&company.id, &w.op.user, Err((w.reason, &e.message)))
-                        .await;
-                }
-                _ => {}
-            }
-        }
-        for u in users_ok {
-            let _ = self.directory.record_sync(&company.id, u, Ok(())).await;
-        }
-        outcomes.extend(
-            work.iter()
-                .map(|w| (w.op.member_idx, w.done.unwrap_or(Outcome::Unsettled))),
-        );
-        Ok(outcomes)
-    }
-
-    fn written(&self, op: &'static str, ev: &ScheduleEvent) {
-        self.metrics
-            .graph_writes
-            .get_or_create(&Metrics::label("op", op))
-            .inc();
-        let latency = Timestamp::now().as_millisecond() - ev.occurred_at.as_millisecond();
-        self.metrics
-            .sync_latency_seconds
-            .observe(latency.max(0) as f64 / 1000.0);
-    }
-
-    async fn publisher(&self) -> Result<Arc<Publisher>, amqp::AmqpError> {
+    pub(crate) async fn publisher(&self) -> Result<Arc<Publisher>, amqp::AmqpError> {
         let mut slot = self.dead_letters.lock().await;
         if let Some((conn, p)) = slot.as_ref()
             && conn.status().connected()
@@ -1101,66 +736,6 @@ impl Flusher {
         *slot = Some((conn, p.clone()));
         Ok(p)
     }
-
-    async fn dead_letter(
-        &self,
-        company: &Company,
-        mailbox: &str,
-        w: &Work,
-        c: &Claimed,
-    ) -> Outcome {
-        let ev = c.event.as_ref().expect("event");
-        let e = w.error.as_ref().expect("an error");
-        let dl = DeadLetter {
-            stage: "flush",
-            reason: w.reason.to_string(),
-            error: e.to_string(),
-            company_id: Some(company.id.clone()),
-            schedule_id: Some(ev.schedule_id.clone()),
-            revision: Some(ev.revision),
-            mailbox: Some(mailbox.to_string()),
-            graph_status: e.status,
-            graph_code: Some(e.code.clone()),
-            graph_message: Some(e.message.clone()),
-            graph_request_id: e.request_id.clone(),
-            attempts: w.attempts,
-            first_failure: w.first_failure,
-            last_failure: w.last_failure,
-        };
-        let raw = &c.staged.as_ref().expect("staged").raw;
-        let key = ev.event_type.routing_key();
-        let props = amqp::event_properties(&ev.event_id, key);
-        let published = match self.publisher().await {
-            Ok(p) => {
-                dl.publish(&p, &self.cfg.amqp.dead_letter_exchange, key, &props, raw)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        match published {
-            Ok(()) => {
-                warn!(company = %company.id, schedule = %ev.schedule_id, mailbox, revision = ev.revision, reason = w.reason, status = ?e.status, code = %e.code, request_id = ?e.request_id, "flush: change dead-lettered");
-                self.metrics
-                    .dead_letters
-                    .get_or_create(&vec![
-                        ("stage", "flush".into()),
-                        ("reason", w.reason.into()),
-                    ])
-                    .inc();
-                Outcome::Settled
-            }
-            Err(err) => {
-                warn!(error = %err, "flush: dead-letter publish failed; the schedule will be retried");
-                Outcome::Unsettled
-            }
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum FlushError {
-    #[error("Redis: {0}")]
-    Redis(#[from] redis::RedisError),
 }
 
 fn redis_err(e: crate::tenants::DirectoryError) -> redis::RedisError {
@@ -1179,154 +754,6 @@ fn worst(a: Outcome, b: Outcome) -> Outcome {
         (Deferred, _) | (_, Deferred) => Deferred,
         _ => Settled,
     }
-}
-
-/// The step an op is at.
-#[derive(Debug, Clone)]
-enum Step {
-    Lookup { then_create_tx: Option<String> },
-    LookupForDelete,
-    Create(Option<String>),
-    Update(String),
-    Delete(String),
-}
-
-struct Work {
-    idx: usize,
-    op: Op,
-    step: Step,
-    attempts: u32,
-    done: Option<Outcome>,
-    error: Option<GraphError>,
-    reason: &'static str,
-    first_failure: Option<Timestamp>,
-    last_failure: Option<Timestamp>,
-}
-
-impl Work {
-    fn new(idx: usize, op: &Op, step: Step) -> Self {
-        Self {
-            idx,
-            op: op.clone(),
-            step,
-            attempts: 0,
-            done: None,
-            error: None,
-            reason: "",
-            first_failure: None,
-            last_failure: None,
-        }
-    }
-
-    fn finished(&self) -> bool {
-        self.done.is_some()
-    }
-}
-
-/// A ledger entry for a Graph failure.
-fn graph_entry(
-    revision: u64,
-    mailbox: &str,
-    step: &Step,
-    outcome: ledger::Outcome,
-    reason: &str,
-    e: &GraphError,
-    attempt: u32,
-) -> Entry {
-    let op = match step {
-        Step::Lookup { .. } | Step::LookupForDelete => "lookup",
-        Step::Create(_) => "create",
-        Step::Update(_) => "update",
-        Step::Delete(_) => "delete",
-    };
-    Entry {
-        graph_status: e.status,
-        graph_code: Some(e.code.clone()),
-        request_id: e.request_id.clone(),
-        attempt,
-        ..Entry::new(revision, mailbox, op, outcome, reason)
-    }
-}
-
-fn events_path(mailbox: &str) -> String {
-    format!("/users/{}/events", path_segment(mailbox))
-}
-
-fn request(
-    i: usize,
-    step: &Step,
-    ev: &ScheduleEvent,
-    mailbox: &str,
-    opts: &MappingOptions<'_>,
-) -> GraphRequest {
-    let id = i.to_string();
-    let schedule = || ev.schedule.as_ref().expect("upserts carry the schedule");
-    match step {
-        Step::Lookup { .. } | Step::LookupForDelete => GraphRequest {
-            id,
-            method: Method::Get,
-            path: format!(
-                "{}?$filter={}&$select=id&$top=5",
-                events_path(mailbox),
-                url_encode(&mapping::tag_filter(&ev.company_id, &ev.schedule_id))
-            ),
-            body: None,
-        },
-        Step::Create(tx) => GraphRequest {
-            id,
-            method: Method::Post,
-            path: events_path(mailbox),
-            body: Some(mapping::create_body(
-                schedule(),
-                &ev.company_id,
-                &ev.schedule_id,
-                tx.as_deref().expect("intent recorded before the create"),
-                opts,
-            )),
-        },
-        Step::Update(event_id) => GraphRequest {
-            id,
-            method: Method::Patch,
-            path: format!("{}/{}", events_path(mailbox), path_segment(event_id)),
-            body: Some(mapping::update_body(
-                schedule(),
-                &ev.company_id,
-                &ev.schedule_id,
-                opts,
-            )),
-        },
-        Step::Delete(event_id) => GraphRequest {
-            id,
-            method: Method::Delete,
-            path: format!("{}/{}", events_path(mailbox), path_segment(event_id)),
-            body: None,
-        },
-    }
-}
-
-fn url_encode(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
-}
-
-fn first_id(body: &serde_json::Value) -> Option<String> {
-    body.get("value")?
-        .as_array()?
-        .first()?
-        .get("id")?
-        .as_str()
-        .map(str::to_string)
-}
-
-fn backoff_schedule(cfg: &Config) -> backon::ExponentialBackoff {
-    use backon::BackoffBuilder;
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(cfg.retry.initial_backoff_ms))
-        .with_max_delay(Duration::from_millis(cfg.retry.max_backoff_ms))
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 /// The product rules, per mailbox: who gets a copy of this change.

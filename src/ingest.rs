@@ -64,6 +64,7 @@ impl Ingest {
                 Ok(()) => backoff.reset(),
                 Err(e) => {
                     let _ = self.ready.send(false);
+                    self.metrics.ingest_reconnects.inc();
                     let wait = backoff.delay();
                     warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "ingest: consumer lost; reconnecting");
                     tokio::select! {

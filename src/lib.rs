@@ -3,8 +3,11 @@
 
 pub mod admin;
 pub mod amqp;
+pub mod apply;
+pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod deadletter;
 pub mod demo;
 pub mod event;

@@ -29,6 +29,15 @@ pub struct Metrics {
     pub due_backlog: Gauge,
     pub due_oldest_age_seconds: Gauge<f64, AtomicU64>,
     pub sync_latency_seconds: Histogram,
+    // Production telemetry (issue 7).
+    pub graph_requests_in_flight: Gauge,
+    pub graph_mailboxes_leased: Gauge,
+    pub graph_mailbox_requests_in_flight: Histogram,
+    pub company_failures: Family<Labels, Counter>,
+    pub consumer_attached: Gauge,
+    pub redis_reachable: Gauge,
+    pub ingest_reconnects: Counter,
+    pub shutdown_released_claims: Counter,
 }
 
 impl Metrics {
@@ -51,6 +60,16 @@ impl Metrics {
             sync_latency_seconds: Histogram::new([
                 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 450.0, 600.0, 900.0, 1800.0,
             ]),
+            graph_requests_in_flight: Gauge::default(),
+            graph_mailboxes_leased: Gauge::default(),
+            graph_mailbox_requests_in_flight: Histogram::new([
+                1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 12.0, 16.0, 20.0,
+            ]),
+            company_failures: Family::default(),
+            consumer_attached: Gauge::default(),
+            redis_reachable: Gauge::default(),
+            ingest_reconnects: Counter::default(),
+            shutdown_released_claims: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -123,6 +142,46 @@ impl Metrics {
             "From an event's occurred_at to its change being in Outlook",
             m.sync_latency_seconds.clone(),
         );
+        registry.register(
+            "graph_requests_in_flight",
+            "Graph requests this worker has in flight (all mailboxes; $batch items counted)",
+            m.graph_requests_in_flight.clone(),
+        );
+        registry.register(
+            "graph_mailboxes_leased",
+            "Mailboxes this worker holds the exclusive write lease of (one $batch in flight each at most)",
+            m.graph_mailboxes_leased.clone(),
+        );
+        registry.register(
+            "graph_mailbox_requests_in_flight",
+            "Requests outstanding to one mailbox, observed at each send (the mailbox lease is exclusive across workers; Graph runs at most 4 items of a $batch at once)",
+            m.graph_mailbox_requests_in_flight.clone(),
+        );
+        registry.register(
+            "company_failures",
+            "Changes that failed for good, by company and kind (credentials, mailbox, rejected, retries_exhausted); one series per company that has failed",
+            m.company_failures.clone(),
+        );
+        registry.register(
+            "consumer_attached",
+            "1 while this worker's RabbitMQ consumer is attached to the work queue",
+            m.consumer_attached.clone(),
+        );
+        registry.register(
+            "redis_reachable",
+            "1 if Redis answered PING at the last /metrics or /readyz",
+            m.redis_reachable.clone(),
+        );
+        registry.register(
+            "ingest_reconnects",
+            "Times the consumer was rebuilt after its connection or stream was lost",
+            m.ingest_reconnects.clone(),
+        );
+        registry.register(
+            "shutdown_released_claims",
+            "Flush claims given back at shutdown because the drain outlasted its grace period",
+            m.shutdown_released_claims.clone(),
+        );
         let mut m = m;
         m.registry = registry;
         Arc::new(m)
@@ -137,5 +196,55 @@ impl Metrics {
 
     pub fn label(k: &'static str, v: impl Into<String>) -> Labels {
         vec![(k, v.into())]
+    }
+
+    /// The name of every sample `/metrics` can expose (counters as `…_total`, histograms as
+    /// `…_bucket`/`…_sum`/`…_count`), read from the `# TYPE` lines, so labelled families that have
+    /// no series yet are included. The deploy tests check dashboards and alert rules against it.
+    pub fn sample_names(&self) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for line in self.render().lines() {
+            let mut parts = line.split_whitespace();
+            if parts.next() != Some("#") || parts.next() != Some("TYPE") {
+                continue;
+            }
+            let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total", "_created"],
+                "histogram" => &["_bucket", "_sum", "_count", "_created"],
+                "summary" => &["", "_sum", "_count", "_created"],
+                "info" => &["_info"],
+                "stateset" | "gaugehistogram" | "unknown" | "gauge" => &[""],
+                _ => &[""],
+            };
+            for s in suffixes {
+                out.insert(format!("{name}{s}"));
+            }
+        }
+        out
+    }
+}
+
+/// Adds `n` to a gauge until dropped (in-flight counts stay right when a task is cancelled).
+pub struct GaugeGuard {
+    gauge: Gauge,
+    n: i64,
+}
+
+impl GaugeGuard {
+    pub fn new(gauge: &Gauge, n: i64) -> Self {
+        gauge.inc_by(n);
+        Self {
+            gauge: gauge.clone(),
+            n,
+        }
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.gauge.dec_by(self.n);
     }
 }

@@ -1,16 +1,19 @@
 //! The tenant directory in Redis: companies (credentials, plan, enabled) and their linked users
 //! (cyzen user → mailbox, linked-at, status). The flush reads it; the admin API writes it.
 //!
-//! Keys: `{prefix}:company:{company}` (a JSON document) and `{prefix}:users:{company}` (a hash of
-//! user id → JSON).
+//! Keys: `{prefix}:company:{company}` (a JSON document; the client secret sealed with
+//! AES-256-GCM, see [`crate::crypto`]), `{prefix}:companies` (the set of company ids) and
+//! `{prefix}:users:{company}` (a hash of user id → JSON).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
+use crate::crypto::{CryptoError, KeyRing, Sealed};
 use crate::graph::client::Credentials;
 use crate::secret::Secret;
 
@@ -35,6 +38,8 @@ pub enum NotSyncing {
     LitePlusWithoutScheduleOption,
     Disabled,
     NoCredentials,
+    /// Credentials are stored but the configured keys cannot decrypt them.
+    CredentialsUnreadable,
     UnknownCompany,
 }
 
@@ -45,6 +50,7 @@ impl NotSyncing {
             NotSyncing::LitePlusWithoutScheduleOption => "lite_plus_without_schedule_option",
             NotSyncing::Disabled => "integration_disabled",
             NotSyncing::NoCredentials => "no_credentials",
+            NotSyncing::CredentialsUnreadable => "credentials_unreadable",
             NotSyncing::UnknownCompany => "unknown_company",
         }
     }
@@ -63,15 +69,19 @@ impl Plan {
     }
 }
 
-/// The company's Microsoft Entra app registration.
-#[derive(Clone, Serialize, Deserialize)]
+/// The company's Microsoft Entra app registration, as the service uses it (the secret decrypted,
+/// in a [`Secret`]). In Redis the secret is sealed with AES-256-GCM ([`crate::crypto`]).
+#[derive(Clone)]
 pub struct StoredCredentials {
     pub tenant_id: String,
     pub client_id: String,
-    /// The client secret. TODO(issue 5): encrypted at rest with a configured AEAD key.
-    pub client_secret: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Secret,
     pub secret_expires_at: Option<Timestamp>,
+    /// The id of the key that sealed the stored secret (`None`: not stored yet, or stored in
+    /// plain text by a version before encryption at rest).
+    pub key_id: Option<String>,
+    /// When the credentials were last set.
+    pub set_at: Option<Timestamp>,
 }
 
 impl std::fmt::Debug for StoredCredentials {
@@ -79,34 +89,98 @@ impl std::fmt::Debug for StoredCredentials {
         f.debug_struct("StoredCredentials")
             .field("tenant_id", &self.tenant_id)
             .field("client_id", &self.client_id)
-            .field("client_secret", &"***")
+            .field("client_secret", &self.client_secret)
+            .field("secret_expires_at", &self.secret_expires_at)
+            .field("key_id", &self.key_id)
             .finish()
     }
 }
 
 impl StoredCredentials {
+    pub fn new(
+        tenant_id: impl Into<String>,
+        client_id: impl Into<String>,
+        client_secret: Secret,
+        secret_expires_at: Option<Timestamp>,
+    ) -> Self {
+        Self {
+            tenant_id: tenant_id.into(),
+            client_id: client_id.into(),
+            client_secret,
+            secret_expires_at,
+            key_id: None,
+            set_at: Some(Timestamp::now()),
+        }
+    }
+
     pub fn credentials(&self) -> Credentials {
         Credentials {
             tenant_id: self.tenant_id.clone(),
             client_id: self.client_id.clone(),
-            client_secret: Secret::new(self.client_secret.clone()),
+            client_secret: self.client_secret.clone(),
         }
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The last answer of the customer's administrator on Microsoft's admin-consent page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentRecord {
+    pub granted: bool,
+    pub at: Timestamp,
+    /// The tenant Microsoft reported (`tenant=` on success).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// `error` and `error_description` on refusal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_description: Option<String>,
+}
+
+/// The outcome of the last "verify" of the company's credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerificationRecord {
+    pub at: Timestamp,
+    /// `ok`, or the problem's code (`invalid_secret`, `permission_not_granted`, …).
+    pub outcome: String,
+    /// Required application permissions the token lacks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_permissions: Vec<String>,
+    /// Recommended permissions the token lacks (warnings).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_optional_permissions: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
 pub struct Company {
     pub id: String,
     pub plan: Plan,
-    #[serde(default)]
     pub options: Vec<String>,
     /// The administrator turned the integration on.
     pub enabled: bool,
-    #[serde(default)]
     pub credentials: Option<StoredCredentials>,
+    /// Set (and `credentials` is `None`) when stored credentials exist but cannot be decrypted
+    /// with the configured keys; writing the company back keeps the stored credentials.
+    pub credentials_error: Option<String>,
+    pub consent: Option<ConsentRecord>,
+    pub verification: Option<VerificationRecord>,
 }
 
 impl Company {
+    /// A company on `plan`, no options, integration off, nothing configured.
+    pub fn new(id: impl Into<String>, plan: Plan) -> Self {
+        Self {
+            id: id.into(),
+            plan,
+            options: Vec::new(),
+            enabled: false,
+            credentials: None,
+            credentials_error: None,
+            consent: None,
+            verification: None,
+        }
+    }
+
     /// Whether this company's events are synced, and if not, why.
     pub fn sync_allowed(&self) -> Result<(), NotSyncing> {
         self.plan.allows(&self.options)?;
@@ -114,10 +188,49 @@ impl Company {
             return Err(NotSyncing::Disabled);
         }
         if self.credentials.is_none() {
+            if self.credentials_error.is_some() {
+                return Err(NotSyncing::CredentialsUnreadable);
+            }
             return Err(NotSyncing::NoCredentials);
         }
         Ok(())
     }
+}
+
+/// The company as stored: the secret sealed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CompanyDoc {
+    id: String,
+    plan: Plan,
+    #[serde(default)]
+    options: Vec<String>,
+    enabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    credentials: Option<CredentialsDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    consent: Option<ConsentRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    verification: Option<VerificationRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CredentialsDoc {
+    tenant_id: String,
+    client_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret: Option<Sealed>,
+    /// Plain text, as versions before encryption at rest stored it; read, never written.
+    #[serde(default, skip_serializing)]
+    client_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret_expires_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    set_at: Option<Timestamp>,
+}
+
+/// What the client secret of `company` is bound to when sealed.
+fn secret_aad(company: &str) -> String {
+    format!("outlook-sync/client-secret/v1/{company}")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +270,8 @@ pub enum DirectoryError {
     Redis(#[from] redis::RedisError),
     #[error("corrupt record {key}: {message}")]
     Corrupt { key: String, message: String },
+    #[error("{0}")]
+    Crypto(#[from] CryptoError),
 }
 
 /// Reads and writes the directory.
@@ -164,32 +279,54 @@ pub enum DirectoryError {
 pub struct Directory {
     redis: ConnectionManager,
     prefix: String,
+    keys: Arc<KeyRing>,
+}
+
+/// What [`Directory::reseal_all`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ResealReport {
+    pub companies: usize,
+    pub resealed: usize,
+    /// Companies whose secret could not be opened: (company, error).
+    pub failed: Vec<(String, String)>,
 }
 
 impl Directory {
+    /// A directory without encryption keys: it reads companies without credentials, and
+    /// refuses to store a secret. Use [`Directory::from_config`] or [`Directory::with_keys`].
     pub fn new(redis: ConnectionManager, prefix: &str) -> Self {
         Self {
             redis,
             prefix: prefix.to_string(),
+            keys: Arc::new(KeyRing::default()),
         }
+    }
+
+    /// The directory of a (validated) configuration: its key prefix and its secret keys.
+    pub fn from_config(redis: ConnectionManager, cfg: &crate::config::Config) -> Self {
+        let keys = KeyRing::from_config(&cfg.secrets)
+            .expect("secrets.* are checked by Config::validate");
+        Self::new(redis, &cfg.redis.key_prefix).with_keys(Arc::new(keys))
+    }
+
+    pub fn with_keys(mut self, keys: Arc<KeyRing>) -> Self {
+        self.keys = keys;
+        self
     }
 
     fn company_key(&self, company: &str) -> String {
         format!("{}:company:{company}", self.prefix)
     }
 
+    fn companies_key(&self) -> String {
+        format!("{}:companies", self.prefix)
+    }
+
     fn users_key(&self, company: &str) -> String {
         format!("{}:users:{company}", self.prefix)
     }
 
-    pub async fn put_company(&self, c: &Company) -> Result<(), DirectoryError> {
-        let doc = serde_json::to_string(c).expect("serializable");
-        let mut r = self.redis.clone();
-        let _: () = r.set(self.company_key(&c.id), doc).await?;
-        Ok(())
-    }
-
-    pub async fn company(&self, company: &str) -> Result<Option<Company>, DirectoryError> {
+    async fn read_doc(&self, company: &str) -> Result<Option<CompanyDoc>, DirectoryError> {
         let key = self.company_key(company);
         let mut r = self.redis.clone();
         let doc: Option<String> = r.get(&key).await?;
@@ -202,12 +339,139 @@ impl Directory {
         .transpose()
     }
 
-    pub async fn remove_company(&self, company: &str) -> Result<(), DirectoryError> {
+    /// Stores the company, sealing its client secret with the active key. Fails with
+    /// [`CryptoError::NoKey`] when it has a secret and no key is configured.
+    pub async fn put_company(&self, c: &Company) -> Result<(), DirectoryError> {
+        let credentials = match (&c.credentials, &c.credentials_error) {
+            (Some(sc), _) => Some(CredentialsDoc {
+                tenant_id: sc.tenant_id.clone(),
+                client_id: sc.client_id.clone(),
+                secret: Some(self.keys.seal(&sc.client_secret, &secret_aad(&c.id))?),
+                client_secret: None,
+                secret_expires_at: sc.secret_expires_at,
+                set_at: sc.set_at,
+            }),
+            // Unreadable with today's keys: keep what is stored.
+            (None, Some(_)) => self.read_doc(&c.id).await?.and_then(|d| d.credentials),
+            (None, None) => None,
+        };
+        let doc = CompanyDoc {
+            id: c.id.clone(),
+            plan: c.plan,
+            options: c.options.clone(),
+            enabled: c.enabled,
+            credentials,
+            consent: c.consent.clone(),
+            verification: c.verification.clone(),
+        };
+        let doc = serde_json::to_string(&doc).expect("serializable");
         let mut r = self.redis.clone();
-        let _: () = r
-            .del(&[self.company_key(company), self.users_key(company)])
+        let _: () = redis::pipe()
+            .set(self.company_key(&c.id), doc)
+            .ignore()
+            .sadd(self.companies_key(), &c.id)
+            .ignore()
+            .query_async(&mut r)
             .await?;
         Ok(())
+    }
+
+    /// The company, its client secret decrypted. Credentials the keys cannot open come back as
+    /// `credentials: None` with `credentials_error` set (and a warning is logged).
+    pub async fn company(&self, company: &str) -> Result<Option<Company>, DirectoryError> {
+        let Some(doc) = self.read_doc(company).await? else {
+            return Ok(None);
+        };
+        let mut credentials = None;
+        let mut credentials_error = None;
+        if let Some(cd) = doc.credentials {
+            let secret = match (&cd.secret, &cd.client_secret) {
+                (Some(sealed), _) => self
+                    .keys
+                    .open(sealed, &secret_aad(&doc.id))
+                    .map(|s| (s, Some(sealed.key_id.clone()))),
+                (None, Some(plain)) => Ok((Secret::new(plain.clone()), None)),
+                (None, None) => Err(CryptoError::Corrupt("-".into())),
+            };
+            match secret {
+                Ok((client_secret, key_id)) => {
+                    credentials = Some(StoredCredentials {
+                        tenant_id: cd.tenant_id,
+                        client_id: cd.client_id,
+                        client_secret,
+                        secret_expires_at: cd.secret_expires_at,
+                        key_id,
+                        set_at: cd.set_at,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(company, error = %e, "the company's client secret cannot be decrypted");
+                    credentials_error = Some(e.to_string());
+                }
+            }
+        }
+        Ok(Some(Company {
+            id: doc.id,
+            plan: doc.plan,
+            options: doc.options,
+            enabled: doc.enabled,
+            credentials,
+            credentials_error,
+            consent: doc.consent,
+            verification: doc.verification,
+        }))
+    }
+
+    /// Every company id written through this directory, sorted.
+    pub async fn company_ids(&self) -> Result<Vec<String>, DirectoryError> {
+        let mut r = self.redis.clone();
+        let mut ids: Vec<String> = r.smembers(self.companies_key()).await?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    pub async fn remove_company(&self, company: &str) -> Result<(), DirectoryError> {
+        let mut r = self.redis.clone();
+        let _: () = redis::pipe()
+            .del(&[self.company_key(company), self.users_key(company)])
+            .ignore()
+            .srem(self.companies_key(), company)
+            .ignore()
+            .query_async(&mut r)
+            .await?;
+        Ok(())
+    }
+
+    /// Re-encrypts every stored secret sealed with a key other than the active one (or stored
+    /// in plain text by an older version) with the active key.
+    pub async fn reseal_all(&self) -> Result<ResealReport, DirectoryError> {
+        let active = self
+            .keys
+            .active_key_id()
+            .ok_or(CryptoError::NoKey)?
+            .to_string();
+        let mut report = ResealReport::default();
+        for id in self.company_ids().await? {
+            let Some(doc) = self.read_doc(&id).await? else {
+                continue;
+            };
+            report.companies += 1;
+            let Some(cd) = &doc.credentials else { continue };
+            if cd.secret.as_ref().is_some_and(|s| s.key_id == active) {
+                continue;
+            }
+            match self.company(&id).await? {
+                Some(c) if c.credentials.is_some() => {
+                    self.put_company(&c).await?;
+                    report.resealed += 1;
+                }
+                Some(c) => report
+                    .failed
+                    .push((id, c.credentials_error.unwrap_or_default())),
+                None => {}
+            }
+        }
+        Ok(report)
     }
 
     pub async fn put_user(&self, company: &str, u: &LinkedUser) -> Result<(), DirectoryError> {
@@ -219,6 +483,22 @@ impl Directory {
                 serde_json::to_string(u).expect("serializable"),
             )
             .await?;
+        Ok(())
+    }
+
+    /// Writes many users in one round trip.
+    pub async fn put_users(&self, company: &str, users: &[LinkedUser]) -> Result<(), DirectoryError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let key = self.users_key(company);
+        let mut pipe = redis::pipe();
+        for u in users {
+            pipe.hset(&key, &u.user_id, serde_json::to_string(u).expect("serializable"))
+                .ignore();
+        }
+        let mut r = self.redis.clone();
+        pipe.query_async::<()>(&mut r).await?;
         Ok(())
     }
 

@@ -1,11 +1,26 @@
 //! A worker: ingest and flush side by side in one process, with `/healthz`, `/readyz` and
 //! `/metrics`, until shutdown. Workers are stateless; run as many as the backlog needs.
+//!
+//! Supervision: neither a RabbitMQ nor a Redis outage ends a worker. Ingest rebuilds its
+//! connection with backoff (a stalled broker is noticed by the AMQP heartbeat,
+//! `amqp.heartbeat_seconds`); Redis calls time out after `redis.response_timeout_ms` and the
+//! connection manager reconnects by itself (also at start: a worker starts while Redis is down
+//! and becomes ready when it is back); the flush retries its pass with backoff. Meanwhile
+//! `/readyz` says what is missing.
+//!
+//! Shutdown ([`Worker::stop`]): ingest stops consuming and closes its connection (unacked
+//! deliveries go back to the queue), the current flush pass finishes and completes or releases
+//! its claims. If that outlasts the grace period, the worker abandons the pass and gives its
+//! claims back at once, so other workers take them over now; the mailbox leases it held run out
+//! within `graph.mailbox_lease_seconds`. Either way nothing is lost: every step of a flush can be
+//! retried by any worker.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use redis::AsyncCommands;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::flush::Flusher;
@@ -24,6 +39,26 @@ pub async fn redis(cfg: &Config) -> Result<redis::aio::ConnectionManager, redis:
     client.get_connection_manager_with_config(mcfg).await
 }
 
+/// A Redis connection manager that connects on first use (so a worker starts, not ready, while
+/// Redis is down) and reconnects by itself.
+pub fn redis_lazy(cfg: &Config) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
+    let client = redis::Client::open(cfg.redis.url.as_str())?;
+    let mcfg = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_millis(cfg.redis.response_timeout_ms)))
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_max_delay(Duration::from_secs(5));
+    client.get_connection_manager_lazy(mcfg)
+}
+
+/// How a [`Worker::stop`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Both loops ended within the grace period.
+    pub drained: bool,
+    /// Claims given back because the drain did not finish in time.
+    pub released_claims: usize,
+}
+
 /// The running parts of a worker, for tests and the demo that drive one in-process.
 pub struct Worker {
     pub ingest: Arc<Ingest>,
@@ -32,15 +67,31 @@ pub struct Worker {
     pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// `{prefix}:owner`: claimed member → claim token.
+    owner_key: String,
+    mailbox_lease: Duration,
+}
+
+/// How long releasing the claims may take at shutdown.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn timeout_error() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "releasing the claims timed out",
+    ))
 }
 
 impl Worker {
-    /// Starts ingest and flush. Fails only if Redis cannot be reached at start.
-    pub async fn start(cfg: Config) -> Result<Worker, redis::RedisError> {
+    /// Starts ingest and flush. Fails only on an unusable `redis.url`: an unreachable Redis or
+    /// RabbitMQ makes the worker not ready until they are back, never fails it.
+    pub async fn start(mut cfg: Config) -> Result<Worker, redis::RedisError> {
+        cfg.amqp.url = cfg.amqp.connection_url();
         let cfg = Arc::new(cfg);
-        let redis = redis(&cfg).await?;
+        let redis = redis_lazy(&cfg)?;
         let metrics = Metrics::new();
         let windows = Windows::new(redis.clone(), &cfg.redis.key_prefix, cfg.window());
+        let owner_key = windows.key("owner");
         let ingest = Arc::new(Ingest::new((*cfg).clone(), windows, metrics.clone()));
         let flusher = Flusher::new(
             cfg.clone(),
@@ -62,6 +113,8 @@ impl Worker {
         ];
         Ok(Worker {
             ingest,
+            owner_key,
+            mailbox_lease: Duration::from_secs(cfg.graph.mailbox_lease_seconds),
             redis,
             flusher,
             metrics,
@@ -71,13 +124,66 @@ impl Worker {
     }
 
     /// Stops consuming, lets the current flush pass finish (its claims are completed or
-    /// released), and waits up to `grace` for both loops to end.
-    pub async fn stop(self, grace: Duration) {
+    /// released), and waits up to `grace` for both loops to end. Past `grace`, abandons the pass
+    /// and releases this worker's claims (due again at once, for any worker); its mailbox
+    /// leases expire by themselves. Returns within `grace` plus a few seconds at most.
+    pub async fn stop(mut self, grace: Duration) -> Stopped {
+        let started = tokio::time::Instant::now();
         let _ = self.shutdown.send(true);
-        let all = futures_util::future::join_all(self.tasks);
-        if tokio::time::timeout(grace, all).await.is_err() {
-            info!("worker: drain exceeded the grace period; unfinished claims expire by lease");
+        let tasks = std::mem::take(&mut self.tasks);
+        let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+        let all = futures_util::future::join_all(tasks);
+        if tokio::time::timeout(grace, all).await.is_ok() {
+            info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "worker: drained; the current flush pass finished"
+            );
+            return Stopped {
+                drained: true,
+                released_claims: 0,
+            };
         }
+        for a in &aborts {
+            a.abort();
+        }
+        // Aborted tasks drop their claim and lease renewers at their next await.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let released = tokio::time::timeout(RELEASE_TIMEOUT, self.release_claims())
+            .await
+            .unwrap_or_else(|_| Err(timeout_error()));
+        let released_claims = match released {
+            Ok(n) => {
+                self.metrics.shutdown_released_claims.inc_by(n as u64);
+                n
+            }
+            Err(e) => {
+                warn!(error = %e, "worker: could not release the claims; they expire by lease");
+                0
+            }
+        };
+        warn!(
+            grace_ms = grace.as_millis() as u64,
+            released_claims,
+            mailbox_lease_seconds = self.mailbox_lease.as_secs(),
+            "worker: the drain outlasted the grace period; the flush pass was abandoned and its claims released"
+        );
+        Stopped {
+            drained: false,
+            released_claims,
+        }
+    }
+
+    /// Gives back every claim this worker's flusher holds (due again at once).
+    async fn release_claims(&self) -> Result<usize, redis::RedisError> {
+        let mut r = self.redis.clone();
+        let owners: std::collections::HashMap<String, String> = r.hgetall(&self.owner_key).await?;
+        let token = self.flusher.claim_token();
+        let mine: Vec<crate::window::Member> = owners
+            .iter()
+            .filter(|(_, t)| t.as_str() == token)
+            .filter_map(|(m, _)| crate::window::Member::decode(m))
+            .collect();
+        self.flusher.release_all(&mine).await
     }
 
     /// What `/healthz`, `/readyz` and `/metrics` serve.

@@ -1,7 +1,14 @@
 //! `/healthz` (the process is alive), `/readyz` (consumer attached and Redis reachable) and
 //! `/metrics` (Prometheus).
+//!
+//! `/healthz` depends on nothing outside the process, so an outage of RabbitMQ or Redis never
+//! makes Kubernetes restart a worker (it could not help); `/readyz` reports the outage (503) so
+//! it shows on the pod and in `outlook_sync_consumer_attached` / `outlook_sync_redis_reachable`.
+//! Every check is bounded in time: a stalled Redis answers `/readyz` with 503 after
+//! [`PING_TIMEOUT`], never by hanging the probe.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -11,11 +18,46 @@ use axum::routing::get;
 
 use crate::metrics::Metrics;
 
+/// How long `/readyz` and `/metrics` wait for Redis to answer PING.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
+
 #[derive(Clone)]
 pub struct Health {
     pub metrics: Arc<Metrics>,
     pub consumer_ready: tokio::sync::watch::Receiver<bool>,
     pub redis: redis::aio::ConnectionManager,
+}
+
+/// What `/readyz` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    pub consumer_attached: bool,
+    pub redis_reachable: bool,
+}
+
+impl Readiness {
+    pub fn ready(&self) -> bool {
+        self.consumer_attached && self.redis_reachable
+    }
+}
+
+impl Health {
+    /// Checks both dependencies (PING bounded by [`PING_TIMEOUT`]) and records them as gauges.
+    pub async fn check(&self) -> Readiness {
+        let consumer_attached = *self.consumer_ready.borrow();
+        let mut r = self.redis.clone();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<String>(&mut r);
+        let redis_reachable = matches!(tokio::time::timeout(PING_TIMEOUT, ping).await, Ok(Ok(_)));
+        self.metrics
+            .consumer_attached
+            .set(i64::from(consumer_attached));
+        self.metrics.redis_reachable.set(i64::from(redis_reachable));
+        Readiness {
+            consumer_attached,
+            redis_reachable,
+        }
+    }
 }
 
 pub fn router(state: Health) -> Router {
@@ -27,14 +69,12 @@ pub fn router(state: Health) -> Router {
 }
 
 async fn readyz(State(h): State<Health>) -> impl IntoResponse {
-    let consumer = *h.consumer_ready.borrow();
-    let mut r = h.redis.clone();
-    let redis_ok = redis::cmd("PING")
-        .query_async::<String>(&mut r)
-        .await
-        .is_ok();
-    let body = format!("consumer_attached {consumer}\nredis_reachable {redis_ok}\n");
-    if consumer && redis_ok {
+    let r = h.check().await;
+    let body = format!(
+        "consumer_attached {}\nredis_reachable {}\n",
+        r.consumer_attached, r.redis_reachable
+    );
+    if r.ready() {
         (StatusCode::OK, body)
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, body)
@@ -42,6 +82,7 @@ async fn readyz(State(h): State<Health>) -> impl IntoResponse {
 }
 
 async fn metrics(State(h): State<Health>) -> impl IntoResponse {
+    h.check().await;
     (
         [(
             header::CONTENT_TYPE,

@@ -2357,3 +2357,36 @@ time_zone = "Tokyo Standard Time"
         "a client_id in two tenants is rejected"
     );
 }
+
+#[tokio::test]
+async fn upload_bytes_limit_throttles_writes_but_not_reads() {
+    let e = emu(Settings {
+        upload_bytes_per_window: 1000,
+        upload_window: Duration::from_millis(700),
+        ..Settings::default()
+    })
+    .await;
+    let t = e.token().await;
+    let body = event("bytes", "2025-01-06T09:00:00", "2025-01-06T10:00:00", "UTC");
+    let size = serde_json::to_vec(&body).unwrap().len();
+    assert!((200..500).contains(&size), "{size}");
+    let fits = 1000 / size;
+    let path = format!("/users/{TARO}/events");
+    for _ in 0..fits {
+        assert_eq!(e.post(&t, &path, body.clone()).await.status, 201);
+    }
+    let r = e.post(&t, &path, body.clone()).await;
+    assert_graph_error(&r, 429, "TooManyRequests", Some(wire::TOO_MANY_REQUESTS));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // Reads still pass, and other mailboxes have their own budget.
+    assert_eq!(e.get(&t, &path).await.status, 200);
+    assert_eq!(
+        e.post(&t, &format!("/users/{HANAKO}/events"), body.clone())
+            .await
+            .status,
+        201
+    );
+    tokio::time::sleep(Duration::from_millis(750)).await;
+    assert_eq!(e.post(&t, &path, body).await.status, 201);
+    assert_eq!(e.em().calendar(TARO).len(), fits + 1);
+}

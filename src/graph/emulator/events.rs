@@ -37,8 +37,18 @@ pub(crate) struct StoredEvent {
     /// The other writable properties in their canonical form.
     pub props: Map<String, Value>,
     /// singleValueExtendedProperties: (id as given, value).
-    pub ext: Vec<(String, String)>,
+    pub ext: Vec<ExtProp>,
     pub organizer: Value,
+}
+
+/// A stored single-value extended property.
+#[derive(Debug, Clone)]
+pub(crate) struct ExtProp {
+    /// The id as the client wrote it (returned as is).
+    pub id: String,
+    /// [`normalize_ext_id`] of `id`, for comparisons.
+    pub key: String,
+    pub value: String,
 }
 
 /// How `singleValueExtendedProperties` appear in a rendering.
@@ -855,8 +865,8 @@ impl StoredEvent {
     pub fn ext_value(&self, normalized_id: &str) -> Option<&str> {
         self.ext
             .iter()
-            .find(|(id, _)| normalize_ext_id(id).as_deref() == Some(normalized_id))
-            .map(|(_, v)| v.as_str())
+            .find(|p| p.key == normalized_id)
+            .map(|p| p.value.as_str())
     }
 
     fn body_text(&self) -> String {
@@ -1000,13 +1010,13 @@ impl StoredEvent {
             ExtMode::All => self
                 .ext
                 .iter()
-                .map(|(id, v)| json!({"id": id, "value": v}))
+                .map(|p| json!({"id": p.id, "value": p.value}))
                 .collect(),
             ExtMode::Only(want) => self
                 .ext
                 .iter()
-                .filter(|(id, _)| normalize_ext_id(id).as_deref() == Some(want.as_str()))
-                .map(|(id, v)| json!({"id": id, "value": v}))
+                .filter(|p| &p.key == want)
+                .map(|p| json!({"id": p.id, "value": p.value}))
                 .collect(),
         };
         if !ext.is_empty() {
@@ -1017,19 +1027,14 @@ impl StoredEvent {
 }
 
 /// Sets/overwrites extended properties by (normalised) id; others stay.
-fn merge_ext(
-    mut current: Vec<(String, String)>,
-    new: Vec<(String, String)>,
-) -> Vec<(String, String)> {
+fn merge_ext(mut current: Vec<ExtProp>, new: Vec<(String, String)>) -> Vec<ExtProp> {
     for (id, value) in new {
-        let norm = normalize_ext_id(&id);
-        if let Some(slot) = current
-            .iter_mut()
-            .find(|(cid, _)| normalize_ext_id(cid) == norm)
-        {
-            *slot = (id, value);
-        } else {
-            current.push((id, value));
+        // parse_input only accepts ids that normalise.
+        let key = normalize_ext_id(&id).unwrap_or_else(|| id.clone());
+        let prop = ExtProp { id, key, value };
+        match current.iter_mut().find(|p| p.key == prop.key) {
+            Some(slot) => *slot = prop,
+            None => current.push(prop),
         }
     }
     current

@@ -502,17 +502,29 @@ impl Emulator {
                 wire::IMMUTABLE_ID_REQUIRED,
             ));
         }
-        let _slot = Slot::acquire(&self.inner, &claims.appid, &user.id, &user.upn, settings)
-            .map_err(|t| match t {
-                Throttled::Concurrency => GraphError::concurrency(util::format_retry_after(
-                    settings.retry_after_secs,
-                    settings.fractional_retry_after,
-                )),
-                Throttled::Window(wait) => GraphError::too_many_requests(util::format_retry_after(
-                    wait.as_secs_f64().max(0.001),
-                    settings.fractional_retry_after,
-                )),
-            })?;
+        let upload_bytes = if matches!(call.method.as_str(), "POST" | "PATCH" | "PUT") {
+            call.body.len() as u64
+        } else {
+            0
+        };
+        let _slot = Slot::acquire(
+            &self.inner,
+            &claims.appid,
+            &user.id,
+            &user.upn,
+            settings,
+            upload_bytes,
+        )
+        .map_err(|t| match t {
+            Throttled::Concurrency => GraphError::concurrency(util::format_retry_after(
+                settings.retry_after_secs,
+                settings.fractional_retry_after,
+            )),
+            Throttled::Window(wait) => GraphError::too_many_requests(util::format_retry_after(
+                wait.as_secs_f64().max(0.001),
+                settings.fractional_retry_after,
+            )),
+        })?;
         self.latency(settings).await;
         match user.mailbox {
             MailboxKind::Ok => {}

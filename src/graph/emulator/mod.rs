@@ -14,7 +14,7 @@
 //! | events: create/get/update/delete, list, `calendarView`, validation, `transactionId`, extended properties, `Prefer` | `events.rs`, `odata.rs` | §2.1–§2.9, §6.4 |
 //! | accepted time-zone names | `timezones.rs` | §2.3 |
 //! | `$batch` | `batch.rs` | §3 |
-//! | throttling (4 in flight, 10,000 / 10 min per app+mailbox), `Retry-After` | `throttle.rs` | §4 |
+//! | throttling (4 in flight, 10,000 requests / 10 min, 150 MB uploads / 5 min per app+mailbox), `Retry-After` | `throttle.rs` | §4 |
 //! | faults (503, 504, 504-after-create, dropped connection, 429, expired token) | `faults.rs` | §4.2, §7.6 |
 //!
 //! Behaviour GRAPH.md marks UNCONFIRMED is a [`Settings`] knob (`transaction_id_mode`,
@@ -158,6 +158,11 @@ pub struct Settings {
     pub requests_per_window: u32,
     /// Sliding window of `requests_per_window`. Default 600 s.
     pub rate_window: Duration,
+    /// Upload bytes (POST/PATCH/PUT bodies) per (app, mailbox) per `upload_window` before
+    /// 429 `TooManyRequests` (GRAPH.md §4.1: 150 MB / 5 min). Default 150 MiB; 0 = unlimited.
+    pub upload_bytes_per_window: u64,
+    /// Sliding window of `upload_bytes_per_window`. Default 300 s.
+    pub upload_window: Duration,
     /// Whether requests rejected by the window still count in it ("Graph keeps counting usage
     /// while you are throttled", GRAPH.md §4.2). Default false.
     pub rate_window_counts_throttled: bool,
@@ -212,6 +217,8 @@ impl Default for Settings {
             max_concurrent_per_mailbox: 4,
             requests_per_window: 10_000,
             rate_window: Duration::from_secs(600),
+            upload_bytes_per_window: 150 * 1024 * 1024,
+            upload_window: Duration::from_secs(300),
             rate_window_counts_throttled: false,
             retry_after_secs: 1.0,
             fractional_retry_after: false,

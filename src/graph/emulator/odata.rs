@@ -96,7 +96,7 @@ impl ExtFilter {
             (None, Some(v)) => ev
                 .ext
                 .iter()
-                .any(|(_, x)| x.to_lowercase() == v.to_lowercase()),
+                .any(|p| p.value.to_lowercase() == v.to_lowercase()),
             (None, None) => true,
         }
     }

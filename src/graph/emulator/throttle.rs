@@ -1,5 +1,5 @@
-//! Outlook's per (app, mailbox) limits (GRAPH.md §4.1): requests in flight and a sliding
-//! request-count window. A request holds its slot (a [`Slot`] guard) for its whole life,
+//! Outlook's per (app, mailbox) limits (GRAPH.md §4.1): requests in flight, a sliding
+//! request-count window and a sliding upload-bytes window (POST/PATCH/PUT bodies). A request holds its slot (a [`Slot`] guard) for its whole life,
 //! including the configured latency.
 
 use std::collections::{HashMap, VecDeque};
@@ -13,6 +13,9 @@ use super::state::Inner;
 struct Pair {
     in_flight: u32,
     window: VecDeque<Instant>,
+    /// Admitted upload bodies (POST/PATCH/PUT) in `upload_window`: (time, bytes).
+    uploads: VecDeque<(Instant, u64)>,
+    upload_sum: u64,
 }
 
 #[derive(Debug, Default)]
@@ -39,6 +42,7 @@ impl ThrottleState {
         pair_key: (String, String),
         upn: &str,
         settings: &Settings,
+        upload_bytes: u64,
         now: Instant,
     ) -> Result<(), Throttled> {
         let pair = self.pairs.entry(pair_key).or_default();
@@ -65,6 +69,34 @@ impl ThrottleState {
                 }
                 return Err(Throttled::Window(wait));
             }
+        }
+        let upload_limit = settings.upload_bytes_per_window;
+        if upload_limit > 0 && upload_bytes > 0 {
+            let window = settings.upload_window;
+            while let Some(&(t, bytes)) = pair.uploads.front() {
+                if now.duration_since(t) < window {
+                    break;
+                }
+                pair.upload_sum -= bytes;
+                pair.uploads.pop_front();
+            }
+            if pair.upload_sum + upload_bytes > upload_limit {
+                // Wait until enough of the oldest uploads have left the window.
+                let mut freed = 0;
+                let mut wait = window;
+                for &(t, bytes) in &pair.uploads {
+                    freed += bytes;
+                    if pair.upload_sum - freed + upload_bytes <= upload_limit {
+                        wait = (t + window).saturating_duration_since(now);
+                        break;
+                    }
+                }
+                return Err(Throttled::Window(wait));
+            }
+            pair.uploads.push_back((now, upload_bytes));
+            pair.upload_sum += upload_bytes;
+        }
+        if per_window > 0 {
             pair.window.push_back(now);
         }
         pair.in_flight += 1;
@@ -81,7 +113,7 @@ impl ThrottleState {
     fn release(&mut self, pair_key: &(String, String), upn: &str) {
         if let Some(pair) = self.pairs.get_mut(pair_key) {
             pair.in_flight = pair.in_flight.saturating_sub(1);
-            if pair.in_flight == 0 && pair.window.is_empty() {
+            if pair.in_flight == 0 && pair.window.is_empty() && pair.uploads.is_empty() {
                 self.pairs.remove(pair_key);
             }
         }
@@ -109,6 +141,7 @@ impl Slot {
         mailbox_id: &str,
         upn: &str,
         settings: &Settings,
+        upload_bytes: u64,
     ) -> Result<Slot, Throttled> {
         let pair_key = (
             client_id.to_ascii_lowercase(),
@@ -119,6 +152,7 @@ impl Slot {
             pair_key.clone(),
             &upn,
             settings,
+            upload_bytes,
             Instant::now(),
         )?;
         Ok(Slot {

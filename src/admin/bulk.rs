@@ -1,0 +1,493 @@
+//! Bulk linking from a CSV file: `cyzen_user_id,email[,action]` (action `link`, the default, or
+//! `unlink`; an optional header row). A dry run (the preflight) says per row what would happen
+//! and why; the real run does it and says what happened.
+//!
+//! Each address to link is checked through Graph (`GET /users/{address}` and its `/calendar`)
+//! with at most `admin.bulk_concurrency` checks in flight. Rows name different mailboxes (a
+//! repeated address is a `duplicate_row`), so no mailbox sees more than one request at a time;
+//! throttled answers wait for `Retry-After` (`Admin::check_mailbox`). Rows that fail a check
+//! are not linked by the real run (they are reported `skipped` with the reason).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use jiff::Timestamp;
+use serde::Serialize;
+
+use super::service::{
+    Admin, AdminError, MailboxCheck, Progress, ProgressFn, Reason, is_valid_id,
+    is_well_formed_address,
+};
+use crate::tenants::{LinkedUser, UserStatus};
+
+/// Rows accepted in one file.
+pub const MAX_ROWS: usize = 50_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Link,
+    Unlink,
+}
+
+/// One parsed row (1-based line number in the file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub line: usize,
+    pub user_id: String,
+    pub email: String,
+    pub action: Result<Action, String>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BulkOptions {
+    /// Only say what would happen.
+    pub dry_run: bool,
+    /// Unlink rows also delete the user's copies.
+    pub delete_copies: bool,
+}
+
+/// What happened (or would happen) to one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    WouldLink,
+    WouldRelink,
+    WouldUnlink,
+    Linked,
+    Relinked,
+    Unlinked,
+    /// Nothing to do (already linked to this address and authenticated).
+    Unchanged,
+    /// A dry run's row that would not be applied, with the reason.
+    Error,
+    /// A real run's row that was not applied, with the reason.
+    Skipped,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RowResult {
+    pub line: usize,
+    pub user_id: String,
+    pub email: String,
+    pub action: Option<Action>,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BulkReport {
+    pub dry_run: bool,
+    pub rows: usize,
+    /// Rows per outcome.
+    pub summary: BTreeMap<Outcome, usize>,
+    /// Rows per reason code (errors and skips).
+    pub reasons: BTreeMap<String, usize>,
+    pub results: Vec<RowResult>,
+}
+
+/// Parses the CSV text (RFC 4180 quoting, CRLF or LF, a UTF-8 BOM, blank lines ignored).
+/// Returns the rows and the lines that are not `user,email[,action]`.
+pub fn parse_csv(text: &str) -> (Vec<Row>, Vec<(usize, String)>) {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut rows = Vec::new();
+    let mut bad = Vec::new();
+    let mut first = true;
+    for (line, fields) in records(text) {
+        if fields.iter().all(|f| f.trim().is_empty()) {
+            continue;
+        }
+        if first {
+            first = false;
+            if fields[0].trim().eq_ignore_ascii_case("cyzen_user_id") {
+                continue;
+            }
+        }
+        if !(2..=3).contains(&fields.len()) {
+            bad.push((
+                line,
+                format!(
+                    "expected cyzen_user_id,email[,action], got {} field(s)",
+                    fields.len()
+                ),
+            ));
+            continue;
+        }
+        let action = match fields.get(2).map(|a| a.trim().to_ascii_lowercase()) {
+            None => Ok(Action::Link),
+            Some(a) if a.is_empty() || a == "link" => Ok(Action::Link),
+            Some(a) if a == "unlink" => Ok(Action::Unlink),
+            Some(a) => Err(a),
+        };
+        rows.push(Row {
+            line,
+            user_id: fields[0].trim().to_string(),
+            email: fields[1].trim().to_string(),
+            action,
+        });
+    }
+    (rows, bad)
+}
+
+/// CSV records with the line each starts on.
+fn records(text: &str) -> Vec<(usize, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut in_quotes = false;
+    let mut line = 1;
+    let mut start = 1;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if in_quotes && chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            '"' if in_quotes => in_quotes = false,
+            '"' if field.trim().is_empty() => {
+                field.clear();
+                in_quotes = true;
+            }
+            ',' if !in_quotes => fields.push(std::mem::take(&mut field)),
+            '\r' if !in_quotes && chars.peek() == Some(&'\n') => {}
+            '\n' if !in_quotes => {
+                fields.push(std::mem::take(&mut field));
+                out.push((start, std::mem::take(&mut fields)));
+                line += 1;
+                start = line;
+            }
+            c => {
+                if c == '\n' {
+                    line += 1;
+                }
+                field.push(c);
+            }
+        }
+    }
+    if !field.is_empty() || !fields.is_empty() {
+        fields.push(field);
+        out.push((start, fields));
+    }
+    out
+}
+
+enum Plan {
+    Done(Outcome, Option<Reason>),
+    Check { relink: bool },
+    Unlink,
+}
+
+impl Admin {
+    /// Runs (or, with `dry_run`, previews) a bulk file against the company.
+    pub async fn bulk(
+        &self,
+        company: &str,
+        csv: &str,
+        opts: BulkOptions,
+        progress: ProgressFn,
+    ) -> Result<BulkReport, AdminError> {
+        let c = self.load(company).await?;
+        let (rows, bad) = parse_csv(csv);
+        if rows.len() + bad.len() > MAX_ROWS {
+            return Err(AdminError::Invalid {
+                code: "too_many_rows",
+                message: format!(
+                    "the file has {} rows; at most {MAX_ROWS} per upload",
+                    rows.len() + bad.len()
+                ),
+            });
+        }
+        let creds = match (&c.credentials, &c.credentials_error) {
+            (Some(sc), _) => sc.credentials(),
+            _ => {
+                return Err(AdminError::Conflict {
+                    code: "no_credentials",
+                    message: format!("company {company:?} has no usable Microsoft 365 credentials"),
+                });
+            }
+        };
+        let existing = self.directory.users(company).await?;
+        let unlinking: HashSet<&str> = rows
+            .iter()
+            .filter(|r| r.action == Ok(Action::Unlink))
+            .map(|r| r.user_id.as_str())
+            .collect();
+        let by_address: HashMap<String, &LinkedUser> = existing
+            .values()
+            .map(|u| (u.mailbox.to_ascii_lowercase(), u))
+            .collect();
+
+        // Decide what each row needs, without Graph.
+        let mut seen_users = HashSet::new();
+        let mut seen_addresses = HashSet::new();
+        let mut plans = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let err = |code: &str, detail: Option<String>| {
+                Plan::Done(
+                    if opts.dry_run {
+                        Outcome::Error
+                    } else {
+                        Outcome::Skipped
+                    },
+                    Some(Reason::new(code, detail)),
+                )
+            };
+            let plan = if r.user_id.is_empty() {
+                err("missing_user_id", None)
+            } else if !is_valid_id(&r.user_id) {
+                err("invalid_user_id", None)
+            } else if let Err(a) = &r.action {
+                err("invalid_action", Some(a.clone()))
+            } else if !seen_users.insert(r.user_id.clone()) {
+                err("duplicate_row", Some(format!("user {}", r.user_id)))
+            } else if r.action == Ok(Action::Unlink) {
+                if existing.contains_key(&r.user_id) {
+                    Plan::Unlink
+                } else {
+                    err("not_linked", None)
+                }
+            } else if !is_well_formed_address(&r.email) {
+                err("malformed_address", None)
+            } else if !seen_addresses.insert(r.email.to_ascii_lowercase()) {
+                err("duplicate_row", Some(format!("address {}", r.email)))
+            } else {
+                let key = r.email.to_ascii_lowercase();
+                match (existing.get(&r.user_id), by_address.get(&key)) {
+                    (_, Some(owner))
+                        if owner.user_id != r.user_id
+                            && !unlinking.contains(owner.user_id.as_str()) =>
+                    {
+                        err("address_in_use", Some(format!("user {}", owner.user_id)))
+                    }
+                    (Some(u), _)
+                        if u.mailbox.eq_ignore_ascii_case(&r.email)
+                            && u.status == UserStatus::Authenticated =>
+                    {
+                        Plan::Done(Outcome::Unchanged, Some(Reason::new("already_linked", None)))
+                    }
+                    (Some(u), _) => Plan::Check {
+                        relink: !u.mailbox.eq_ignore_ascii_case(&r.email),
+                    },
+                    (None, _) => Plan::Check { relink: false },
+                }
+            };
+            plans.push(plan);
+        }
+
+        // One token first: broken credentials stop here, not once per row.
+        let checks: Vec<usize> = (0..rows.len())
+            .filter(|&i| matches!(plans[i], Plan::Check { .. }))
+            .collect();
+        if !checks.is_empty()
+            && let Err(e) = self.graph.token(company, &creds).await
+        {
+            return Err(if e.is_retryable() {
+                AdminError::Unavailable {
+                    retry_after: e.wait_hint(),
+                    message: e.to_string(),
+                }
+            } else {
+                AdminError::Conflict {
+                    code: "credentials_invalid",
+                    message: format!("the company's credentials do not work: {e}"),
+                }
+            });
+        }
+        let total = rows.len();
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(total - checks.len()));
+        progress(Progress {
+            done: done.load(std::sync::atomic::Ordering::Relaxed),
+            total,
+        });
+        let concurrency = self.cfg.admin.bulk_concurrency;
+        let checked: HashMap<usize, MailboxCheck> =
+            futures_util::stream::iter(checks.iter().copied())
+                .map(|i| {
+                    let (creds, done, progress) = (&creds, done.clone(), progress.clone());
+                    let email = rows[i].email.clone();
+                    async move {
+                        let check = match self.check_mailbox(company, creds, &email).await {
+                            Ok(c) => c,
+                            Err(e) => MailboxCheck::Problem {
+                                code: "verification_unavailable",
+                                detail: e.to_string(),
+                            },
+                        };
+                        let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        progress(Progress { done: n, total });
+                        (i, check)
+                    }
+                })
+                .buffer_unordered(concurrency)
+                .collect()
+                .await;
+
+        let mut results = Vec::with_capacity(rows.len());
+        let mut to_link = Vec::new();
+        let mut to_unlink = Vec::new();
+        for (i, (r, plan)) in rows.iter().zip(plans).enumerate() {
+            let (outcome, reason) = match plan {
+                Plan::Done(o, reason) => (o, reason),
+                Plan::Unlink if opts.dry_run => (Outcome::WouldUnlink, None),
+                Plan::Unlink => {
+                    to_unlink.push(i);
+                    (Outcome::Unlinked, None)
+                }
+                Plan::Check { relink } => match &checked[&i] {
+                    MailboxCheck::Reachable => {
+                        if !opts.dry_run {
+                            to_link.push(i);
+                        }
+                        let o = match (opts.dry_run, relink) {
+                            (true, false) => Outcome::WouldLink,
+                            (true, true) => Outcome::WouldRelink,
+                            (false, false) => Outcome::Linked,
+                            (false, true) => Outcome::Relinked,
+                        };
+                        (o, None)
+                    }
+                    MailboxCheck::Problem { code, detail } => (
+                        if opts.dry_run {
+                            Outcome::Error
+                        } else {
+                            Outcome::Skipped
+                        },
+                        Some(Reason::new(code, Some(detail.clone()))),
+                    ),
+                },
+            };
+            results.push(RowResult {
+                line: r.line,
+                user_id: r.user_id.clone(),
+                email: r.email.clone(),
+                action: r.action.clone().ok(),
+                outcome,
+                reason,
+            });
+        }
+        for (line, message) in bad {
+            results.push(RowResult {
+                line,
+                user_id: String::new(),
+                email: String::new(),
+                action: None,
+                outcome: if opts.dry_run {
+                    Outcome::Error
+                } else {
+                    Outcome::Skipped
+                },
+                reason: Some(Reason::new("malformed_row", Some(message))),
+            });
+        }
+
+        if !opts.dry_run {
+            // Unlinks first: an address may move from an unlinked user to a linked one.
+            let unlinked: Vec<(usize, Result<(), AdminError>)> =
+                futures_util::stream::iter(to_unlink)
+                    .map(|i| {
+                        let user = rows[i].user_id.clone();
+                        async move {
+                            let r = self
+                                .unlink_user(
+                                    company,
+                                    &user,
+                                    opts.delete_copies,
+                                    super::service::no_progress(),
+                                )
+                                .await
+                                .map(|_| ());
+                            (i, r)
+                        }
+                    })
+                    .buffer_unordered(concurrency)
+                    .collect()
+                    .await;
+            for (i, r) in unlinked {
+                if let Err(e) = r {
+                    results[i].outcome = Outcome::Skipped;
+                    results[i].reason = Some(Reason::new(e.code(), Some(e.to_string())));
+                }
+            }
+            let now = Timestamp::now();
+            let users: Vec<LinkedUser> = to_link
+                .iter()
+                .map(|&i| {
+                    let r = &rows[i];
+                    let previous = existing
+                        .get(&r.user_id)
+                        .filter(|p| p.mailbox.eq_ignore_ascii_case(&r.email));
+                    LinkedUser {
+                        user_id: r.user_id.clone(),
+                        mailbox: r.email.clone(),
+                        linked_at: previous.map(|p| p.linked_at).unwrap_or(now),
+                        status: UserStatus::Authenticated,
+                        reason: None,
+                        last_sync_at: previous.and_then(|p| p.last_sync_at),
+                        last_error: None,
+                    }
+                })
+                .collect();
+            for chunk in users.chunks(500) {
+                self.directory.put_users(company, chunk).await?;
+            }
+        }
+
+        results.sort_by_key(|r| r.line);
+        let mut summary = BTreeMap::new();
+        let mut reasons = BTreeMap::new();
+        for r in &results {
+            *summary.entry(r.outcome).or_insert(0) += 1;
+            if let Some(reason) = &r.reason
+                && matches!(r.outcome, Outcome::Error | Outcome::Skipped)
+            {
+                *reasons.entry(reason.code.clone()).or_insert(0) += 1;
+            }
+        }
+        progress(Progress { done: total, total });
+        tracing::info!(company, dry_run = opts.dry_run, rows = results.len(), summary = ?summary, "admin: bulk file processed");
+        Ok(BulkReport {
+            dry_run: opts.dry_run,
+            rows: results.len(),
+            summary,
+            reasons,
+            results,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_rows_with_quotes_crlf_bom_header_and_actions() {
+        let text = "\u{feff}cyzen_user_id,email,action\r\nu-1,taro@a.com\r\n\r\n\"u-2\",\"o'neil, jr@a.com\",unlink\nu-3,\"x\"\"y@a.com\",LINK\nu-4,a@b.com,frobnicate\nonly-one-field\n";
+        let (rows, bad) = parse_csv(text);
+        let got: Vec<(usize, &str, &str, Result<Action, String>)> = rows
+            .iter()
+            .map(|r| (r.line, r.user_id.as_str(), r.email.as_str(), r.action.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (2, "u-1", "taro@a.com", Ok(Action::Link)),
+                (4, "u-2", "o'neil, jr@a.com", Ok(Action::Unlink)),
+                (5, "u-3", "x\"y@a.com", Ok(Action::Link)),
+                (6, "u-4", "a@b.com", Err("frobnicate".into())),
+            ]
+        );
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].0, 7);
+    }
+
+    #[test]
+    fn a_file_without_header_starts_at_line_one() {
+        let (rows, bad) = parse_csv("u-1,a@b.com");
+        assert!(bad.is_empty());
+        assert_eq!(rows[0].line, 1);
+        assert_eq!(rows[0].action, Ok(Action::Link));
+    }
+}

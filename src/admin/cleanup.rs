@@ -1,0 +1,262 @@
+//! A clean removal: deleting exactly the copies this service created in one mailbox.
+//!
+//! The reverse index (`Copies::schedules_in_mailbox`) names the schedules with a copy there; the
+//! mapping gives each copy's event id. A copy whose create was sent but whose answer was never
+//! recorded (an intent without an event id) is found by its tag. Deletes go out in `$batch`es of
+//! 20 under the mailbox's lease, one batch at a time (Graph runs at most 4 items at once, the
+//! same discipline the flush keeps), retried after `Retry-After`. Copies carry no attendees, so
+//! deleting them sends no cancellation mail.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::service::{Admin, AdminError, CleanupFailure, CleanupReport, Progress, ProgressFn};
+use crate::flush::MailboxLeases;
+use crate::graph::client::{Credentials, GraphRequest, GraphResponse, MAX_BATCH, path_segment};
+use crate::graph::error::{ErrorClass, GraphError, MailboxProblem};
+use crate::graph::mapping;
+use crate::window::Member;
+
+const ROUNDS: u32 = 6;
+
+pub(crate) async fn delete_copies(
+    admin: &Admin,
+    leases: &MailboxLeases,
+    lease_wait: Duration,
+    company: &str,
+    creds: &Credentials,
+    mailbox: &str,
+    progress: ProgressFn,
+) -> Result<CleanupReport, AdminError> {
+    let mailbox = mailbox.to_ascii_lowercase();
+    let Some(lease) = leases.acquire(company, &mailbox, lease_wait).await? else {
+        return Err(AdminError::Unavailable {
+            message: format!("a worker kept writing to {mailbox}; try again"),
+            retry_after: Some(lease_wait),
+        });
+    };
+    let result = run(admin, company, creds, &mailbox, progress).await;
+    lease.release().await;
+    result
+}
+
+enum Fate {
+    Deleted,
+    Gone,
+    Failed(String),
+}
+
+async fn run(
+    admin: &Admin,
+    company: &str,
+    creds: &Credentials,
+    mailbox: &str,
+    progress: ProgressFn,
+) -> Result<CleanupReport, AdminError> {
+    let ids = admin.copies.schedules_in_mailbox(company, mailbox).await?;
+    let total = ids.len();
+    let mut report = CleanupReport {
+        copies: total,
+        ..CleanupReport::default()
+    };
+    let seg = path_segment(mailbox);
+    let mut done = 0;
+    progress(Progress { done, total });
+    for chunk in ids.chunks(MAX_BATCH) {
+        let members: Vec<Member> = chunk
+            .iter()
+            .map(|s| Member {
+                company_id: company.to_string(),
+                schedule_id: s.clone(),
+            })
+            .collect();
+        let refs: Vec<&Member> = members.iter().collect();
+        let copies = admin.copies.in_mailbox(&refs, mailbox).await?;
+        let mut targets: Vec<Vec<String>> = vec![Vec::new(); members.len()];
+        let mut fates: Vec<Option<Fate>> = (0..members.len()).map(|_| None).collect();
+
+        // Creates whose answer was never recorded: look for the copy by its tag.
+        let mut lookups = Vec::new();
+        for (i, c) in copies.iter().enumerate() {
+            match c.as_ref().and_then(|c| c.event_id.clone()) {
+                Some(id) => targets[i].push(id),
+                None => lookups.push(i),
+            }
+        }
+        if !lookups.is_empty() {
+            let reqs: Vec<GraphRequest> = lookups
+                .iter()
+                .map(|&i| {
+                    GraphRequest::get(
+                        i.to_string(),
+                        format!(
+                            "/users/{seg}/events?$filter={}&$select=id&$top=5",
+                            query_encode(&mapping::tag_filter(company, &members[i].schedule_id))
+                        ),
+                    )
+                })
+                .collect();
+            let results = batch_retrying(admin, company, creds, reqs).await;
+            for (&i, r) in lookups.iter().zip(results) {
+                match r {
+                    Ok(resp) => targets[i].extend(ids_in(&resp.body)),
+                    Err(e) if mailbox_gone(&e) => fates[i] = Some(Fate::Gone),
+                    Err(e) => fates[i] = Some(Fate::Failed(e.to_string())),
+                }
+            }
+        }
+
+        // The deletes.
+        let mut reqs = Vec::new();
+        let mut owners = Vec::new();
+        for (i, ids) in targets.iter().enumerate() {
+            if fates[i].is_some() {
+                continue;
+            }
+            for (k, id) in ids.iter().enumerate() {
+                reqs.push(GraphRequest::delete(
+                    format!("{i}-{k}"),
+                    format!("/users/{seg}/events/{}", path_segment(id)),
+                ));
+                owners.push(i);
+            }
+        }
+        let mut results = Vec::new();
+        let mut pending = reqs;
+        while !pending.is_empty() {
+            let rest = pending.split_off(pending.len().min(MAX_BATCH));
+            results.extend(batch_retrying(admin, company, creds, pending).await);
+            pending = rest;
+        }
+        for (&i, r) in owners.iter().zip(results) {
+            let fate = match r {
+                Ok(_) => Fate::Deleted,
+                Err(e) if e.class == ErrorClass::ItemGone || mailbox_gone(&e) => Fate::Gone,
+                Err(e) => Fate::Failed(e.to_string()),
+            };
+            fates[i] = Some(match (fates[i].take(), fate) {
+                (Some(Fate::Failed(m)), _) | (_, Fate::Failed(m)) => Fate::Failed(m),
+                (Some(Fate::Deleted), _) | (_, Fate::Deleted) => Fate::Deleted,
+                _ => Fate::Gone,
+            });
+        }
+
+        let mut removals = Vec::new();
+        for (i, fate) in fates.into_iter().enumerate() {
+            match fate.unwrap_or(Fate::Gone) {
+                Fate::Deleted => {
+                    report.deleted += 1;
+                    removals.push(&members[i]);
+                }
+                Fate::Gone => {
+                    report.already_gone += 1;
+                    removals.push(&members[i]);
+                }
+                Fate::Failed(error) => report.failed.push(CleanupFailure {
+                    schedule_id: members[i].schedule_id.clone(),
+                    error,
+                }),
+            }
+        }
+        admin.copies.write(mailbox, &[], &removals).await?;
+        done += members.len();
+        progress(Progress { done, total });
+    }
+    tracing::info!(
+        company,
+        mailbox,
+        copies = report.copies,
+        deleted = report.deleted,
+        already_gone = report.already_gone,
+        failed = report.failed.len(),
+        "admin: copies removed from a mailbox"
+    );
+    Ok(report)
+}
+
+/// The user or their mailbox no longer exists: its events are gone with it.
+fn mailbox_gone(e: &GraphError) -> bool {
+    matches!(
+        e.class,
+        ErrorClass::Mailbox(MailboxProblem::UnknownUser | MailboxProblem::NoMailbox)
+    )
+}
+
+fn ids_in(body: &Value) -> Vec<String> {
+    body.get("value")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.get("id").and_then(Value::as_str))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn query_encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+/// Sends ≤ 20 requests as one `$batch`, resending the items (or the whole batch) that were
+/// throttled or unavailable after the longest `Retry-After`, up to [`ROUNDS`] times. One result
+/// per request, in order.
+async fn batch_retrying(
+    admin: &Admin,
+    company: &str,
+    creds: &Credentials,
+    reqs: Vec<GraphRequest>,
+) -> Vec<Result<GraphResponse, GraphError>> {
+    let mut results: Vec<Option<Result<GraphResponse, GraphError>>> =
+        (0..reqs.len()).map(|_| None).collect();
+    for round in 1..=ROUNDS {
+        let pending: Vec<usize> = (0..reqs.len()).filter(|&i| results[i].is_none()).collect();
+        if pending.is_empty() {
+            break;
+        }
+        let batch: Vec<GraphRequest> = pending.iter().map(|&i| reqs[i].clone()).collect();
+        let last = round == ROUNDS;
+        let mut wait: Option<Duration> = None;
+        match admin.graph.batch(company, creds, &batch).await {
+            Ok(items) => {
+                for (&i, r) in pending.iter().zip(items) {
+                    match r {
+                        Err(e) if e.is_retryable() && !last => {
+                            let w = admin.wait_for(&e, round);
+                            wait = Some(wait.map_or(w, |x| x.max(w)));
+                        }
+                        other => results[i] = Some(other),
+                    }
+                }
+            }
+            Err(e) if e.is_retryable() && !last => wait = Some(admin.wait_for(&e, round)),
+            Err(e) => {
+                for &i in &pending {
+                    results[i] = Some(Err(e.clone()));
+                }
+            }
+        }
+        if let Some(w) = wait {
+            admin
+                .metrics
+                .retry_after_wait_seconds
+                .inc_by(w.as_secs_f64());
+            tokio::time::sleep(w).await;
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(GraphError::local(
+                    "RetriesExhausted",
+                    "Graph kept throttling",
+                    ErrorClass::Retryable { after: None },
+                ))
+            })
+        })
+        .collect()
+}
