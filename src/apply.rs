@@ -1,45 +1,54 @@
-//! Apply: the flush's writes to Graph for one company, scheduled per mailbox.
+//! Apply: the flush's writes to Graph, as one continuous scheduler per worker.
 //!
-//! - A mailbox is leased (exclusively, across all workers) only while this worker has something
-//!   to send to it, and released when its work is done, so workers interleave on shared mailboxes
-//!   instead of blocking each other for a whole pass. A mailbox that stays busy for
-//!   `LEASE_WAIT` is deferred to a later pass.
-//! - Under the lease, the mailbox's copies are re-read before anything is planned, so a copy that
-//!   another worker moved to a newer revision is left alone (no regression).
-//! - At most one `$batch` is in flight per mailbox. Graph runs at most 4 items of a batch at
-//!   once, so no mailbox ever sees more than 4 requests in flight. A mailbox with 20 or more
-//!   pending writes gets batches of its own (4 in flight, the most Graph allows); smaller
-//!   remainders of several mailboxes share a batch, so the request count stays near
-//!   ⌈writes / 20⌉.
-//! - A retryable failure delays only its mailbox (`Retry-After`, else exponential backoff with
-//!   jitter); other mailboxes go on.
+//! The worker claims due schedules (`flush::Flusher::intake`) while it has fewer open changes
+//! than its batch slots can take (slots × 20 × 4), and feeds each planned change into its
+//! mailbox's queue.
+//! Per mailbox:
+//! - the mailbox is leased (exclusively, across all workers) only while this worker sends to it
+//!   or waits out its `Retry-After`, and given back as soon as its queue is empty, so workers
+//!   interleave on shared mailboxes;
+//! - each time the lease is taken, the copies of the queued changes are re-read: a copy another
+//!   worker moved to a newer revision is left alone (no regression);
+//! - at most one `$batch` is in flight. Graph runs at most 4 items of a batch at once, so no
+//!   mailbox sees more than 4 requests in flight. A queue of 20 or more gets a batch of its own
+//!   (4 in flight, the most Graph allows); a shorter queue waits up to `LINGER` for more work,
+//!   then shares a batch with other short queues, so the request count stays near
+//!   ⌈writes / 20⌉;
+//! - a retryable failure delays only its mailbox (`Retry-After`, else backoff with jitter).
+//!
+//! A claimed schedule is settled (completed, or released to be retried) as soon as its last
+//! change is, and the sync ledger gets one entry per attempt.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use jiff::Timestamp;
+use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::amqp;
 use crate::deadletter::DeadLetter;
 use crate::event::ScheduleEvent;
 use crate::flush::{AbortOnDrop, Claimed, Copy, FlushReport, Flusher, OpKind, Outcome};
-use crate::graph::client::{GraphRequest, GraphResponse, Method, path_segment};
+use crate::graph::client::{Credentials, GraphRequest, GraphResponse, Method, path_segment};
 use crate::graph::error::{ErrorClass, GraphError};
 use crate::graph::mapping::{self, MappingOptions};
+use crate::ingest::Backoff;
 use crate::ledger::{self, Entry};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::tenants::Company;
 use crate::window::Member;
 
-/// How long a mailbox may stay leased by another worker before its changes are deferred.
-const LEASE_WAIT: Duration = Duration::from_secs(2);
+/// How long a short mailbox queue waits for more work before it is sent in a shared batch.
+const LINGER: Duration = Duration::from_millis(50);
+/// How long it may wait while more work is known to be coming (a backlog being claimed).
+const MAX_LINGER: Duration = Duration::from_millis(500);
 
-/// One change to one mailbox.
+/// One change to one mailbox, as planned.
 #[derive(Debug, Clone)]
 pub(crate) struct Job {
     pub member_idx: usize,
@@ -48,7 +57,7 @@ pub(crate) struct Job {
     pub kind: OpKind,
 }
 
-/// The step a job is at.
+/// The step a change is at.
 #[derive(Debug, Clone)]
 enum Step {
     Lookup { then_create_tx: Option<String> },
@@ -69,562 +78,498 @@ impl Step {
     }
 }
 
+/// A change in flight through the scheduler.
 struct Work {
-    job: Job,
+    member: u64,
+    company: String,
+    mailbox: String,
+    user: String,
+    kind: OpKind,
     step: Option<Step>,
     attempts: u32,
-    done: Option<Outcome>,
     error: Option<GraphError>,
     reason: &'static str,
     first_failure: Option<Timestamp>,
     last_failure: Option<Timestamp>,
 }
 
-impl Work {
-    fn finished(&self) -> bool {
-        self.done.is_some()
-    }
+/// A claimed schedule and how many of its changes are still open.
+struct Held {
+    claimed: Arc<Claimed>,
+    open: usize,
+    outcome: Outcome,
 }
 
-/// A mailbox's place in the schedule.
+/// A mailbox's queue.
 struct Mailbox {
-    jobs: Vec<usize>,
-    pending: VecDeque<usize>,
+    pending: VecDeque<u64>,
+    /// Changes not yet re-read under the current lease.
+    unprepared: Vec<u64>,
     lease: Option<String>,
-    prepared: bool,
     busy: bool,
     not_before: Instant,
     next_lease_try: Instant,
-    waiting_since: Option<Instant>,
+    oldest: Instant,
     backoff: backon::ExponentialBackoff,
 }
 
-impl Mailbox {
-    fn open(&self, work: &[Work]) -> bool {
-        self.jobs.iter().any(|&i| !work[i].finished())
-    }
-}
+type BatchResult = (
+    Vec<u64>,
+    Result<Vec<Result<GraphResponse, GraphError>>, GraphError>,
+);
+type BatchFuture = std::pin::Pin<Box<dyn std::future::Future<Output = BatchResult> + Send>>;
 
-type BatchResult = (Vec<usize>, Result<Vec<Result<GraphResponse, GraphError>>, GraphError>);
-
-/// What applying one company's jobs came to.
-pub(crate) struct Applied {
-    pub report: FlushReport,
-    pub outcomes: Vec<(usize, Outcome)>,
-    pub notes: Vec<(Member, Entry)>,
+/// The scheduler's state.
+struct Engine<'a> {
+    f: &'a Flusher,
+    next_id: u64,
+    held: HashMap<u64, Held>,
+    work: HashMap<u64, Work>,
+    boxes: BTreeMap<(String, String), Mailbox>,
+    companies: HashMap<String, (Company, Credentials)>,
+    leases: Arc<std::sync::Mutex<BTreeMap<(String, String), String>>>,
+    claims: Arc<std::sync::Mutex<HashSet<Member>>>,
+    inflight: FuturesUnordered<BatchFuture>,
+    slots: Arc<tokio::sync::Semaphore>,
+    done: Vec<Member>,
+    again: Vec<Member>,
+    notes: Vec<(Member, Entry)>,
+    /// Copies to record, and the changes that finish once they are.
+    writes: Vec<(String, Member, Option<Copy>)>,
+    written: Vec<u64>,
+    synced_at: HashMap<(String, String), Instant>,
+    /// The last claim was full: more work is due, so short queues wait for it to arrive
+    /// rather than go out half-empty.
+    more_coming: bool,
+    /// Open changes this worker takes on at most: enough that every batch slot can be fed full
+    /// batches (4 batches' worth per slot), so under a backlog batches are full.
+    watermark: usize,
+    report: FlushReport,
 }
 
 impl Flusher {
-    pub(crate) async fn apply_company(
-        &self,
-        company: &Company,
-        jobs: Vec<Job>,
-        claimed: &[Claimed],
-        batches: Arc<tokio::sync::Semaphore>,
-    ) -> Applied {
-        let mut report = FlushReport::default();
-        let mut notes = Vec::new();
-        let creds = company
-            .credentials
-            .as_ref()
-            .expect("sync_allowed checked credentials")
-            .credentials();
-        let opts = MappingOptions {
-            category: &self.cfg.graph.category,
-            default_zone: &self.default_zone,
-        };
-        let batch_size = self.cfg.graph.batch_size;
-        let max_attempts = self.cfg.retry.max_attempts;
-        let cap = Duration::from_secs(self.cfg.retry.max_retry_after_seconds);
+    /// Flushes due schedules until `shutdown` turns true; then sends nothing new, lets the
+    /// batches in flight finish, and gives back the claims still open.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut e = Engine::new(self);
+        let watermark = e.watermark;
+        let _claim_renewer = AbortOnDrop(self.renew_claims(e.claims.clone()));
+        let _lease_renewer = AbortOnDrop(self.leases.renew_keys(e.leases.clone()));
+        let poll = Duration::from_millis(self.cfg.window.poll_interval_ms);
 
-        let mut work: Vec<Work> = jobs
-            .into_iter()
-            .map(|job| Work {
-                job,
-                step: None,
-                attempts: 0,
-                done: None,
-                error: None,
-                reason: "",
-                first_failure: None,
-                last_failure: None,
-            })
-            .collect();
-        let now = Instant::now();
-        let mut boxes: BTreeMap<String, Mailbox> = BTreeMap::new();
-        for (i, w) in work.iter().enumerate() {
-            boxes
-                .entry(w.job.mailbox.clone())
-                .or_insert_with(|| Mailbox {
-                    jobs: Vec::new(),
-                    pending: VecDeque::new(),
-                    lease: None,
-                    prepared: false,
-                    busy: false,
-                    not_before: now,
-                    next_lease_try: now,
-                    waiting_since: None,
-                    backoff: self.backoff_schedule(),
-                })
-                .jobs
-                .push(i);
-        }
-        // Renew every lease held, until this function returns.
-        let held = Arc::new(std::sync::Mutex::new(BTreeMap::<String, String>::new()));
-        let _renewer = AbortOnDrop(self.leases.renew_all(company.id.clone(), held.clone()));
-
-        let mut inflight: FuturesUnordered<
-            std::pin::Pin<Box<dyn std::future::Future<Output = BatchResult> + Send + '_>>,
-        > = FuturesUnordered::new();
-        let mut interrupted: Option<String> = None;
-
+        let mut next_claim = Instant::now();
+        let mut errors = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut last_log = Instant::now();
+        // Claiming and planning run beside the sending, so a slow intake never delays a batch.
+        type IntakeFuture = std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = Result<crate::flush::Intake, redis::RedisError>>
+                    + Send,
+            >,
+        >;
+        let mut intake: Option<IntakeFuture> = None;
         loop {
-            let now = Instant::now();
-            // 1. Lease the mailboxes that have work and are not held, as many as can be used.
-            let free_slots = batches.available_permits().max(1);
-            let candidates: Vec<String> = boxes
-                .iter()
-                .filter(|(_, b)| b.lease.is_none() && b.next_lease_try <= now && b.open(&work))
-                .map(|(m, _)| m.clone())
-                .take(free_slots * batch_size)
-                .collect();
-            if !candidates.is_empty() && interrupted.is_none() {
-                match self.leases.try_acquire_many(&company.id, &candidates).await {
-                    Ok(tokens) => {
-                        for (m, token) in candidates.iter().zip(tokens) {
-                            let b = boxes.get_mut(m).expect("candidate");
-                            match token {
-                                Some(t) => {
-                                    self.metrics.graph_mailboxes_leased.inc();
-                                    held.lock().expect("lease map").insert(m.clone(), t.clone());
-                                    b.lease = Some(t);
-                                    b.waiting_since = None;
-                                }
-                                None => {
-                                    let since = *b.waiting_since.get_or_insert(now);
-                                    if now.duration_since(since) >= LEASE_WAIT {
-                                        for &i in &b.jobs {
-                                            if work[i].done.is_none() {
-                                                work[i].done = Some(Outcome::Deferred);
-                                                report.deferred += 1;
-                                                notes.push(self.note(
-                                                    claimed,
-                                                    &work[i],
-                                                    "plan",
-                                                    ledger::Outcome::Deferred,
-                                                    "mailbox_busy",
-                                                ));
-                                            }
-                                        }
-                                    } else {
-                                        let jitter = rand::random::<u64>() % 100;
-                                        b.next_lease_try = now + Duration::from_millis(100 + jitter);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => interrupted = Some(e.to_string()),
-                }
+            let stopping = *shutdown.borrow();
+            if stopping && e.inflight.is_empty() && intake.is_none() {
+                break;
             }
-
-            // 2. Plan the newly leased mailboxes from their copies, re-read under the lease.
-            let fresh: Vec<String> = boxes
-                .iter()
-                .filter(|(_, b)| b.lease.is_some() && !b.prepared)
-                .map(|(m, _)| m.clone())
-                .collect();
-            if !fresh.is_empty() && interrupted.is_none() {
-                let pairs: Vec<(&Member, &str)> = fresh
-                    .iter()
-                    .flat_map(|m| {
-                        boxes[m].jobs.iter().map(|&i| {
-                            (&claimed[work[i].job.member_idx].member, m.as_str())
-                        })
-                    })
-                    .collect();
-                match self.copies.pairs(&pairs).await {
-                    Ok(current) => {
-                        let mut k = 0;
-                        for m in &fresh {
-                            let b = boxes.get_mut(m).expect("fresh");
-                            b.prepared = true;
-                            for &i in &b.jobs {
-                                let copy = current[k].clone();
-                                k += 1;
-                                let c = &claimed[work[i].job.member_idx];
-                                match first_step(&work[i].job, c, copy) {
-                                    Some(step) => {
-                                        work[i].step = Some(step);
-                                        b.pending.push_back(i);
-                                    }
-                                    None => {
-                                        if work[i].done.is_none() {
-                                            work[i].done = Some(Outcome::Settled);
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => interrupted = Some(e.to_string()),
-                }
+            // Lease, re-read, record intents, send what is ready.
+            if !stopping && let Err(err) = e.step().await {
+                warn!(error = %err, "flush: Redis failed mid-flush; the open schedules are retried");
+                e.abandon();
             }
-
-            // 3. Record the intent (transactionId) of every create about to be sent.
-            if interrupted.is_none()
-                && let Err(e) = self.record_intents(&mut work, &boxes, claimed).await
-            {
-                interrupted = Some(e.to_string());
-            }
-
-            // 4. Form batches: full single-mailbox batches, then small remainders packed together,
-            //    as long as this worker has batch slots free.
-            while interrupted.is_none() {
-                let Ok(permit) = batches.clone().try_acquire_owned() else {
-                    break;
-                };
-                let Some(items) = next_batch(&mut boxes, batch_size) else {
-                    break;
-                };
-                let reqs: Vec<GraphRequest> = items
-                    .iter()
-                    .map(|&i| {
-                        let w = &work[i];
-                        let ev = claimed[w.job.member_idx].event.as_ref().expect("event");
-                        request(i, w.step.as_ref().expect("planned"), ev, &w.job.mailbox, &opts)
-                    })
-                    .collect();
-                // Graph runs at most 4 items of a batch at once: that is what is in flight, overall
-                // and per mailbox.
-                let mut per_mailbox: BTreeMap<&str, usize> = BTreeMap::new();
-                for &i in &items {
-                    *per_mailbox.entry(work[i].job.mailbox.as_str()).or_default() += 1;
-                }
-                for n in per_mailbox.values() {
-                    self.metrics
-                        .graph_mailbox_requests_in_flight
-                        .observe((*n).min(4) as f64);
-                }
-                let in_flight = GaugeGuard::new(
-                    &self.metrics.graph_requests_in_flight,
-                    items.len().min(4) as i64,
+            // Settle what finished and write the ledger.
+            e.settle().await;
+            if last_log.elapsed() >= Duration::from_secs(10) && e.report != FlushReport::default() {
+                info!(
+                    creates = e.report.creates,
+                    updates = e.report.updates,
+                    deletes = e.report.deletes,
+                    dead_letters = e.report.dead_letters,
+                    skipped = e.report.skipped,
+                    open = e.work.len(),
+                    "flush: progress"
                 );
-                let graph = self.graph.clone();
-                let (company_id, creds) = (company.id.clone(), creds.clone());
-                inflight.push(Box::pin(async move {
-                    let res = graph.batch(&company_id, &creds, &reqs).await;
-                    drop((permit, in_flight));
-                    (items, res)
+                e.report = FlushReport::default();
+                last_log = Instant::now();
+            }
+            // Take more work while there is room for it.
+            let room = !stopping && e.work.len() < watermark;
+            if room && intake.is_none() && Instant::now() >= next_claim {
+                let (f, n) = (self.clone(), self.cfg.window.claim_batch);
+                intake = Some(Box::pin(async move {
+                    let t0 = std::time::Instant::now();
+                    let r = f.intake(n).await;
+                    if std::env::var_os("OUTLOOK_SYNC_DEBUG_BATCHES").is_some() {
+                        eprintln!(
+                            "intake {:?} {}",
+                            t0.elapsed(),
+                            r.as_ref().map(|i| i.claimed.len()).unwrap_or(0)
+                        );
+                    }
+                    r
                 }));
             }
-
-            // 5. Wait for a batch to finish, or for the next mailbox to become ready.
-            if inflight.is_empty() {
-                let open = boxes.values().any(|b| b.open(&work));
-                if !open || interrupted.is_some() {
-                    break;
-                }
-                let wake = boxes
-                    .values()
-                    .filter(|b| b.open(&work))
-                    .map(|b| if b.lease.is_none() { b.next_lease_try } else { b.not_before })
-                    .min()
-                    .unwrap_or_else(Instant::now)
-                    .max(Instant::now() + Duration::from_millis(5));
-                tokio::time::sleep_until(wake).await;
-                continue;
-            }
-            let (items, res) = tokio::select! {
-                Some(done) = inflight.next() => done,
-                _ = tokio::time::sleep(Duration::from_millis(100)), if boxes.values().any(|b| b.lease.is_none() && b.open(&work)) => continue,
-            };
-            let results: Vec<Result<GraphResponse, GraphError>> = match res {
-                Ok(r) => r,
-                Err(e) => {
-                    let mut all = Vec::with_capacity(items.len());
-                    for _ in &items {
-                        all.push(Err(e.clone()));
-                    }
-                    all
-                }
-            };
-            let mut writes: Vec<(String, Member, Option<Copy>)> = Vec::new();
-            let mut waits: BTreeMap<String, Option<Duration>> = BTreeMap::new();
-            for (&i, res) in items.iter().zip(results) {
-                let mailbox = work[i].job.mailbox.clone();
-                let member = claimed[work[i].job.member_idx].member.clone();
-                let ev = claimed[work[i].job.member_idx].event.as_ref().expect("event");
-                let w = &mut work[i];
-                w.attempts += 1;
-                let status = match &res {
-                    Ok(r) => r.status,
-                    Err(e) => e.status.unwrap_or(0),
-                };
-                self.metrics
-                    .graph_requests
-                    .get_or_create(&Metrics::label("status", status.to_string()))
-                    .inc();
-                let step = w.step.clone().expect("planned");
-                match (res, step) {
-                    (Ok(resp), Step::Lookup { then_create_tx }) => {
-                        report.lookups += 1;
-                        w.step = Some(match first_id(&resp.body) {
-                            Some(id) => Step::Update(id),
-                            None => Step::Create(then_create_tx),
-                        });
-                        w.attempts = 0;
-                        requeue(&mut boxes, &mailbox, i);
-                    }
-                    (Ok(resp), Step::LookupForDelete) => {
-                        report.lookups += 1;
-                        w.attempts = 0;
-                        match first_id(&resp.body) {
-                            Some(id) => {
-                                w.step = Some(Step::Delete(id));
-                                requeue(&mut boxes, &mailbox, i);
-                            }
-                            None => {
-                                writes.push((mailbox.clone(), member.clone(), None));
-                                w.done = Some(Outcome::Settled);
-                                notes.push((member, applied(ev, &mailbox, "lookup", "already_gone")));
-                            }
+            // Wait for a batch, more work, the next mailbox to become ready, or shutdown.
+            let wake = e
+                .next_wake((room && intake.is_none()).then_some(next_claim))
+                .max(Instant::now() + Duration::from_millis(1));
+            tokio::select! {
+                Some(done) = e.inflight.next(), if !e.inflight.is_empty() => e.complete(done).await,
+                res = async { intake.as_mut().expect("checked").await }, if intake.is_some() => {
+                    intake = None;
+                    let now = Instant::now();
+                    match res {
+                        Ok(i) if i.claimed.is_empty() => {
+                            e.more_coming = false;
+                            next_claim = now + poll;
+                            self.observe_backlog().await;
                         }
-                    }
-                    (Ok(resp), Step::Create(tx)) => {
-                        let id = resp.body.get("id").and_then(|v| v.as_str()).map(str::to_string);
-                        writes.push((
-                            mailbox.clone(),
-                            member.clone(),
-                            Some(Copy {
-                                user: w.job.user.clone(),
-                                event_id: id,
-                                rev: ev.revision,
-                                tx,
-                            }),
-                        ));
-                        report.creates += 1;
-                        self.written("create", ev);
-                        w.done = Some(Outcome::Settled);
-                        notes.push((member, applied(ev, &mailbox, "create", "created")));
-                    }
-                    (Ok(_), Step::Update(id)) => {
-                        writes.push((
-                            mailbox.clone(),
-                            member.clone(),
-                            Some(Copy {
-                                user: w.job.user.clone(),
-                                event_id: Some(id),
-                                rev: ev.revision,
-                                tx: None,
-                            }),
-                        ));
-                        report.updates += 1;
-                        self.written("update", ev);
-                        w.done = Some(Outcome::Settled);
-                        notes.push((member, applied(ev, &mailbox, "update", "updated")));
-                    }
-                    (Ok(_), Step::Delete(_)) => {
-                        writes.push((mailbox.clone(), member.clone(), None));
-                        report.deletes += 1;
-                        self.written("delete", ev);
-                        w.done = Some(Outcome::Settled);
-                        notes.push((member, applied(ev, &mailbox, "delete", "deleted")));
-                    }
-                    (Err(e), step) => {
-                        w.first_failure.get_or_insert_with(Timestamp::now);
-                        w.last_failure = Some(Timestamp::now());
-                        match (&e.class, &step) {
-                            (ErrorClass::ItemGone, Step::Delete(_)) => {
-                                writes.push((mailbox.clone(), member.clone(), None));
-                                w.done = Some(Outcome::Settled);
-                                notes.push((member, applied(ev, &mailbox, "delete", "already_gone")));
-                            }
-                            (ErrorClass::ItemGone, Step::Update(_)) => {
-                                // The copy was deleted in Outlook: create it again.
-                                w.step = Some(Step::Create(None));
-                                w.attempts = 0;
-                                requeue(&mut boxes, &mailbox, i);
-                            }
-                            (ErrorClass::Retryable { .. } | ErrorClass::RefreshToken, _)
-                                if w.attempts < max_attempts =>
-                            {
-                                if matches!(e.class, ErrorClass::RefreshToken) {
-                                    self.graph.forget_token(&company.id);
-                                }
-                                if e.status == Some(429) {
-                                    self.metrics.graph_throttled.inc();
-                                }
-                                let slot = waits.entry(mailbox.clone()).or_insert(None);
-                                if let Some(a) = e.retry_after {
-                                    *slot = Some(slot.map_or(a, |s| s.max(a)));
-                                }
-                                notes.push((
-                                    member,
-                                    graph_entry(
-                                        ev.revision,
-                                        &mailbox,
-                                        &step,
-                                        ledger::Outcome::Retrying,
-                                        "throttled_or_unavailable",
-                                        &e,
-                                        w.attempts,
-                                    ),
-                                ));
-                                requeue(&mut boxes, &mailbox, i);
-                            }
-                            (ErrorClass::Retryable { .. } | ErrorClass::RefreshToken, _) => {
-                                if e.status == Some(429) {
-                                    self.metrics.graph_throttled.inc();
-                                }
-                                w.reason = "retries_exhausted";
-                                w.error = Some(e);
-                            }
-                            (ErrorClass::Mailbox(p), _) => {
-                                w.reason = p.code();
-                                w.error = Some(e);
-                            }
-                            (ErrorClass::Credentials(p), _) => {
-                                w.reason = p.code();
-                                w.error = Some(e);
-                            }
-                            _ => {
-                                w.reason = "graph_rejected";
-                                w.error = Some(e);
-                            }
+                        Ok(i) => {
+                            // A full claim means more is due: short queues wait for it.
+                            e.more_coming = i.claimed.len() >= self.cfg.window.claim_batch;
+                            e.add(i);
+                            errors.reset();
+                        }
+                        Err(err) => {
+                            let wait = errors.delay();
+                            warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "flush: claiming failed; retrying");
+                            next_claim = now + wait;
                         }
                     }
                 }
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = shutdown.changed(), if !stopping => {}
             }
-            if let Err(e) = self.copies.write_many(&writes).await {
-                interrupted = Some(e.to_string());
-            }
-            // Dead-letter what failed for good, with Graph's words.
-            for &i in &items {
-                if work[i].done.is_some() || work[i].error.is_none() {
-                    continue;
-                }
-                let c = &claimed[work[i].job.member_idx];
-                let outcome = self.dead_letter(company, &work[i], c).await;
-                let (kind, reason) = if outcome == Outcome::Settled {
-                    report.dead_letters += 1;
-                    (ledger::Outcome::DeadLettered, work[i].reason)
-                } else {
-                    (ledger::Outcome::Retrying, "dead_letter_publish_failed")
-                };
-                let ev = c.event.as_ref().expect("event");
-                let w = &work[i];
-                notes.push((
-                    c.member.clone(),
-                    graph_entry(
-                        ev.revision,
-                        &w.job.mailbox,
-                        w.step.as_ref().expect("planned"),
-                        kind,
-                        reason,
-                        w.error.as_ref().expect("error"),
-                        w.attempts,
-                    ),
-                ));
-                work[i].done = Some(outcome);
-            }
-            // Free the mailboxes of this batch; delay the ones that must wait; release the done.
-            let touched: HashSet<String> = items.iter().map(|&i| work[i].job.mailbox.clone()).collect();
-            let mut release = Vec::new();
-            for m in touched {
-                let b = boxes.get_mut(&m).expect("touched");
-                b.busy = false;
-                if let Some(wait) = waits.get(&m) {
-                    // Honour Retry-After (never retry sooner); else backoff with jitter.
-                    let d = wait
-                        .map(|d| d.min(cap))
-                        .unwrap_or_else(|| b.backoff.next().unwrap_or(cap));
-                    self.metrics.retry_after_wait_seconds.inc_by(d.as_secs_f64());
-                    debug!(company = %company.id, mailbox = %m, wait_ms = d.as_millis() as u64, "apply: mailbox waits before retrying");
-                    b.not_before = Instant::now() + d;
-                }
-                if !b.open(&work)
-                    && let Some(t) = b.lease.take()
-                {
-                    held.lock().expect("lease map").remove(&m);
-                    self.metrics.graph_mailboxes_leased.dec();
-                    release.push((m.clone(), t));
-                }
-            }
-            self.leases.release_many(&company.id, &release).await;
         }
+        e.abandon();
+        e.settle().await;
+    }
 
-        // Whatever is left (an interruption) is retried in a later pass.
-        while let Some((items, _)) = inflight.next().await {
-            let _ = items;
-        }
-        if let Some(why) = &interrupted {
-            warn!(company = %company.id, error = %why, "apply: interrupted; the schedules are retried");
-        }
-        let leftover: Vec<(String, String)> = boxes
-            .iter_mut()
-            .filter_map(|(m, b)| b.lease.take().map(|t| (m.clone(), t)))
-            .collect();
-        self.metrics
-            .graph_mailboxes_leased
-            .dec_by(leftover.len() as i64);
-        self.leases.release_many(&company.id, &leftover).await;
-
-        // Feedback to the directory: a success records the sync, a mailbox problem flips the user.
-        let mut users_ok: HashSet<&str> = HashSet::new();
-        for w in &work {
-            match (&w.error, w.done) {
-                (None, Some(Outcome::Settled)) if w.step.is_some() => {
-                    users_ok.insert(&w.job.user);
+    fn renew_claims(
+        &self,
+        claims: Arc<std::sync::Mutex<HashSet<Member>>>,
+    ) -> tokio::task::JoinHandle<()> {
+        let (w, token) = (self.windows.clone(), self.token.clone());
+        let lease = Duration::from_secs(self.cfg.window.claim_lease_seconds);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                let now: Vec<Member> = claims.lock().expect("claims").iter().cloned().collect();
+                if let Err(e) = w.renew(&token, &now, lease).await {
+                    warn!(error = %e, "flush: claims not renewed");
                 }
-                (Some(e), _) if matches!(e.class, ErrorClass::Mailbox(_)) => {
-                    let _ = self
-                        .directory
-                        .record_sync(&company.id, &w.job.user, Err((w.reason, &e.message)))
-                        .await;
-                }
-                _ => {}
             }
-        }
-        for u in users_ok {
-            let _ = self.directory.record_sync(&company.id, u, Ok(())).await;
-        }
-        let outcomes = work
-            .iter()
-            .map(|w| (w.job.member_idx, w.done.unwrap_or(Outcome::Unsettled)))
-            .collect();
-        Applied {
-            report,
-            outcomes,
-            notes,
+        })
+    }
+}
+
+impl<'a> Engine<'a> {
+    fn new(f: &'a Flusher) -> Self {
+        Self {
+            f,
+            next_id: 0,
+            held: HashMap::new(),
+            work: HashMap::new(),
+            boxes: BTreeMap::new(),
+            companies: HashMap::new(),
+            leases: Arc::new(std::sync::Mutex::new(BTreeMap::new())),
+            claims: Arc::new(std::sync::Mutex::new(HashSet::new())),
+            inflight: FuturesUnordered::new(),
+            slots: Arc::new(tokio::sync::Semaphore::new(
+                (f.cfg.graph.max_in_flight_total / 4).max(1),
+            )),
+            done: Vec::new(),
+            again: Vec::new(),
+            notes: Vec::new(),
+            writes: Vec::new(),
+            written: Vec::new(),
+            synced_at: HashMap::new(),
+            more_coming: false,
+            watermark: (f.cfg.window.claim_batch * 4)
+                .max((f.cfg.graph.max_in_flight_total / 4).max(1) * f.cfg.graph.batch_size * 4),
+            report: FlushReport::default(),
         }
     }
 
-    async fn record_intents(
-        &self,
-        work: &mut [Work],
-        boxes: &BTreeMap<String, Mailbox>,
-        claimed: &[Claimed],
-    ) -> Result<(), redis::RedisError> {
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Takes in newly claimed schedules and their planned changes.
+    fn add(&mut self, intake: crate::flush::Intake) {
+        let crate::flush::Intake {
+            claimed,
+            jobs,
+            notes,
+            companies,
+            report,
+        } = intake;
+        self.report.add(&report);
+        self.notes.extend(notes);
+        for (id, c) in companies {
+            if let Some(creds) = c.credentials.as_ref().map(|s| s.credentials()) {
+                self.companies.insert(id, (c, creds));
+            }
+        }
+        let mut ids = Vec::with_capacity(claimed.len());
+        {
+            let mut claims = self.claims.lock().expect("claims");
+            for c in &claimed {
+                claims.insert(c.member.clone());
+            }
+        }
+        for c in claimed {
+            let id = self.id();
+            ids.push(id);
+            self.held.insert(
+                id,
+                Held {
+                    claimed: Arc::new(c),
+                    open: 0,
+                    outcome: Outcome::Settled,
+                },
+            );
+        }
+        let now = Instant::now();
+        for job in jobs {
+            let member = ids[job.member_idx];
+            let company = self.held[&member].claimed.member.company_id.clone();
+            let wid = self.id();
+            self.held.get_mut(&member).expect("held").open += 1;
+            let key = (company.clone(), job.mailbox.clone());
+            let b = self.boxes.entry(key).or_insert_with(|| Mailbox {
+                pending: VecDeque::new(),
+                unprepared: Vec::new(),
+                lease: None,
+                busy: false,
+                not_before: now,
+                next_lease_try: now,
+                oldest: now,
+                backoff: self.f.backoff_schedule(),
+            });
+            if b.pending.is_empty() && b.unprepared.is_empty() {
+                b.oldest = now;
+            }
+            b.unprepared.push(wid);
+            self.work.insert(
+                wid,
+                Work {
+                    member,
+                    company,
+                    mailbox: job.mailbox,
+                    user: job.user,
+                    kind: job.kind,
+                    step: None,
+                    attempts: 0,
+                    error: None,
+                    reason: "",
+                    first_failure: None,
+                    last_failure: None,
+                },
+            );
+        }
+        // Schedules with nothing to write (skips, already applied) are done at once.
+        for id in ids {
+            if self.held[&id].open == 0 {
+                self.finish_member(id);
+            }
+        }
+    }
+
+    fn claimed(&self, w: &Work) -> &Claimed {
+        &self.held[&w.member].claimed
+    }
+
+    /// Leases what can be sent, re-reads copies under the lease, records intents, sends batches.
+    async fn step(&mut self) -> Result<(), redis::RedisError> {
+        let debug_t0 = std::time::Instant::now();
+        let r = self.step_inner().await;
+        if std::env::var_os("OUTLOOK_SYNC_DEBUG_BATCHES").is_some() {
+            eprintln!("step took {:?}", debug_t0.elapsed());
+        }
+        r
+    }
+
+    async fn step_inner(&mut self) -> Result<(), redis::RedisError> {
+        let now = Instant::now();
+        let batch_size = self.f.cfg.graph.batch_size;
+        let free = self.slots.available_permits();
+        if free > 0 {
+            let candidates = self.sendable(free, batch_size, now);
+            self.acquire(&candidates).await?;
+        }
+        self.prepare().await?;
+        self.record_intents().await?;
+        self.send();
+        Ok(())
+    }
+
+    /// The unleased mailboxes worth leasing now: as many as `free` batch slots can send at once
+    /// (a full queue takes a slot; short queues that have lingered share one), in random order
+    /// so workers sharing mailboxes spread over them. A lease is never taken just to sit on it.
+    fn sendable(&self, free: usize, batch_size: usize, now: Instant) -> Vec<(String, String)> {
+        let linger = if self.more_coming || self.work.len() >= self.watermark {
+            MAX_LINGER
+        } else {
+            LINGER
+        };
+        let mut open: Vec<(&(String, String), usize, bool)> = self
+            .boxes
+            .iter()
+            .filter(|(_, b)| {
+                b.lease.is_none() && !b.busy && b.next_lease_try <= now && b.not_before <= now
+            })
+            .map(|(k, b)| {
+                let queued = b.pending.len() + b.unprepared.len();
+                (k, queued, now >= b.oldest + linger)
+            })
+            .filter(|(_, q, _)| *q > 0)
+            .collect();
+        {
+            use rand::seq::SliceRandom;
+            open.shuffle(&mut rand::rng());
+        }
+        let mut picked = Vec::new();
+        let mut budget = free;
+        for (k, q, _) in open.iter().filter(|(_, q, _)| *q >= batch_size) {
+            if budget == 0 {
+                return picked;
+            }
+            picked.push((*k).clone());
+            budget -= 1;
+            let _ = q;
+        }
+        let short_total: usize = open
+            .iter()
+            .filter(|(_, q, _)| *q < batch_size)
+            .map(|(_, q, _)| q)
+            .sum();
+        let mut room = budget * batch_size;
+        for (k, q, lingered) in open.iter().filter(|(_, q, _)| *q < batch_size) {
+            if room == 0 {
+                break;
+            }
+            if *lingered || short_total >= batch_size {
+                picked.push((*k).clone());
+                room = room.saturating_sub(*q);
+            }
+        }
+        picked
+    }
+
+    async fn acquire(&mut self, candidates: &[(String, String)]) -> Result<(), redis::RedisError> {
+        let mut by_company: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (c, m) in candidates {
+            by_company.entry(c).or_default().push(m.clone());
+        }
+        let now = Instant::now();
+        for (company, mailboxes) in by_company {
+            let tokens = self.f.leases.try_acquire_many(company, &mailboxes).await?;
+            for (m, t) in mailboxes.into_iter().zip(tokens) {
+                let key = (company.to_string(), m);
+                let b = self.boxes.get_mut(&key).expect("candidate");
+                match t {
+                    Some(t) => {
+                        self.f.metrics.graph_mailboxes_leased.inc();
+                        self.leases
+                            .lock()
+                            .expect("leases")
+                            .insert(key.clone(), t.clone());
+                        b.lease = Some(t);
+                        // Everything queued is re-read under this lease.
+                        let queued: Vec<u64> = b.pending.drain(..).collect();
+                        b.unprepared.extend(queued);
+                    }
+                    None => {
+                        let jitter = rand::random::<u64>() % 50;
+                        b.next_lease_try = now + Duration::from_millis(50 + jitter);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads the copies of every change of a newly leased mailbox and decides its step.
+    async fn prepare(&mut self) -> Result<(), redis::RedisError> {
+        let ids: Vec<u64> = self
+            .boxes
+            .values_mut()
+            .filter(|b| b.lease.is_some() && !b.unprepared.is_empty())
+            .flat_map(|b| std::mem::take(&mut b.unprepared))
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let pairs: Vec<(&Member, &str)> = ids
+            .iter()
+            .map(|id| {
+                let w = &self.work[id];
+                (&self.held[&w.member].claimed.member, w.mailbox.as_str())
+            })
+            .collect();
+        let copies = match self.f.copies.pairs(&pairs).await {
+            Ok(c) => c,
+            Err(e) => {
+                // Put them back; they are prepared under a later lease.
+                for id in &ids {
+                    let w = &self.work[id];
+                    let key = (w.company.clone(), w.mailbox.clone());
+                    self.boxes.get_mut(&key).expect("box").unprepared.push(*id);
+                }
+                return Err(e);
+            }
+        };
+        for (id, copy) in ids.into_iter().zip(copies) {
+            let w = &self.work[&id];
+            let c = self.claimed(w);
+            let ev = c.event.as_ref().expect("planned from an event");
+            let applied = copy
+                .as_ref()
+                .is_some_and(|c| c.event_id.is_some() && c.rev >= ev.revision);
+            let step = if applied {
+                None
+            } else {
+                match &w.step {
+                    // Already past its first step (a lookup found the copy): keep it.
+                    Some(s) => Some(s.clone()),
+                    None => first_step(&w.kind, c, copy),
+                }
+            };
+            match step {
+                Some(s) => {
+                    let key = (w.company.clone(), w.mailbox.clone());
+                    self.work.get_mut(&id).expect("work").step = Some(s);
+                    self.boxes.get_mut(&key).expect("box").pending.push_back(id);
+                }
+                None => self.finish(id, Outcome::Settled),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the transactionId of every create about to be sent, before it is sent.
+    async fn record_intents(&mut self) -> Result<(), redis::RedisError> {
         let mut intents: Vec<(String, Member, Option<Copy>)> = Vec::new();
-        for b in boxes.values() {
-            for &i in &b.pending {
-                let w = &mut work[i];
+        for b in self.boxes.values() {
+            for id in &b.pending {
+                let w = &self.work[id];
                 if let Some(Step::Create(None)) = &w.step {
-                    let c = &claimed[w.job.member_idx];
+                    let c = &self.held[&w.member].claimed;
                     let ev = c.event.as_ref().expect("event");
                     let tx = mapping::transaction_id(
                         &ev.company_id,
                         &ev.schedule_id,
-                        &w.job.mailbox,
+                        &w.mailbox,
                         ev.revision,
                     );
-                    w.step = Some(Step::Create(Some(tx.clone())));
                     intents.push((
-                        w.job.mailbox.clone(),
+                        w.mailbox.clone(),
                         c.member.clone(),
                         Some(Copy {
-                            user: w.job.user.clone(),
+                            user: w.user.clone(),
                             event_id: None,
                             rev: ev.revision,
                             tx: Some(tx),
@@ -633,52 +578,552 @@ impl Flusher {
                 }
             }
         }
-        self.copies.write_many(&intents).await
+        if intents.is_empty() {
+            return Ok(());
+        }
+        self.f.copies.write_many(&intents).await?;
+        for b in self.boxes.values() {
+            for id in &b.pending {
+                let w = self.work.get_mut(id).expect("work");
+                if let Some(Step::Create(None)) = &w.step {
+                    let c = &self.held[&w.member].claimed;
+                    let ev = c.event.as_ref().expect("event");
+                    let tx = mapping::transaction_id(
+                        &ev.company_id,
+                        &ev.schedule_id,
+                        &w.mailbox,
+                        ev.revision,
+                    );
+                    w.step = Some(Step::Create(Some(tx)));
+                }
+            }
+        }
+        Ok(())
     }
 
-    fn note(
-        &self,
-        claimed: &[Claimed],
-        w: &Work,
-        op: &str,
-        outcome: ledger::Outcome,
-        reason: &str,
-    ) -> (Member, Entry) {
-        let c = &claimed[w.job.member_idx];
-        let rev = c.event.as_ref().map_or(0, |e| e.revision);
-        (c.member.clone(), Entry::new(rev, &w.job.mailbox, op, outcome, reason))
+    /// Sends batches while this worker has batch slots free.
+    fn send(&mut self) {
+        let opts = MappingOptions {
+            category: &self.f.cfg.graph.category,
+            default_zone: &self.f.default_zone,
+        };
+        let batch_size = self.f.cfg.graph.batch_size;
+        loop {
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                return;
+            };
+            let linger = if self.more_coming || self.work.len() >= self.watermark {
+                MAX_LINGER
+            } else {
+                LINGER
+            };
+            let Some((company, items)) = next_batch(&mut self.boxes, batch_size, linger) else {
+                return;
+            };
+            if std::env::var_os("OUTLOOK_SYNC_DEBUG_BATCHES").is_some() {
+                let boxes: HashSet<&str> = items
+                    .iter()
+                    .map(|id| self.work[id].mailbox.as_str())
+                    .collect();
+                let first = boxes.iter().next().copied().unwrap_or("");
+                eprintln!(
+                    "batch {} items over {} mailboxes; open {} first {} at {:?}",
+                    items.len(),
+                    boxes.len(),
+                    self.work.len(),
+                    first,
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_millis()
+                        % 100000
+                );
+            }
+            let reqs: Vec<GraphRequest> = items
+                .iter()
+                .map(|id| {
+                    let w = &self.work[id];
+                    let ev = self.held[&w.member].claimed.event.as_ref().expect("event");
+                    request(
+                        *id,
+                        w.step.as_ref().expect("prepared"),
+                        ev,
+                        &w.mailbox,
+                        &opts,
+                    )
+                })
+                .collect();
+            // Graph runs at most 4 items of a batch at once: that is what is in flight, overall
+            // and per mailbox.
+            let mut per_mailbox: BTreeMap<&str, usize> = BTreeMap::new();
+            for id in &items {
+                *per_mailbox
+                    .entry(self.work[id].mailbox.as_str())
+                    .or_default() += 1;
+            }
+            for n in per_mailbox.values() {
+                self.f
+                    .metrics
+                    .graph_mailbox_requests_in_flight
+                    .observe((*n).min(4) as f64);
+            }
+            let in_flight = GaugeGuard::new(
+                &self.f.metrics.graph_requests_in_flight,
+                items.len().min(4) as i64,
+            );
+            let graph = self.f.graph.clone();
+            let creds = self.companies[&company].1.clone();
+            self.inflight.push(Box::pin(async move {
+                let res = graph.batch(&company, &creds, &reqs).await;
+                drop((permit, in_flight));
+                (items, res)
+            }));
+        }
     }
 
-    fn backoff_schedule(&self) -> backon::ExponentialBackoff {
-        use backon::BackoffBuilder;
-        backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(self.cfg.retry.initial_backoff_ms))
-            .with_max_delay(Duration::from_millis(self.cfg.retry.max_backoff_ms))
-            .with_jitter()
-            .without_max_times()
-            .build()
+    /// Gives back the leases of mailboxes with nothing in flight and no Retry-After to wait
+    /// out; what they still have queued is re-read under their next lease.
+    async fn release_idle(&mut self) {
+        let mut release: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        let now = Instant::now();
+        for ((company, mailbox), b) in self.boxes.iter_mut() {
+            // Not sending and not waiting out a Retry-After: let other workers have it.
+            if !b.busy
+                && b.not_before <= now
+                && let Some(t) = b.lease.take()
+            {
+                release
+                    .entry(company.clone())
+                    .or_default()
+                    .push((mailbox.clone(), t));
+            }
+        }
+        for (company, held) in release {
+            {
+                let mut leases = self.leases.lock().expect("leases");
+                for (m, _) in &held {
+                    leases.remove(&(company.clone(), m.clone()));
+                }
+            }
+            self.f
+                .metrics
+                .graph_mailboxes_leased
+                .dec_by(held.len() as i64);
+            self.f.leases.release_many(&company, &held).await;
+        }
+        self.boxes.retain(|_, b| {
+            b.lease.is_some() || !b.pending.is_empty() || !b.unprepared.is_empty() || b.busy
+        });
     }
 
-    pub(crate) fn written(&self, op: &'static str, ev: &ScheduleEvent) {
-        self.metrics
-            .graph_writes
-            .get_or_create(&Metrics::label("op", op))
-            .inc();
-        let latency = Timestamp::now().as_millisecond() - ev.occurred_at.as_millisecond();
-        self.metrics
-            .sync_latency_seconds
-            .observe(latency.max(0) as f64 / 1000.0);
+    /// When something may next be ready.
+    fn next_wake(&self, next_claim: Option<Instant>) -> Instant {
+        let mut wake = Instant::now() + Duration::from_millis(250);
+        if let Some(c) = next_claim {
+            wake = wake.min(c);
+        }
+        for b in self.boxes.values() {
+            if b.busy {
+                continue;
+            }
+            if b.lease.is_none() && !(b.pending.is_empty() && b.unprepared.is_empty()) {
+                wake = wake.min(b.next_lease_try);
+            } else if !b.pending.is_empty() {
+                wake = wake.min(b.not_before.max(b.oldest + LINGER));
+            }
+        }
+        wake
     }
 
-    async fn dead_letter(&self, company: &Company, w: &Work, c: &Claimed) -> Outcome {
+    /// Handles one finished batch.
+    async fn complete(&mut self, (items, res): BatchResult) {
+        let debug_t0 = std::time::Instant::now();
+        if std::env::var_os("OUTLOOK_SYNC_DEBUG_BATCHES").is_some()
+            && let Some(id) = items.first()
+        {
+            eprintln!(
+                "done {} at {:?}",
+                self.work[id].mailbox,
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis()
+                    % 100000
+            );
+        }
+        let results: Vec<Result<GraphResponse, GraphError>> = match res {
+            Ok(r) => r,
+            Err(e) => {
+                let mut all = Vec::with_capacity(items.len());
+                for _ in &items {
+                    all.push(Err(e.clone()));
+                }
+                all
+            }
+        };
+        let max_attempts = self.f.cfg.retry.max_attempts;
+        let mut writes: Vec<(String, Member, Option<Copy>)> = Vec::new();
+        let mut waits: BTreeMap<(String, String), Option<Duration>> = BTreeMap::new();
+        let mut finished: Vec<u64> = Vec::new();
+        let mut requeued: Vec<u64> = Vec::new();
+        let mut failed: Vec<u64> = Vec::new();
+        for (id, res) in items.iter().copied().zip(results) {
+            let claimed = self.held[&self.work[&id].member].claimed.clone();
+            let ev = claimed.event.as_ref().expect("event");
+            let member = claimed.member.clone();
+            let w = self.work.get_mut(&id).expect("work");
+            let mailbox = w.mailbox.clone();
+            w.attempts += 1;
+            let status = match &res {
+                Ok(r) => r.status,
+                Err(e) => e.status.unwrap_or(0),
+            };
+            self.f
+                .metrics
+                .graph_requests
+                .get_or_create(&Metrics::label("status", status.to_string()))
+                .inc();
+            let step = w.step.clone().expect("prepared");
+            match (res, step) {
+                (Ok(resp), Step::Lookup { then_create_tx }) => {
+                    self.report.lookups += 1;
+                    w.step = Some(match first_id(&resp.body) {
+                        Some(id) => Step::Update(id),
+                        None => Step::Create(then_create_tx),
+                    });
+                    w.attempts = 0;
+                    requeued.push(id);
+                }
+                (Ok(resp), Step::LookupForDelete) => {
+                    self.report.lookups += 1;
+                    w.attempts = 0;
+                    match first_id(&resp.body) {
+                        Some(eid) => {
+                            w.step = Some(Step::Delete(eid));
+                            requeued.push(id);
+                        }
+                        None => {
+                            writes.push((mailbox.clone(), member.clone(), None));
+                            self.notes
+                                .push((member, applied(ev, &mailbox, "lookup", "already_gone")));
+                            finished.push(id);
+                        }
+                    }
+                }
+                (Ok(resp), Step::Create(tx)) => {
+                    let eid = resp
+                        .body
+                        .get("id")
+                        .and_then(|v| v.as_str())
+                        .map(str::to_string);
+                    writes.push((
+                        mailbox.clone(),
+                        member.clone(),
+                        Some(Copy {
+                            user: w.user.clone(),
+                            event_id: eid,
+                            rev: ev.revision,
+                            tx,
+                        }),
+                    ));
+                    self.report.creates += 1;
+                    self.f.written("create", ev, &mailbox);
+                    self.notes
+                        .push((member, applied(ev, &mailbox, "create", "created")));
+                    finished.push(id);
+                }
+                (Ok(_), Step::Update(eid)) => {
+                    writes.push((
+                        mailbox.clone(),
+                        member.clone(),
+                        Some(Copy {
+                            user: w.user.clone(),
+                            event_id: Some(eid),
+                            rev: ev.revision,
+                            tx: None,
+                        }),
+                    ));
+                    self.report.updates += 1;
+                    self.f.written("update", ev, &mailbox);
+                    self.notes
+                        .push((member, applied(ev, &mailbox, "update", "updated")));
+                    finished.push(id);
+                }
+                (Ok(_), Step::Delete(_)) => {
+                    writes.push((mailbox.clone(), member.clone(), None));
+                    self.report.deletes += 1;
+                    self.f.written("delete", ev, &mailbox);
+                    self.notes
+                        .push((member, applied(ev, &mailbox, "delete", "deleted")));
+                    finished.push(id);
+                }
+                (Err(e), step) => {
+                    w.first_failure.get_or_insert_with(Timestamp::now);
+                    w.last_failure = Some(Timestamp::now());
+                    match (&e.class, &step) {
+                        (ErrorClass::ItemGone, Step::Delete(_)) => {
+                            writes.push((mailbox.clone(), member.clone(), None));
+                            self.notes
+                                .push((member, applied(ev, &mailbox, "delete", "already_gone")));
+                            finished.push(id);
+                        }
+                        (ErrorClass::ItemGone, Step::Update(_)) => {
+                            // The copy was deleted in Outlook: create it again.
+                            w.step = Some(Step::Create(None));
+                            w.attempts = 0;
+                            requeued.push(id);
+                        }
+                        (ErrorClass::Retryable { .. } | ErrorClass::RefreshToken, _)
+                            if w.attempts < max_attempts =>
+                        {
+                            if matches!(e.class, ErrorClass::RefreshToken) {
+                                self.f.graph.forget_token(&w.company);
+                            }
+                            if e.status == Some(429) {
+                                self.f.metrics.graph_throttled.inc();
+                            }
+                            let slot = waits
+                                .entry((w.company.clone(), mailbox.clone()))
+                                .or_insert(None);
+                            if let Some(a) = e.retry_after {
+                                *slot = Some(slot.map_or(a, |s| s.max(a)));
+                            }
+                            self.notes.push((
+                                member,
+                                graph_entry(
+                                    ev.revision,
+                                    &mailbox,
+                                    &step,
+                                    ledger::Outcome::Retrying,
+                                    "throttled_or_unavailable",
+                                    &e,
+                                    w.attempts,
+                                ),
+                            ));
+                            requeued.push(id);
+                        }
+                        _ => {
+                            if e.status == Some(429) {
+                                self.f.metrics.graph_throttled.inc();
+                            }
+                            w.reason = match &e.class {
+                                ErrorClass::Retryable { .. } | ErrorClass::RefreshToken => {
+                                    "retries_exhausted"
+                                }
+                                ErrorClass::Mailbox(p) => p.code(),
+                                ErrorClass::Credentials(p) => p.code(),
+                                _ => "graph_rejected",
+                            };
+                            w.error = Some(e);
+                            failed.push(id);
+                        }
+                    }
+                }
+            }
+        }
+        // The copies are recorded (and these changes finished) in `settle`, in one round trip
+        // for everything that finished meanwhile, so a finished batch never waits on Redis.
+        self.writes.extend(writes);
+        // Dead-letter what failed for good, with Graph's words.
+        let mut dead = Vec::new();
+        for id in failed {
+            let outcome = self.dead_letter(id).await;
+            let w = &self.work[&id];
+            let c = &self.held[&w.member].claimed;
+            let ev = c.event.as_ref().expect("event");
+            let (kind, reason) = if outcome == Outcome::Settled {
+                self.report.dead_letters += 1;
+                (ledger::Outcome::DeadLettered, w.reason)
+            } else {
+                (ledger::Outcome::Retrying, "dead_letter_publish_failed")
+            };
+            self.notes.push((
+                c.member.clone(),
+                graph_entry(
+                    ev.revision,
+                    &w.mailbox,
+                    w.step.as_ref().expect("prepared"),
+                    kind,
+                    reason,
+                    w.error.as_ref().expect("error"),
+                    w.attempts,
+                ),
+            ));
+            self.feedback(id).await;
+            dead.push((id, outcome));
+        }
+        // Free the mailboxes of this batch; delay the ones that must wait.
+        let touched: HashSet<(String, String)> = items
+            .iter()
+            .map(|id| (self.work[id].company.clone(), self.work[id].mailbox.clone()))
+            .collect();
+        let cap = Duration::from_secs(self.f.cfg.retry.max_retry_after_seconds);
+        for key in touched {
+            let b = self.boxes.get_mut(&key).expect("touched");
+            b.busy = false;
+            b.oldest = Instant::now();
+            if let Some(wait) = waits.get(&key) {
+                // Honour Retry-After (never retry sooner); else backoff with jitter.
+                let d = wait
+                    .map(|d| d.min(cap))
+                    .unwrap_or_else(|| b.backoff.next().unwrap_or(cap));
+                self.f
+                    .metrics
+                    .retry_after_wait_seconds
+                    .inc_by(d.as_secs_f64());
+                debug!(company = %key.0, mailbox = %key.1, wait_ms = d.as_millis() as u64, "flush: mailbox waits before retrying");
+                b.not_before = Instant::now() + d;
+            }
+        }
+        for id in requeued.into_iter().rev() {
+            let w = &self.work[&id];
+            let key = (w.company.clone(), w.mailbox.clone());
+            let b = self.boxes.get_mut(&key).expect("box");
+            b.pending.push_front(id);
+            b.oldest = b.oldest.min(Instant::now());
+        }
+        self.written.extend(finished);
+        for (id, outcome) in dead {
+            self.finish(id, outcome);
+        }
+        if std::env::var_os("OUTLOOK_SYNC_DEBUG_BATCHES").is_some() {
+            eprintln!("complete took {:?}", debug_t0.elapsed());
+        }
+    }
+
+    /// A mailbox problem flips the user to auth_failed, with the reason.
+    async fn feedback(&mut self, id: u64) {
+        let w = &self.work[&id];
+        if let Some(e) = &w.error
+            && matches!(e.class, ErrorClass::Mailbox(_))
+        {
+            let _ = self
+                .f
+                .directory
+                .record_sync(&w.company, &w.user, Err((w.reason, &e.message)))
+                .await;
+        }
+    }
+
+    /// A change is over; its schedule settles when its last change is.
+    fn finish(&mut self, id: u64, outcome: Outcome) {
+        let Some(w) = self.work.remove(&id) else {
+            return;
+        };
+        let h = self.held.get_mut(&w.member).expect("held");
+        h.open -= 1;
+        h.outcome = worst(h.outcome, outcome);
+        if h.open == 0 {
+            self.finish_member(w.member);
+        }
+    }
+
+    fn finish_member(&mut self, member: u64) {
+        let h = self.held.remove(&member).expect("held");
+        self.claims
+            .lock()
+            .expect("claims")
+            .remove(&h.claimed.member);
+        match h.outcome {
+            Outcome::Settled => self.done.push(h.claimed.member.clone()),
+            Outcome::Deferred | Outcome::Unsettled => self.again.push(h.claimed.member.clone()),
+        }
+    }
+
+    /// Gives every open change back (Redis failed, or shutdown): their schedules are due again.
+    fn abandon(&mut self) {
+        let ids: Vec<u64> = self
+            .boxes
+            .values_mut()
+            .filter(|b| !b.busy)
+            .flat_map(|b| {
+                b.pending
+                    .drain(..)
+                    .chain(b.unprepared.drain(..))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for id in ids {
+            self.finish(id, Outcome::Unsettled);
+        }
+    }
+
+    /// Completes or releases settled schedules and writes the ledger (one round trip each).
+    async fn settle(&mut self) {
+        let f = self.f;
+        if !self.written.is_empty() || !self.writes.is_empty() {
+            let writes = std::mem::take(&mut self.writes);
+            let outcome = match f.copies.write_many(&writes).await {
+                Ok(()) => Outcome::Settled,
+                Err(e) => {
+                    warn!(error = %e, "flush: copies not recorded; those schedules are retried");
+                    Outcome::Unsettled
+                }
+            };
+            // The users whose mailbox took a write: their last sync time (at most every 30 s).
+            let now = Instant::now();
+            let mut synced: HashSet<(String, String)> = HashSet::new();
+            for id in &self.written {
+                let w = &self.work[id];
+                let key = (w.company.clone(), w.user.clone());
+                if self
+                    .synced_at
+                    .get(&key)
+                    .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(30))
+                {
+                    synced.insert(key);
+                }
+            }
+            for id in std::mem::take(&mut self.written) {
+                self.finish(id, outcome);
+            }
+            if outcome == Outcome::Settled {
+                for key in synced {
+                    let _ = f.directory.record_sync(&key.0, &key.1, Ok(())).await;
+                    self.synced_at.insert(key, now);
+                }
+            }
+        }
+        if !self.done.is_empty() {
+            match f.windows.complete(&f.token, &self.done).await {
+                Ok(_) => {
+                    f.metrics.schedules_flushed.inc_by(self.done.len() as u64);
+                    self.done.clear();
+                }
+                Err(e) => warn!(error = %e, "flush: claims not completed; retried"),
+            }
+        }
+        if !self.again.is_empty() {
+            match f
+                .windows
+                .release(&f.token, &self.again, Duration::from_millis(500))
+                .await
+            {
+                Ok(_) => self.again.clear(),
+                Err(e) => warn!(error = %e, "flush: claims not released; they expire"),
+            }
+        }
+        if !self.notes.is_empty() {
+            let notes = std::mem::take(&mut self.notes);
+            if let Err(e) = f.ledger.record(&notes).await {
+                warn!(error = %e, "flush: the sync ledger could not be written");
+            }
+        }
+        self.release_idle().await;
+    }
+
+    async fn dead_letter(&mut self, id: u64) -> Outcome {
+        let w = &self.work[&id];
+        let c = &self.held[&w.member].claimed;
+        let company = &w.company;
         let ev = c.event.as_ref().expect("event");
         let e = w.error.as_ref().expect("an error");
-        let mailbox = &w.job.mailbox;
+        let mailbox = &w.mailbox;
         let dl = DeadLetter {
             stage: "flush",
             reason: w.reason.to_string(),
             error: e.to_string(),
-            company_id: Some(company.id.clone()),
+            company_id: Some(company.clone()),
             schedule_id: Some(ev.schedule_id.clone()),
             revision: Some(ev.revision),
             mailbox: Some(mailbox.clone()),
@@ -693,19 +1138,22 @@ impl Flusher {
         let raw = &c.staged.as_ref().expect("staged").raw;
         let key = ev.event_type.routing_key();
         let props = amqp::event_properties(&ev.event_id, key);
-        let published = match self.publisher().await {
+        let published = match self.f.publisher().await {
             Ok(p) => {
-                dl.publish(&p, &self.cfg.amqp.dead_letter_exchange, key, &props, raw)
+                dl.publish(&p, &self.f.cfg.amqp.dead_letter_exchange, key, &props, raw)
                     .await
             }
             Err(e) => Err(e),
         };
         match published {
             Ok(()) => {
-                warn!(company = %company.id, schedule = %ev.schedule_id, mailbox = %mailbox, revision = ev.revision, reason = w.reason, status = ?e.status, code = %e.code, request_id = ?e.request_id, "flush: change dead-lettered");
-                self.metrics
-                    .dead_letters
-                    .get_or_create(&vec![("stage", "flush".into()), ("reason", w.reason.into())])
+                warn!(company = %company, schedule = %ev.schedule_id, mailbox = %mailbox, revision = ev.revision, reason = w.reason, status = ?e.status, code = %e.code, request_id = ?e.request_id, "flush: change dead-lettered");
+                let m = &self.f.metrics;
+                m.dead_letters
+                    .get_or_create(&vec![
+                        ("stage", "flush".into()),
+                        ("reason", w.reason.into()),
+                    ])
                     .inc();
                 let kind = match e.class {
                     ErrorClass::Credentials(_) => "credentials",
@@ -713,70 +1161,125 @@ impl Flusher {
                     ErrorClass::Retryable { .. } | ErrorClass::RefreshToken => "retries_exhausted",
                     _ => "rejected",
                 };
-                self.metrics
-                    .company_failures
-                    .get_or_create(&vec![("company", company.id.clone()), ("kind", kind.into())])
+                m.company_failures
+                    .get_or_create(&vec![("company", company.clone()), ("kind", kind.into())])
                     .inc();
                 Outcome::Settled
             }
             Err(err) => {
-                warn!(error = %err, "flush: dead-letter publish failed; the schedule will be retried");
+                warn!(company = %company, schedule = %ev.schedule_id, mailbox = %mailbox, error = %err, "flush: dead-letter publish failed; the schedule will be retried");
                 Outcome::Unsettled
             }
         }
     }
 }
 
-/// The next batch to send: the fullest ready mailbox's 20 if it has that many, else the
-/// remainders of ready mailboxes packed together (a mailbox is never split across batches in
-/// flight). Marks the mailboxes busy. `None` when nothing is ready.
-fn next_batch(boxes: &mut BTreeMap<String, Mailbox>, batch_size: usize) -> Option<Vec<usize>> {
+impl Flusher {
+    fn backoff_schedule(&self) -> backon::ExponentialBackoff {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(self.cfg.retry.initial_backoff_ms))
+            .with_max_delay(Duration::from_millis(self.cfg.retry.max_backoff_ms))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    pub(crate) fn written(&self, op: &'static str, ev: &ScheduleEvent, mailbox: &str) {
+        self.metrics
+            .graph_writes
+            .get_or_create(&Metrics::label("op", op))
+            .inc();
+        let latency = Timestamp::now().as_millisecond() - ev.occurred_at.as_millisecond();
+        self.metrics
+            .sync_latency_seconds
+            .observe(latency.max(0) as f64 / 1000.0);
+        // One line per write (debug): what changed where, for tracing a schedule's sync.
+        debug!(
+            company = %ev.company_id,
+            schedule = %ev.schedule_id,
+            mailbox,
+            revision = ev.revision,
+            op,
+            latency_ms = latency.max(0),
+            "flush: copy written"
+        );
+    }
+}
+
+fn worst(a: Outcome, b: Outcome) -> Outcome {
+    use Outcome::*;
+    match (a, b) {
+        (Unsettled, _) | (_, Unsettled) => Unsettled,
+        (Deferred, _) | (_, Deferred) => Deferred,
+        _ => Settled,
+    }
+}
+
+/// The next batch to send, from one company: the fullest ready mailbox's 20 if it has that many,
+/// else short queues (that have lingered, or when nothing more is coming) packed together to
+/// fill the batch. A mailbox is never in two batches in flight. Marks the mailboxes busy.
+fn next_batch(
+    boxes: &mut BTreeMap<(String, String), Mailbox>,
+    batch_size: usize,
+    linger: Duration,
+) -> Option<(String, Vec<u64>)> {
     let now = Instant::now();
-    let mut ready: Vec<(&String, usize)> = boxes
+    let ready =
+        |b: &Mailbox| b.lease.is_some() && !b.busy && b.not_before <= now && !b.pending.is_empty();
+    // A full batch for one mailbox first.
+    if let Some(key) = boxes
         .iter()
-        .filter(|(_, b)| b.lease.is_some() && !b.busy && b.not_before <= now && !b.pending.is_empty())
-        .map(|(m, b)| (m, b.pending.len()))
+        .filter(|(_, b)| ready(b) && b.pending.len() >= batch_size)
+        .max_by_key(|(_, b)| b.pending.len())
+        .map(|(k, _)| k.clone())
+    {
+        let b = boxes.get_mut(&key).expect("ready");
+        b.busy = true;
+        let items: Vec<u64> = b.pending.drain(..batch_size).collect();
+        b.oldest = now;
+        return Some((key.0, items));
+    }
+    // Then short queues packed together, once they fill a batch or the longest-waiting has
+    // waited `LINGER` (other mailboxes' batches finishing meanwhile add to the pack).
+    let mut short: Vec<(&(String, String), usize)> = boxes
+        .iter()
+        .filter(|(_, b)| ready(b))
+        .map(|(k, b)| (k, b.pending.len()))
         .collect();
-    if ready.is_empty() {
+    let total: usize = short.iter().map(|(_, n)| n).sum();
+    let earliest = short.iter().map(|(k, _)| boxes[*k].oldest).min()?;
+    if total < batch_size && now < earliest + linger {
         return None;
     }
-    ready.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
-    let (first, n) = (ready[0].0.clone(), ready[0].1);
-    if n >= batch_size {
-        let b = boxes.get_mut(&first).expect("ready");
-        b.busy = true;
-        return Some(b.pending.drain(..batch_size).collect());
-    }
-    let mut take: Vec<String> = Vec::new();
+    short.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let company = short[0].0.0.clone();
+    // Fill the batch: whole queues first, then the front of the next one (its rest waits for
+    // this batch to finish: a mailbox is in one batch in flight at most).
+    let mut take: Vec<((String, String), usize)> = Vec::new();
     let mut size = 0;
-    for (m, n) in ready {
-        if size + n <= batch_size {
-            take.push(m.clone());
-            size += n;
+    for (k, n) in short {
+        if k.0 != company || size == batch_size {
+            continue;
         }
+        let n = n.min(batch_size - size);
+        take.push((k.clone(), n));
+        size += n;
     }
     let mut items = Vec::with_capacity(size);
-    for m in take {
-        let b = boxes.get_mut(&m).expect("ready");
+    for (k, n) in take {
+        let b = boxes.get_mut(&k).expect("ready");
         b.busy = true;
-        items.extend(b.pending.drain(..));
+        items.extend(b.pending.drain(..n));
     }
-    Some(items)
+    Some((company, items))
 }
 
-fn requeue(boxes: &mut BTreeMap<String, Mailbox>, mailbox: &str, i: usize) {
-    boxes
-        .get_mut(mailbox)
-        .expect("job's mailbox")
-        .pending
-        .push_front(i);
-}
-
-/// The first step of a job, from the copy as it is now; `None` if there is nothing to do.
-fn first_step(job: &Job, c: &Claimed, copy: Option<Copy>) -> Option<Step> {
+/// The first step of a change, from its copy as it is now; `None` if there is nothing to do.
+fn first_step(kind: &OpKind, c: &Claimed, copy: Option<Copy>) -> Option<Step> {
     let ev = c.event.as_ref()?;
     let born_here = c.staged.as_ref().is_some_and(|s| s.born_here);
-    match (&job.kind, copy) {
+    match (kind, copy) {
         (OpKind::Upsert, Some(copy)) if copy.event_id.is_some() && copy.rev >= ev.revision => None,
         (OpKind::Upsert, Some(copy)) if copy.event_id.is_some() => {
             Some(Step::Update(copy.event_id.expect("checked")))
@@ -826,13 +1329,13 @@ fn events_path(mailbox: &str) -> String {
 }
 
 fn request(
-    i: usize,
+    id: u64,
     step: &Step,
     ev: &ScheduleEvent,
     mailbox: &str,
     opts: &MappingOptions<'_>,
 ) -> GraphRequest {
-    let id = i.to_string();
+    let id = id.to_string();
     let schedule = || ev.schedule.as_ref().expect("upserts carry the schedule");
     match step {
         Step::Lookup { .. } | Step::LookupForDelete => GraphRequest {

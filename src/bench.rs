@@ -59,7 +59,9 @@ pub struct Report {
 
 impl Report {
     pub fn table(&self) -> String {
-        let mut out = String::from("| figure | measured (this run) | ratio | target | met |\n|---|---|---|---|---|\n");
+        let mut out = String::from(
+            "| figure | measured (this run) | ratio | target | met |\n|---|---|---|---|---|\n",
+        );
         for f in &self.figures {
             let _ = writeln!(
                 out,
@@ -144,7 +146,7 @@ async fn bare_consume(sb: &Sandbox, n: usize, bodies: &[Vec<u8>]) -> Result<Dura
     while let Some(d) = consumer.next().await {
         let d = d?;
         got += 1;
-        if got % 500 == 0 || got == n {
+        if got.is_multiple_of(500) || got == n {
             cch.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true })
                 .await?;
         }
@@ -219,9 +221,20 @@ async fn stage_backlog(
     mailboxes: usize,
     per: usize,
 ) -> Result<(), BenchError> {
-    let windows = Windows::new(sb.redis.clone(), &sb.cfg.redis.key_prefix, Duration::from_secs(1));
+    let windows = Windows::new(
+        sb.redis.clone(),
+        &sb.cfg.redis.key_prefix,
+        Duration::from_secs(1),
+    );
     let bodies: Vec<Vec<u8>> = (0..schedules)
-        .map(|i| event_body(company, &format!("s{i}"), 1, &participants(i, mailboxes, per)))
+        .map(|i| {
+            event_body(
+                company,
+                &format!("s{i}"),
+                1,
+                &participants(i, mailboxes, per),
+            )
+        })
         .collect();
     let events: Vec<crate::event::ScheduleEvent> = bodies
         .iter()
@@ -249,14 +262,20 @@ async fn stage_backlog(
     Ok(())
 }
 
-async fn drain_with_workers(sb: &Sandbox, workers: usize, timeout: Duration) -> Result<Duration, BenchError> {
+async fn drain_with_workers(
+    sb: &Sandbox,
+    workers: usize,
+    timeout: Duration,
+) -> Result<Duration, BenchError> {
     let start = Instant::now();
     let mut ws = Vec::new();
     for _ in 0..workers {
         ws.push(sb.worker().await?);
     }
     if !sb.wait_idle(timeout).await? {
-        return Err(BenchError::Other(format!("the backlog did not drain within {timeout:?}")));
+        return Err(BenchError::Other(format!(
+            "the backlog did not drain within {timeout:?}"
+        )));
     }
     // wait_idle waits for half a second of quiet; that half second is not work.
     let took = start.elapsed().saturating_sub(Duration::from_millis(500));
@@ -279,7 +298,11 @@ fn rss_peak_kib(pid: u32) -> Option<u64> {
 
 /// Runs `outlook-sync run` as a child with a long window (nothing flushes), feeds it `n` events,
 /// and returns its peak RSS in MiB once they are all staged.
-async fn worker_peak_rss(sb: &Sandbox, n: usize, binary: &std::path::Path) -> Result<f64, BenchError> {
+async fn worker_peak_rss(
+    sb: &Sandbox,
+    n: usize,
+    binary: &std::path::Path,
+) -> Result<f64, BenchError> {
     let dir = std::env::temp_dir().join(format!("{}-rss", sb.cfg.redis.key_prefix));
     std::fs::create_dir_all(&dir).map_err(|e| BenchError::Other(e.to_string()))?;
     let mut cfg = sb.cfg.clone();
@@ -334,7 +357,13 @@ fn toml_of(cfg: &crate::config::Config) -> String {
     toml::to_string(cfg).expect("the configuration serializes to TOML")
 }
 
-fn figure(name: &'static str, measured: String, ratio: f64, target: &'static str, met: bool) -> Figure {
+fn figure(
+    name: &'static str,
+    measured: String,
+    ratio: f64,
+    target: &'static str,
+    met: bool,
+) -> Figure {
     Figure {
         name,
         measured,
@@ -344,14 +373,45 @@ fn figure(name: &'static str, measured: String, ratio: f64, target: &'static str
     }
 }
 
-/// Runs every figure. `binary` is the `outlook-sync` executable (for the memory figure).
-pub async fn run(size: Size, binary: &std::path::Path) -> Result<Report, BenchError> {
+/// Per-mailbox spans of Graph writes, from the emulator's request log: how long each mailbox
+/// was written to (first request start to last request end), and how many writes it got.
+fn mailbox_spans(log: &[crate::graph::emulator::LoggedRequest]) -> Vec<(String, Duration, usize)> {
+    let mut spans: std::collections::BTreeMap<
+        String,
+        (std::time::SystemTime, std::time::SystemTime, usize),
+    > = std::collections::BTreeMap::new();
+    for r in log.iter().filter(|r| r.batch_item && r.method != "GET") {
+        let Some(m) = &r.mailbox else { continue };
+        let end = r.time + r.duration;
+        let e = spans.entry(m.clone()).or_insert((r.time, end, 0));
+        e.0 = e.0.min(r.time);
+        e.1 = e.1.max(end);
+        e.2 += 1;
+    }
+    spans
+        .into_iter()
+        .map(|(m, (a, b, n))| (m, b.duration_since(a).unwrap_or_default(), n))
+        .collect()
+}
+
+/// Which figures to run (all when empty).
+fn wanted(only: &[String], name: &str) -> bool {
+    only.is_empty() || only.iter().any(|o| name.contains(o.as_str()))
+}
+
+/// Runs every figure (or those whose name contains one of `only`). `binary` is the
+/// `outlook-sync` executable (for the memory figure).
+pub async fn run(
+    size: Size,
+    binary: &std::path::Path,
+    only: &[String],
+) -> Result<Report, BenchError> {
     let quick = size == Size::Quick;
     let mut figures = Vec::new();
     let mut notes = Vec::new();
 
     // 1. Ingest against the broker's bare consume-and-ack rate.
-    {
+    if wanted(only, "ingest") {
         let n = if quick { 20_000 } else { 200_000 };
         let sb = Sandbox::start("bench-ingest", 300, Settings::default()).await?;
         let bodies: Vec<Vec<u8>> = (0..n)
@@ -360,7 +420,10 @@ pub async fn run(size: Size, binary: &std::path::Path) -> Result<Report, BenchEr
         let size = bodies.iter().map(Vec::len).sum::<usize>() / n;
         let bare = bare_consume(&sb, n, &bodies).await?;
         let ingest = worker_ingest(&sb, n, &bodies).await?;
-        let (b, w) = (n as f64 / bare.as_secs_f64(), n as f64 / ingest.as_secs_f64());
+        let (b, w) = (
+            n as f64 / bare.as_secs_f64(),
+            n as f64 / ingest.as_secs_f64(),
+        );
         let ratio = w / b;
         figures.push(figure(
             "Ingest: worker rate / bare consume-and-ack rate",
@@ -373,15 +436,28 @@ pub async fn run(size: Size, binary: &std::path::Path) -> Result<Report, BenchEr
     }
 
     // 2. Coalescing: several updates per schedule inside one window.
-    {
-        let (schedules, revisions, mailboxes, per) = if quick { (500, 5, 30, 3) } else { (2_000, 5, 50, 3) };
+    if wanted(only, "coalescing") {
+        let (schedules, revisions, mailboxes, per) = if quick {
+            (500, 5, 30, 3)
+        } else {
+            (2_000, 5, 50, 3)
+        };
         let sb = Sandbox::start("bench-coalesce", 2, Settings::default()).await?;
         company_with(&sb, "acme", mailboxes).await?;
         let mut items = Vec::new();
         for rev in 1..=revisions {
             for i in 0..schedules {
-                let body = event_body("acme", &format!("s{i}"), rev, &participants(i, mailboxes, per));
-                let key = if rev == 1 { "schedule.created" } else { "schedule.updated" };
+                let body = event_body(
+                    "acme",
+                    &format!("s{i}"),
+                    rev,
+                    &participants(i, mailboxes, per),
+                );
+                let key = if rev == 1 {
+                    "schedule.created"
+                } else {
+                    "schedule.updated"
+                };
                 items.push((format!("s{i}-{rev}"), key, body));
             }
         }
@@ -416,9 +492,17 @@ pub async fn run(size: Size, binary: &std::path::Path) -> Result<Report, BenchEr
     }
 
     // 3. Drain under Graph's limits: 4 in flight per mailbox, fixed latency.
-    {
+    if wanted(only, "drain") {
         let latency = Duration::from_millis(50);
-        let (mailboxes, per_mailbox) = if quick { (20, 200) } else { (100, 1_000) };
+        let (mailboxes, per_mailbox) = match std::env::var("OUTLOOK_SYNC_BENCH_DRAIN") {
+            // "MAILBOXES,WRITES_PER_MAILBOX", for profiling one shape.
+            Ok(v) => {
+                let mut it = v.split(',').filter_map(|x| x.trim().parse::<usize>().ok());
+                (it.next().unwrap_or(20), it.next().unwrap_or(200))
+            }
+            Err(_) if quick => (20, 400),
+            Err(_) => (100, 1_000),
+        };
         let settings = Settings {
             latency,
             ..Settings::default()
@@ -431,6 +515,46 @@ pub async fn run(size: Size, binary: &std::path::Path) -> Result<Report, BenchEr
         let bound = latency.mul_f64(per_mailbox as f64 / 4.0);
         let ratio = took.as_secs_f64() / bound.as_secs_f64();
         let stats = sb.emulator.emulator.stats();
+        let spans = mailbox_spans(&sb.emulator.emulator.request_log());
+        let longest = spans.iter().map(|s| s.1).max().unwrap_or_default();
+        if std::env::var_os("OUTLOOK_SYNC_DEBUG_BATCHES").is_some() {
+            let log = sb.emulator.emulator.request_log();
+            let first = spans.first().map(|s| s.0.clone()).unwrap_or_default();
+            let mut items: Vec<_> = log
+                .iter()
+                .filter(|r| r.batch_item && r.mailbox.as_deref() == Some(first.as_str()))
+                .collect();
+            items.sort_by_key(|r| r.time);
+            let t0 = items
+                .first()
+                .map(|r| r.time)
+                .unwrap_or(std::time::UNIX_EPOCH);
+            for r in log
+                .iter()
+                .filter(|r| !r.batch_item && r.path.contains("$batch"))
+            {
+                eprintln!(
+                    "envelope {:>6.1} ms +{:>5.1} ms",
+                    r.time.duration_since(t0).unwrap_or_default().as_secs_f64() * 1000.0,
+                    r.duration.as_secs_f64() * 1000.0
+                );
+            }
+            for r in items {
+                eprintln!(
+                    "item {} {:>6.1} ms +{:>5.1} ms",
+                    r.status,
+                    r.time.duration_since(t0).unwrap_or_default().as_secs_f64() * 1000.0,
+                    r.duration.as_secs_f64() * 1000.0
+                );
+            }
+        }
+        notes.push(format!(
+            "drain: the longest a single mailbox was being written to: {:.2} s (bound {:.2} s);              {} $batch requests for {} writes",
+            longest.as_secs_f64(),
+            bound.as_secs_f64(),
+            stats.batches,
+            stats.writes
+        ));
         figures.push(figure(
             "Drain: time / lower bound of Graph's limits",
             format!(
@@ -448,8 +572,12 @@ pub async fn run(size: Size, binary: &std::path::Path) -> Result<Report, BenchEr
     }
 
     // 4. Memory: the worker's peak RSS with many staged events.
-    {
-        let sizes: [usize; 2] = if quick { [20_000, 100_000] } else { [100_000, 1_000_000] };
+    if wanted(only, "memory") {
+        let sizes: [usize; 2] = if quick {
+            [20_000, 100_000]
+        } else {
+            [100_000, 1_000_000]
+        };
         let mut peaks = Vec::new();
         for n in sizes {
             let sb = Sandbox::start("bench-rss", 3600, Settings::default()).await?;
@@ -472,7 +600,7 @@ pub async fn run(size: Size, binary: &std::path::Path) -> Result<Report, BenchEr
     }
 
     // 5. Scale-out: one worker against two on a Graph-bound backlog.
-    {
+    if wanted(only, "scale") {
         let latency = Duration::from_millis(100);
         let (mailboxes, per_mailbox) = if quick { (64, 40) } else { (200, 100) };
         let mut took = Vec::new();

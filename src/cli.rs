@@ -62,6 +62,27 @@ pub enum Command {
         /// Where to write the report.
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
+        /// Run only the figures whose name contains one of these (ingest, coalescing, drain,
+        /// memory, scale).
+        #[arg(long)]
+        only: Vec<String>,
+    },
+    /// Company credentials, consent, plan gating and linked users (the admin API's operations,
+    /// run directly against Redis and Graph with this configuration).
+    Admin {
+        #[command(subcommand)]
+        command: crate::admin::command::AdminCommand,
+    },
+    /// Dead letters: list, summary, show, replay, purge (safe by construction: the queue keeps
+    /// every message it does not replay or purge, once, in order).
+    Dlq {
+        #[command(subcommand)]
+        command: crate::deadletter::command::DlqCommand,
+    },
+    /// The sync ledger: why a schedule is (not) in Outlook.
+    Ledger {
+        #[command(subcommand)]
+        command: crate::deadletter::command::LedgerCommand,
     },
     /// Load and check the configuration, then print it (secrets redacted).
     CheckConfig,
@@ -89,10 +110,22 @@ pub async fn main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate { files } => validate(&files),
+        Command::Dlq { command } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            crate::telemetry::init_logging(&quiet_log(&cfg));
+            Ok(crate::deadletter::command::run_dlq(&cfg, command).await?)
+        }
+        Command::Ledger { command } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            crate::telemetry::init_logging(&quiet_log(&cfg));
+            Ok(crate::deadletter::command::run_ledger(&cfg, command).await?)
+        }
         Command::CheckConfig => {
             let cfg = load_config(cli.config.as_deref())?;
             let mut shown = cfg.clone();
             shown.amqp.url = amqp::redacted(&shown.amqp.url);
+            // A Redis URL can hold a password too (redis://:password@host).
+            shown.redis.url = amqp::redacted(&shown.redis.url);
             shown.admin.tokens = shown.admin.tokens.iter().map(|_| "***".into()).collect();
             println!("configuration is valid:\n{shown:#?}");
             Ok(ExitCode::SUCCESS)
@@ -121,20 +154,29 @@ pub async fn main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             print!("{}", outcome.report);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { size, out } => {
+        Command::Bench { size, out, only } => {
             let log = crate::config::LogConfig {
                 filter: "error,lapin=off".into(),
                 ..Default::default()
             };
             crate::telemetry::init_logging(&log);
             let binary = std::env::current_exe().context("locating the outlook-sync binary")?;
-            let report = crate::bench::run(size, &binary).await?;
+            let report = crate::bench::run(size, &binary, &only).await?;
             let table = report.table();
             println!("{table}");
             crate::bench::write_markdown(&report, &out)
                 .with_context(|| format!("writing {}", out.display()))?;
             println!("written to {}", out.display());
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin { command } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            let log = crate::config::LogConfig {
+                filter: "warn".into(),
+                ..cfg.log.clone()
+            };
+            crate::telemetry::init_logging(&log);
+            Ok(crate::admin::command::run(cfg, command).await?)
         }
         Command::Run => {
             let cfg = load_config(cli.config.as_deref())?;
@@ -149,24 +191,61 @@ pub async fn main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 async fn run(cfg: Config) -> anyhow::Result<()> {
     use crate::worker::{Worker, shutdown_signal};
     let addr = cfg.admin_addr();
-    let worker = Worker::start(cfg)
-        .await
-        .context("Redis is unreachable at start (check redis.url)")?;
+    let admin_cfg = std::sync::Arc::new(cfg.clone());
+    let grace = std::time::Duration::from_secs(cfg.worker.shutdown_grace_seconds);
+    // Never fails on an unreachable Redis or RabbitMQ: the worker starts not ready and connects
+    // when they are there.
+    let worker = Worker::start(cfg).await.context("cannot use redis.url")?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (admin.listen)"))?;
     tracing::info!(%addr, "serving /healthz, /readyz, /metrics");
-    let app = crate::admin::router(worker.health());
+    let admin = crate::admin::Admin::new(
+        admin_cfg.clone(),
+        worker.redis.clone(),
+        crate::graph::client::GraphClient::new(&admin_cfg.graph),
+        worker.metrics.clone(),
+    );
+    tracing::info!(%addr, "serving the admin API under /v1");
+    let api = crate::admin::api::router(admin.clone());
+    let app = crate::admin::router(worker.health()).merge(api);
+    // The secret-expiry metric: at start, then every ten minutes.
+    let expiry = tokio::spawn(async move {
+        loop {
+            if let Err(e) = admin.refresh_secret_expiry_metrics().await {
+                tracing::warn!(error = %e, "cannot refresh the secret-expiry metric");
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+        }
+    });
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await
     });
     shutdown_signal().await;
-    tracing::info!("shutting down: no new deliveries; finishing the current flush");
-    worker.stop(std::time::Duration::from_secs(25)).await;
-    let _ = server.await;
+    tracing::info!(
+        grace_seconds = grace.as_secs(),
+        "shutting down: no new deliveries; finishing the current flush"
+    );
+    let stopped = worker.stop(grace).await;
+    expiry.abort();
+    // The HTTP server stopped accepting on the same signal; give open requests a moment.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), server).await;
+    tracing::info!(
+        drained = stopped.drained,
+        released_claims = stopped.released_claims,
+        "stopped"
+    );
     Ok(())
+}
+
+/// Operator commands print their results; their logs only say what went wrong.
+fn quiet_log(cfg: &Config) -> crate::config::LogConfig {
+    crate::config::LogConfig {
+        filter: "warn,lapin=off".into(),
+        ..cfg.log.clone()
+    }
 }
 
 pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {

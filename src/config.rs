@@ -23,6 +23,7 @@ pub struct Config {
     pub retry: RetryConfig,
     pub admin: AdminConfig,
     pub ledger: LedgerConfig,
+    pub dlq: DlqConfig,
     pub log: LogConfig,
     pub secrets: SecretsConfig,
     pub worker: WorkerConfig,
@@ -88,6 +89,28 @@ impl Default for LedgerConfig {
         Self {
             retention_days: 14,
             max_entries: 200,
+        }
+    }
+}
+
+/// Dead-letter operations (`outlook-sync dlq …` and the admin API).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DlqConfig {
+    /// Where `dlq purge` archives what it removes (one JSON-lines file per purge).
+    pub archive_dir: String,
+    /// Dead letters handled per batch: republished and confirmed together, then acked.
+    pub batch_size: usize,
+    /// How often a worker samples the dead-letter queue's depth for the gauge, in seconds.
+    pub depth_poll_seconds: u64,
+}
+
+impl Default for DlqConfig {
+    fn default() -> Self {
+        Self {
+            archive_dir: "dead-letter-archive".into(),
+            batch_size: 16,
+            depth_poll_seconds: 15,
         }
     }
 }
@@ -531,7 +554,10 @@ impl Config {
             }
         }
         if self.admin.consent_state_ttl_seconds < 60 {
-            return Err(bad("admin.consent_state_ttl_seconds", "must be at least 60"));
+            return Err(bad(
+                "admin.consent_state_ttl_seconds",
+                "must be at least 60",
+            ));
         }
         if self.admin.bulk_concurrency == 0 || self.admin.bulk_concurrency > 64 {
             return Err(bad("admin.bulk_concurrency", "must be from 1 to 64"));
@@ -545,6 +571,21 @@ impl Config {
         }
         if self.ledger.max_entries == 0 {
             return Err(bad("ledger.max_entries", "must be at least 1"));
+        }
+        if self.dlq.archive_dir.trim().is_empty() {
+            return Err(bad("dlq.archive_dir", "must not be empty"));
+        }
+        if self.dlq.batch_size == 0 || self.dlq.batch_size > 16 {
+            return Err(bad(
+                "dlq.batch_size",
+                format!(
+                    "{} is out of range 1..=16 (RabbitMQ holds back the acks of larger batches)",
+                    self.dlq.batch_size
+                ),
+            ));
+        }
+        if self.dlq.depth_poll_seconds == 0 {
+            return Err(bad("dlq.depth_poll_seconds", "must be at least 1"));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             return Err(bad("log.filter", e.to_string()));

@@ -37,7 +37,9 @@ pub enum CryptoError {
         "the secret was sealed with key {0:?}, which is not in `secrets.keys` (keep old keys until `outlook-sync admin reseal` has run)"
     )]
     UnknownKey(String),
-    #[error("the secret sealed with key {0:?} cannot be opened (corrupt, or sealed for something else)")]
+    #[error(
+        "the secret sealed with key {0:?} cannot be opened (corrupt, or sealed for something else)"
+    )]
     Corrupt(String),
     #[error("invalid key configuration: {0}")]
     Config(String),
@@ -201,7 +203,10 @@ mod tests {
             .seal(&Secret::new("v"), "a")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("secrets.keys") && err.contains("secrets.active_key"), "{err}");
+        assert!(
+            err.contains("secrets.keys") && err.contains("secrets.active_key"),
+            "{err}"
+        );
     }
 
     #[test]

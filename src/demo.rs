@@ -231,7 +231,10 @@ impl Sandbox {
 
     /// Publishes many bodies fast: confirms are awaited in windows of 2,000 rather than one by
     /// one (each still confirmed before this returns). `(message_id, routing_key, body)`.
-    pub async fn publish_bulk(&self, items: &[(String, &str, Vec<u8>)]) -> Result<(), SandboxError> {
+    pub async fn publish_bulk(
+        &self,
+        items: &[(String, &str, Vec<u8>)],
+    ) -> Result<(), SandboxError> {
         use lapin::options::BasicPublishOptions;
         for chunk in items.chunks(2000) {
             let mut confirms = Vec::with_capacity(chunk.len());

@@ -18,14 +18,12 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Semaphore, watch};
 use tracing::{info, warn};
 
 use crate::amqp::{self, Publisher};
 use crate::config::Config;
 use crate::event::{self, Schedule, ScheduleEvent};
 use crate::graph::client::GraphClient;
-use crate::ingest::Backoff;
 use crate::ledger::{self, Entry, Ledger};
 use crate::metrics::Metrics;
 use crate::tenants::{Company, Directory, LinkedUser, UserStatus};
@@ -160,7 +158,10 @@ impl Copies {
     }
 
     /// The copies for (schedule, mailbox) pairs, in one round trip.
-    pub async fn pairs(&self, pairs: &[(&Member, &str)]) -> Result<Vec<Option<Copy>>, redis::RedisError> {
+    pub async fn pairs(
+        &self,
+        pairs: &[(&Member, &str)],
+    ) -> Result<Vec<Option<Copy>>, redis::RedisError> {
         if pairs.is_empty() {
             return Ok(Vec::new());
         }
@@ -236,6 +237,23 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 "#;
 
+/// A held mailbox lease (see [`MailboxLeases::acquire`]).
+pub struct LeaseGuard {
+    leases: MailboxLeases,
+    company: String,
+    mailbox: String,
+    token: String,
+    _renewer: AbortOnDrop,
+}
+
+impl LeaseGuard {
+    pub async fn release(self) {
+        self.leases
+            .release_many(&self.company, &[(self.mailbox.clone(), self.token.clone())])
+            .await;
+    }
+}
+
 /// A background task that lives exactly as long as its owner (a lease, a claim): if the owner's
 /// task is cancelled or the worker dies, the renewing stops and the lease runs out.
 pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
@@ -257,6 +275,43 @@ impl MailboxLeases {
 
     fn key(&self, company: &str, mailbox: &str) -> String {
         format!("{}:lease:{company}:{mailbox}", self.prefix)
+    }
+
+    /// Takes one mailbox's lease, trying for up to `wait`; `None` if another worker held it
+    /// throughout. The guard renews it until released (or dropped: then it expires).
+    pub async fn acquire(
+        &self,
+        company: &str,
+        mailbox: &str,
+        wait: Duration,
+    ) -> Result<Option<LeaseGuard>, redis::RedisError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mailboxes = [mailbox.to_string()];
+        loop {
+            if let Some(token) = self
+                .try_acquire_many(company, &mailboxes)
+                .await?
+                .pop()
+                .flatten()
+            {
+                let held = Arc::new(std::sync::Mutex::new(BTreeMap::from([(
+                    mailbox.to_string(),
+                    token.clone(),
+                )])));
+                return Ok(Some(LeaseGuard {
+                    leases: self.clone(),
+                    company: company.to_string(),
+                    mailbox: mailbox.to_string(),
+                    token,
+                    _renewer: AbortOnDrop(self.renew_all(company.to_string(), held)),
+                }));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            let jitter = rand::random::<u64>() % 40;
+            tokio::time::sleep(Duration::from_millis(30 + jitter)).await;
+        }
     }
 
     /// Tries to take several mailboxes' leases at once (one round trip); a token for each taken.
@@ -306,6 +361,43 @@ impl MailboxLeases {
                 warn!(error = %e, "mailbox leases not released; they expire by themselves");
             }
         }
+    }
+
+    /// Renews every (company, mailbox) lease in `held` every third of the lease time until
+    /// aborted.
+    pub fn renew_keys(
+        &self,
+        held: Arc<std::sync::Mutex<BTreeMap<(String, String), String>>>,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let script = redis::Script::new(EXTEND_LUA);
+            let mut r = this.redis.clone();
+            let _: Result<String, _> = script.prepare_invoke().load_async(&mut r).await;
+            loop {
+                tokio::time::sleep(this.ttl / 3).await;
+                let now: Vec<((String, String), String)> = held
+                    .lock()
+                    .expect("lease map")
+                    .iter()
+                    .map(|(k, t)| (k.clone(), t.clone()))
+                    .collect();
+                if now.is_empty() {
+                    continue;
+                }
+                let mut pipe = redis::pipe();
+                for ((c, m), t) in &now {
+                    pipe.invoke_script(
+                        script
+                            .key(this.key(c, m))
+                            .arg(t)
+                            .arg(this.ttl.as_millis() as u64),
+                    )
+                    .ignore();
+                }
+                let _ = pipe.query_async::<()>(&mut r).await;
+            }
+        })
     }
 
     /// Renews every lease in `held` every third of the lease time until aborted.
@@ -377,6 +469,16 @@ pub(crate) enum Outcome {
     Unsettled,
 }
 
+/// Claimed schedules and their planned changes, ready for `apply`.
+#[derive(Default)]
+pub(crate) struct Intake {
+    pub claimed: Vec<Claimed>,
+    pub jobs: Vec<crate::apply::Job>,
+    pub notes: Vec<(Member, Entry)>,
+    pub companies: HashMap<String, Company>,
+    pub report: FlushReport,
+}
+
 /// What a flush pass did, for tests and the benchmark.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct FlushReport {
@@ -391,7 +493,7 @@ pub struct FlushReport {
 }
 
 impl FlushReport {
-    fn add(&mut self, o: &FlushReport) {
+    pub(crate) fn add(&mut self, o: &FlushReport) {
         self.schedules += o.schedules;
         self.creates += o.creates;
         self.updates += o.updates;
@@ -407,22 +509,21 @@ impl FlushReport {
 #[derive(Clone)]
 pub struct Flusher {
     pub(crate) cfg: Arc<Config>,
-    windows: Windows,
+    pub(crate) windows: Windows,
     pub(crate) directory: Directory,
     pub(crate) copies: Copies,
     pub(crate) leases: MailboxLeases,
-    ledger: Ledger,
+    pub(crate) ledger: Ledger,
     pub(crate) graph: GraphClient,
     pub(crate) metrics: Arc<Metrics>,
     /// This worker's claim token.
-    token: String,
+    pub(crate) token: String,
     pub(crate) default_zone: jiff::tz::TimeZone,
     dead_letters: DeadLetterChannel,
 }
 
 /// The flush's own AMQP connection for dead letters, opened on first use.
 type DeadLetterChannel = Arc<tokio::sync::Mutex<Option<(lapin::Connection, Arc<Publisher>)>>>;
-
 
 impl Flusher {
     pub fn new(
@@ -471,92 +572,7 @@ impl Flusher {
         &self.token
     }
 
-    /// Flushes due schedules until `shutdown` turns true.
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
-        let poll = Duration::from_millis(self.cfg.window.poll_interval_ms);
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        while !*shutdown.borrow() {
-            match self.flush_once().await {
-                Ok(r) if r.schedules > 0 => {
-                    backoff.reset();
-                    continue;
-                }
-                Ok(_) => {
-                    backoff.reset();
-                    tokio::select! {
-                        _ = tokio::time::sleep(poll) => {}
-                        _ = shutdown.changed() => {}
-                    }
-                }
-                Err(e) => {
-                    let wait = backoff.delay();
-                    warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "flush: pass failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.changed() => {}
-                    }
-                }
-            }
-        }
-    }
-
-    /// Claims one batch of due schedules and flushes it. Returns what it did.
-    pub async fn flush_once(&self) -> Result<FlushReport, redis::RedisError> {
-        let lease = Duration::from_secs(self.cfg.window.claim_lease_seconds);
-        let members = self
-            .windows
-            .claim(&self.token, self.cfg.window.claim_batch, lease)
-            .await?;
-        if members.is_empty() {
-            self.observe_backlog().await;
-            return Ok(FlushReport::default());
-        }
-        // Keep the claims alive while the flush runs (long Retry-After waits included).
-        let renewer = AbortOnDrop({
-            let (w, token, ms) = (self.windows.clone(), self.token.clone(), members.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(lease / 3).await;
-                    let _ = w.renew(&token, &ms, lease).await;
-                }
-            })
-        });
-        let started = tokio::time::Instant::now();
-        let result = self.flush_members(&members).await;
-        drop(renewer);
-        let (report, outcomes) = result?;
-        let mut done = Vec::new();
-        let mut again = Vec::new();
-        for (m, o) in members.iter().zip(outcomes) {
-            match o {
-                Outcome::Settled => done.push(m.clone()),
-                Outcome::Deferred | Outcome::Unsettled => again.push(m.clone()),
-            }
-        }
-        self.windows.complete(&self.token, &done).await?;
-        if !again.is_empty() {
-            self.windows
-                .release(&self.token, &again, Duration::from_millis(500))
-                .await?;
-        }
-        self.metrics.schedules_flushed.inc_by(done.len() as u64);
-        self.observe_backlog().await;
-        info!(
-            schedules = report.schedules,
-            settled = done.len(),
-            again = again.len(),
-            creates = report.creates,
-            updates = report.updates,
-            deletes = report.deletes,
-            dead_letters = report.dead_letters,
-            deferred = report.deferred,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "flush: pass done"
-        );
-        Ok(report)
-    }
-
-    async fn observe_backlog(&self) {
+    pub(crate) async fn observe_backlog(&self) {
         if let Ok((n, oldest)) = self.windows.backlog().await {
             self.metrics.due_backlog.set(n as i64);
             let age = oldest
@@ -573,10 +589,15 @@ impl Flusher {
             .await
     }
 
-    async fn flush_members(
-        &self,
-        members: &[Member],
-    ) -> Result<(FlushReport, Vec<Outcome>), redis::RedisError> {
+    /// Claims up to `limit` due schedules and plans them: each claimed schedule, the changes to
+    /// write per mailbox, the ledger's entries for what is skipped, and the companies involved.
+    pub(crate) async fn intake(&self, limit: usize) -> Result<Intake, redis::RedisError> {
+        let lease = Duration::from_secs(self.cfg.window.claim_lease_seconds);
+        let members = self.windows.claim(&self.token, limit, lease).await?;
+        if members.is_empty() {
+            return Ok(Intake::default());
+        }
+        let members = &members[..];
         let staged = self.windows.read(members).await?;
         let copies = self.copies.all(members).await?;
         let claimed: Vec<Claimed> = members
@@ -668,52 +689,27 @@ impl Flusher {
             }
         }
 
-        // Apply: each company's mailboxes, scheduled under their leases (see `apply`); the
-        // batch slots of this worker are shared by all companies.
-        let claimed = Arc::new(claimed);
-        let batches = Arc::new(Semaphore::new(
-            (self.cfg.graph.max_in_flight_total / 4).max(1),
-        ));
-        let mut per_company: BTreeMap<String, Vec<crate::apply::Job>> = BTreeMap::new();
-        for ((company_id, mailbox), ops) in groups {
-            for op in ops {
-                per_company
-                    .entry(company_id.clone())
-                    .or_default()
-                    .push(crate::apply::Job {
-                        member_idx: op.member_idx,
-                        mailbox: mailbox.clone(),
-                        user: op.user,
-                        kind: op.kind,
-                    });
-            }
-        }
-        let mut tasks = tokio::task::JoinSet::new();
-        for (company_id, jobs) in per_company {
-            let company = companies
-                .get(&company_id)
-                .cloned()
-                .flatten()
-                .expect("planned only for known companies");
-            let (this, claimed, batches) = (self.clone(), claimed.clone(), batches.clone());
-            tasks.spawn(async move {
-                this.apply_company(&company, jobs, &claimed, batches)
-                    .await
-            });
-        }
-        let mut outcomes = vec![Outcome::Settled; members.len()];
-        while let Some(res) = tasks.join_next().await {
-            let applied = res.expect("an apply task panicked");
-            report.add(&applied.report);
-            notes.extend(applied.notes);
-            for (idx, o) in applied.outcomes {
-                outcomes[idx] = worst(outcomes[idx], o);
-            }
-        }
-        if let Err(e) = self.ledger.record(&notes).await {
-            warn!(error = %e, "flush: the sync ledger could not be written");
-        }
-        Ok((report, outcomes))
+        let jobs = groups
+            .into_iter()
+            .flat_map(|((_, mailbox), ops)| {
+                ops.into_iter().map(move |op| crate::apply::Job {
+                    member_idx: op.member_idx,
+                    mailbox: mailbox.clone(),
+                    user: op.user,
+                    kind: op.kind,
+                })
+            })
+            .collect();
+        Ok(Intake {
+            claimed,
+            jobs,
+            notes,
+            companies: companies
+                .into_iter()
+                .filter_map(|(id, c)| c.map(|c| (id, c)))
+                .collect(),
+            report,
+        })
     }
 
     fn skip(&self, report: &mut FlushReport, reason: &str) {
@@ -744,15 +740,6 @@ fn redis_err(e: crate::tenants::DirectoryError) -> redis::RedisError {
         other => {
             redis::RedisError::from((redis::ErrorKind::Client, "directory", other.to_string()))
         }
-    }
-}
-
-fn worst(a: Outcome, b: Outcome) -> Outcome {
-    use Outcome::*;
-    match (a, b) {
-        (Unsettled, _) | (_, Unsettled) => Unsettled,
-        (Deferred, _) | (_, Deferred) => Deferred,
-        _ => Settled,
     }
 }
 

@@ -63,7 +63,7 @@ impl Ingest {
             match self.consume(&mut shutdown).await {
                 Ok(()) => backoff.reset(),
                 Err(e) => {
-                    let _ = self.ready.send(false);
+                    self.ready.send_replace(false);
                     self.metrics.ingest_reconnects.inc();
                     let wait = backoff.delay();
                     warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "ingest: consumer lost; reconnecting");
@@ -74,7 +74,7 @@ impl Ingest {
                 }
             }
         }
-        let _ = self.ready.send(false);
+        self.ready.send_replace(false);
     }
 
     async fn consume(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), amqp::AmqpError> {
@@ -93,7 +93,7 @@ impl Ingest {
             )
             .await?;
         info!(queue = %a.queue, prefetch = a.prefetch, "ingest: consuming");
-        let _ = self.ready.send(true);
+        self.ready.send_replace(true);
         let wait = Duration::from_millis(a.ingest_batch_wait_ms);
         let mut batch = Vec::with_capacity(a.ingest_batch);
         loop {
@@ -209,11 +209,24 @@ impl Ingest {
                     }
                 }
             };
-            for o in outcomes {
+            for (o, s) in outcomes.iter().zip(&staging) {
                 match o {
                     Staged::Newest | Staged::Replayed => report.staged += 1,
                     Staged::Duplicate => report.duplicates += 1,
                     Staged::Stale => report.stale += 1,
+                }
+                if s.replay {
+                    // An operator's replay of a dead letter (`outlook-sync dlq replay`).
+                    let outcome = match o {
+                        Staged::Replayed => "restaged",
+                        Staged::Newest => "newest",
+                        Staged::Duplicate => "duplicate",
+                        Staged::Stale => "stale",
+                    };
+                    self.metrics
+                        .dead_letters_replayed
+                        .get_or_create(&Metrics::label("outcome", outcome))
+                        .inc();
                 }
             }
             self.metrics.events_staged.inc_by(report.staged as u64);

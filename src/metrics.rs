@@ -13,6 +13,9 @@ use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
 
+/// Every metric's name starts with `outlook_sync_`.
+pub const PREFIX: &str = "outlook_sync";
+
 pub struct Metrics {
     registry: Registry,
     pub events_consumed: Counter,
@@ -26,6 +29,9 @@ pub struct Metrics {
     pub graph_throttled: Counter,
     pub retry_after_wait_seconds: Counter<f64, AtomicU64>,
     pub dead_letters: Family<Labels, Counter>,
+    pub dead_letters_replayed: Family<Labels, Counter>,
+    pub replays_succeeded: Counter,
+    pub dead_letter_queue_depth: Gauge,
     pub due_backlog: Gauge,
     pub due_oldest_age_seconds: Gauge<f64, AtomicU64>,
     pub sync_latency_seconds: Histogram,
@@ -38,11 +44,14 @@ pub struct Metrics {
     pub redis_reachable: Gauge,
     pub ingest_reconnects: Counter,
     pub shutdown_released_claims: Counter,
+    // The admin API (issue 5).
+    pub secret_expires_in_days: Family<Labels, Gauge>,
+    pub companies_secret_expiring: Gauge,
 }
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
-        let mut registry = Registry::with_prefix("outlook_sync");
+        let mut registry = Registry::with_prefix(PREFIX);
         let m = Metrics {
             events_consumed: Counter::default(),
             events_staged: Counter::default(),
@@ -55,6 +64,9 @@ impl Metrics {
             graph_throttled: Counter::default(),
             retry_after_wait_seconds: Counter::default(),
             dead_letters: Family::default(),
+            dead_letters_replayed: Family::default(),
+            replays_succeeded: Counter::default(),
+            dead_letter_queue_depth: Gauge::default(),
             due_backlog: Gauge::default(),
             due_oldest_age_seconds: Gauge::default(),
             sync_latency_seconds: Histogram::new([
@@ -70,6 +82,8 @@ impl Metrics {
             redis_reachable: Gauge::default(),
             ingest_reconnects: Counter::default(),
             shutdown_released_claims: Counter::default(),
+            secret_expires_in_days: Family::default(),
+            companies_secret_expiring: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -128,6 +142,22 @@ impl Metrics {
             m.dead_letters.clone(),
         );
         registry.register(
+            "dead_letters_replayed",
+            "Replayed dead letters taken in by ingest (label outcome: restaged = due again, \
+             newest = newer than anything staged, duplicate)",
+            m.dead_letters_replayed.clone(),
+        );
+        registry.register(
+            "replays_succeeded",
+            "Outlook writes that applied a replayed change (one per mailbox)",
+            m.replays_succeeded.clone(),
+        );
+        registry.register(
+            "dead_letter_queue_depth",
+            "Messages waiting in the dead-letter queue",
+            m.dead_letter_queue_depth.clone(),
+        );
+        registry.register(
             "due_backlog",
             "Schedules staged and waiting for their window to be flushed",
             m.due_backlog.clone(),
@@ -182,6 +212,16 @@ impl Metrics {
             "Flush claims given back at shutdown because the drain outlasted its grace period",
             m.shutdown_released_claims.clone(),
         );
+        registry.register(
+            "secret_expires_in_days",
+            "Days until a company's recorded client-secret expiry (label company; negative when past)",
+            m.secret_expires_in_days.clone(),
+        );
+        registry.register(
+            "companies_secret_expiring",
+            "Companies whose recorded client secret expires within admin.secret_expiry_warning_days (or has expired)",
+            m.companies_secret_expiring.clone(),
+        );
         let mut m = m;
         m.registry = registry;
         Arc::new(m)
@@ -199,10 +239,25 @@ impl Metrics {
     }
 
     /// The name of every sample `/metrics` can expose (counters as `…_total`, histograms as
-    /// `…_bucket`/`…_sum`/`…_count`), read from the `# TYPE` lines, so labelled families that have
-    /// no series yet are included. The deploy tests check dashboards and alert rules against it.
+    /// `…_bucket`/`…_sum`/`…_count`). The deploy tests check dashboards, alert rules and the
+    /// autoscaler against it.
+    ///
+    /// Metrics with a series are read from the `# TYPE` lines. A labelled family with no series
+    /// yet prints nothing, so its name comes from the registry's descriptors, with every suffix
+    /// its kind could have (the kind of an empty family is not observable).
     pub fn sample_names(&self) -> std::collections::BTreeSet<String> {
         let mut out = std::collections::BTreeSet::new();
+        let mut typed = std::collections::BTreeSet::new();
+        let debug = format!("{:?}", self.registry);
+        for piece in debug.split("Descriptor { name: \"").skip(1) {
+            let Some(name) = piece.split('"').next() else {
+                continue;
+            };
+            for s in ["", "_total", "_bucket", "_sum", "_count"] {
+                out.insert(format!("{PREFIX}_{name}{s}"));
+            }
+        }
+        let mut exact = std::collections::BTreeSet::new();
         for line in self.render().lines() {
             let mut parts = line.split_whitespace();
             if parts.next() != Some("#") || parts.next() != Some("TYPE") {
@@ -219,10 +274,19 @@ impl Metrics {
                 "stateset" | "gaugehistogram" | "unknown" | "gauge" => &[""],
                 _ => &[""],
             };
+            typed.insert(name.to_string());
             for s in suffixes {
-                out.insert(format!("{name}{s}"));
+                exact.insert(format!("{name}{s}"));
             }
         }
+        // Where the kind is known, only its own suffixes.
+        out.retain(|n| {
+            !typed.iter().any(|t| {
+                n.strip_prefix(t.as_str())
+                    .is_some_and(|rest| ["", "_total", "_bucket", "_sum", "_count"].contains(&rest))
+            })
+        });
+        out.extend(exact);
         out
     }
 }

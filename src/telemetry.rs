@@ -1,10 +1,9 @@
 //! Logging setup: structured `tracing`, readable text locally, JSON lines in production.
 //!
 //! JSON lines carry the event's fields at the top level (`company`, `schedule`, `mailbox`,
-//! `revision`, `op`, … on the flush's per-change lines) and the current span's fields under
-//! `span` (the flush runs each mailbox in a `mailbox` span with `company` and `mailbox`). No
-//! secret is ever a field: client secrets are `Secret`s (a fingerprint at most), URLs are logged
-//! redacted, tokens are never logged.
+//! `revision`, `op`, … on the flush's per-change lines) and the current span's fields, if any,
+//! under `span`. No secret is ever a field: client secrets are `Secret`s (a fingerprint at
+//! most), URLs are logged redacted, tokens are never logged.
 
 use tracing::Subscriber;
 use tracing_subscriber::EnvFilter;

@@ -304,8 +304,8 @@ impl Directory {
 
     /// The directory of a (validated) configuration: its key prefix and its secret keys.
     pub fn from_config(redis: ConnectionManager, cfg: &crate::config::Config) -> Self {
-        let keys = KeyRing::from_config(&cfg.secrets)
-            .expect("secrets.* are checked by Config::validate");
+        let keys =
+            KeyRing::from_config(&cfg.secrets).expect("secrets.* are checked by Config::validate");
         Self::new(redis, &cfg.redis.key_prefix).with_keys(Arc::new(keys))
     }
 
@@ -487,15 +487,23 @@ impl Directory {
     }
 
     /// Writes many users in one round trip.
-    pub async fn put_users(&self, company: &str, users: &[LinkedUser]) -> Result<(), DirectoryError> {
+    pub async fn put_users(
+        &self,
+        company: &str,
+        users: &[LinkedUser],
+    ) -> Result<(), DirectoryError> {
         if users.is_empty() {
             return Ok(());
         }
         let key = self.users_key(company);
         let mut pipe = redis::pipe();
         for u in users {
-            pipe.hset(&key, &u.user_id, serde_json::to_string(u).expect("serializable"))
-                .ignore();
+            pipe.hset(
+                &key,
+                &u.user_id,
+                serde_json::to_string(u).expect("serializable"),
+            )
+            .ignore();
         }
         let mut r = self.redis.clone();
         pipe.query_async::<()>(&mut r).await?;

@@ -4,7 +4,9 @@
 //! Keys, all under `{prefix}:`:
 //! - `s:{company}/{schedule}`: hash `rev`, `event` (the raw message), `kind`, `born` (a
 //!   `schedule.created` of this schedule was staged here, so every copy of it was created through
-//!   this Redis), `staged_at`; expires `RETENTION` after its last staging.
+//!   this Redis), `staged_at`, `replay` (the revision an operator's replay made due again, until
+//!   a newer revision is staged; the sync ledger clears it when the replay is applied); expires
+//!   `RETENTION` after its last staging.
 //! - `due`: sorted set of `{company}/{schedule}` scored by the end of its window (ms).
 //! - `inflight`: sorted set of claimed members scored by their lease expiry (ms); `owner`: hash
 //!   member → the claim token of the worker holding it.
@@ -58,7 +60,8 @@ pub enum Staged {
     Duplicate,
     /// An older revision than the one staged: dropped.
     Stale,
-    /// A replay of the staged revision: due again, re-applied only where a copy is behind.
+    /// A replay of the staged revision or an older one: due again; the staged (newest)
+    /// revision is re-applied only where a copy is behind.
     Replayed,
 }
 
@@ -99,8 +102,9 @@ type StagedRow = (Option<u64>, Option<Vec<u8>>, Option<String>);
 /// KEYS[1] = due; KEYS[1+i] = the schedule hash of event i.
 /// ARGV[1] = due score (ms), ARGV[2] = retention (s), ARGV[3] = now (ms);
 /// then per event 5 values: revision, member, kind (c/u/d), replay (0/1), raw.
-/// A replay of the staged revision makes the schedule due again (the flush re-applies it only
-/// where a copy is behind); anything older is stale.
+/// A replay of the staged revision, or of an older one, makes the schedule due again: the flush
+/// re-applies the staged (newest) revision only where a copy is behind, so a replay never
+/// writes an older revision. Anything else older is stale.
 const STAGE_LUA: &str = r#"
 local out = {}
 local n = (#ARGV - 3) / 5
@@ -108,13 +112,20 @@ for i = 1, n do
   local key = KEYS[1 + i]
   local base = 3 + (i - 1) * 5
   local rev = tonumber(ARGV[base + 1])
-  local cur = tonumber(redis.call('HGET', key, 'rev') or '0')
+  local curs = redis.call('HGET', key, 'rev')
+  local cur = tonumber(curs or '0')
   if rev > cur then
     redis.call('HSET', key, 'rev', ARGV[base + 1], 'event', ARGV[base + 5], 'kind', ARGV[base + 3], 'staged_at', ARGV[3])
     if ARGV[base + 3] == 'c' then redis.call('HSET', key, 'born', '1') end
+    if ARGV[base + 4] == '1' then
+      redis.call('HSET', key, 'replay', ARGV[base + 1])
+    else
+      redis.call('HDEL', key, 'replay')
+    end
     redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[base + 2])
     out[i] = 1
-  elseif rev == cur and ARGV[base + 4] == '1' then
+  elseif ARGV[base + 4] == '1' then
+    redis.call('HSET', key, 'replay', curs)
     redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[base + 2])
     out[i] = 2
   elseif rev == cur then

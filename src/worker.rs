@@ -9,11 +9,11 @@
 //! `/readyz` says what is missing.
 //!
 //! Shutdown ([`Worker::stop`]): ingest stops consuming and closes its connection (unacked
-//! deliveries go back to the queue), the current flush pass finishes and completes or releases
-//! its claims. If that outlasts the grace period, the worker abandons the pass and gives its
-//! claims back at once, so other workers take them over now; the mailbox leases it held run out
-//! within `graph.mailbox_lease_seconds`. Either way nothing is lost: every step of a flush can be
-//! retried by any worker.
+//! deliveries go back to the queue); the flush sends nothing new, lets the batches in flight
+//! finish, and completes or gives back its claims. If that outlasts the grace period (a slow
+//! Graph), the worker abandons the flush and gives its claims back at once, so other workers
+//! take them over now; the mailbox leases it held run out within `graph.mailbox_lease_seconds`.
+//! Either way nothing is lost: every step of a flush can be retried by any worker.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,9 +123,9 @@ impl Worker {
         })
     }
 
-    /// Stops consuming, lets the current flush pass finish (its claims are completed or
-    /// released), and waits up to `grace` for both loops to end. Past `grace`, abandons the pass
-    /// and releases this worker's claims (due again at once, for any worker); its mailbox
+    /// Stops consuming, lets the flush's batches in flight finish (its claims are completed or
+    /// released), and waits up to `grace` for both loops to end. Past `grace`, abandons the
+    /// flush and releases this worker's claims (due again at once, for any worker); its mailbox
     /// leases expire by themselves. Returns within `grace` plus a few seconds at most.
     pub async fn stop(mut self, grace: Duration) -> Stopped {
         let started = tokio::time::Instant::now();
@@ -136,7 +136,7 @@ impl Worker {
         if tokio::time::timeout(grace, all).await.is_ok() {
             info!(
                 elapsed_ms = started.elapsed().as_millis() as u64,
-                "worker: drained; the current flush pass finished"
+                "worker: drained; the flush's batches in flight finished"
             );
             return Stopped {
                 drained: true,
@@ -165,7 +165,7 @@ impl Worker {
             grace_ms = grace.as_millis() as u64,
             released_claims,
             mailbox_lease_seconds = self.mailbox_lease.as_secs(),
-            "worker: the drain outlasted the grace period; the flush pass was abandoned and its claims released"
+            "worker: the drain outlasted the grace period; the flush was abandoned and its claims released"
         );
         Stopped {
             drained: false,

@@ -174,7 +174,7 @@ fn records(text: &str) -> Vec<(usize, Vec<String>)> {
     out
 }
 
-enum Plan {
+enum RowPlan {
     Done(Outcome, Option<Reason>),
     Check { relink: bool },
     Unlink,
@@ -226,7 +226,7 @@ impl Admin {
         let mut plans = Vec::with_capacity(rows.len());
         for r in &rows {
             let err = |code: &str, detail: Option<String>| {
-                Plan::Done(
+                RowPlan::Done(
                     if opts.dry_run {
                         Outcome::Error
                     } else {
@@ -245,7 +245,7 @@ impl Admin {
                 err("duplicate_row", Some(format!("user {}", r.user_id)))
             } else if r.action == Ok(Action::Unlink) {
                 if existing.contains_key(&r.user_id) {
-                    Plan::Unlink
+                    RowPlan::Unlink
                 } else {
                     err("not_linked", None)
                 }
@@ -266,12 +266,15 @@ impl Admin {
                         if u.mailbox.eq_ignore_ascii_case(&r.email)
                             && u.status == UserStatus::Authenticated =>
                     {
-                        Plan::Done(Outcome::Unchanged, Some(Reason::new("already_linked", None)))
+                        RowPlan::Done(
+                            Outcome::Unchanged,
+                            Some(Reason::new("already_linked", None)),
+                        )
                     }
-                    (Some(u), _) => Plan::Check {
+                    (Some(u), _) => RowPlan::Check {
                         relink: !u.mailbox.eq_ignore_ascii_case(&r.email),
                     },
-                    (None, _) => Plan::Check { relink: false },
+                    (None, _) => RowPlan::Check { relink: false },
                 }
             };
             plans.push(plan);
@@ -279,7 +282,7 @@ impl Admin {
 
         // One token first: broken credentials stop here, not once per row.
         let checks: Vec<usize> = (0..rows.len())
-            .filter(|&i| matches!(plans[i], Plan::Check { .. }))
+            .filter(|&i| matches!(plans[i], RowPlan::Check { .. }))
             .collect();
         if !checks.is_empty()
             && let Err(e) = self.graph.token(company, &creds).await
@@ -330,13 +333,13 @@ impl Admin {
         let mut to_unlink = Vec::new();
         for (i, (r, plan)) in rows.iter().zip(plans).enumerate() {
             let (outcome, reason) = match plan {
-                Plan::Done(o, reason) => (o, reason),
-                Plan::Unlink if opts.dry_run => (Outcome::WouldUnlink, None),
-                Plan::Unlink => {
+                RowPlan::Done(o, reason) => (o, reason),
+                RowPlan::Unlink if opts.dry_run => (Outcome::WouldUnlink, None),
+                RowPlan::Unlink => {
                     to_unlink.push(i);
                     (Outcome::Unlinked, None)
                 }
-                Plan::Check { relink } => match &checked[&i] {
+                RowPlan::Check { relink } => match &checked[&i] {
                     MailboxCheck::Reachable => {
                         if !opts.dry_run {
                             to_link.push(i);
@@ -468,7 +471,14 @@ mod tests {
         let (rows, bad) = parse_csv(text);
         let got: Vec<(usize, &str, &str, Result<Action, String>)> = rows
             .iter()
-            .map(|r| (r.line, r.user_id.as_str(), r.email.as_str(), r.action.clone()))
+            .map(|r| {
+                (
+                    r.line,
+                    r.user_id.as_str(),
+                    r.email.as_str(),
+                    r.action.clone(),
+                )
+            })
             .collect();
         assert_eq!(
             got,

@@ -47,8 +47,8 @@ impl Admin {
                 message: "set the tenant ID and client ID before asking for consent".into(),
             });
         };
-        let state = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(rand::random::<[u8; 32]>());
+        let state =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
         let ttl = self.cfg.admin.consent_state_ttl_seconds;
         let pending = PendingConsent {
             company: company.to_string(),

@@ -138,11 +138,13 @@ impl Jobs {
                 }
                 Ok(Err(e)) => {
                     record.state = JobState::Failed;
-                    record.error = Some(serde_json::json!({"code": e.code(), "message": e.to_string()}));
+                    record.error =
+                        Some(serde_json::json!({"code": e.code(), "message": e.to_string()}));
                 }
                 Err(e) => {
                     record.state = JobState::Failed;
-                    record.error = Some(serde_json::json!({"code": "internal", "message": e.to_string()}));
+                    record.error =
+                        Some(serde_json::json!({"code": "internal", "message": e.to_string()}));
                 }
             }
             if let Err(e) = jobs.write(&record).await {

@@ -77,10 +77,7 @@ pub fn reason(code: &str) -> Text {
             "このテナントにアプリケーション（クライアントID）が見つかりません",
             "The application (client ID) was not found in the tenant",
         ),
-        "tenant_not_found" => t(
-            "テナントIDが見つかりません",
-            "The tenant ID was not found",
-        ),
+        "tenant_not_found" => t("テナントIDが見つかりません", "The tenant ID was not found"),
         "permission_not_granted" => t(
             "必要なアクセス許可が付与されていません（管理者の同意が必要です）",
             "A required permission is not granted (admin consent is needed)",

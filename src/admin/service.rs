@@ -463,7 +463,10 @@ impl Admin {
     pub async fn enable(&self, company: &str) -> Result<CompanyStatus, AdminError> {
         let mut c = self.load(company).await?;
         if let Err(why) = c.plan.allows(&c.options) {
-            return Err(AdminError::conflict(why.code(), messages::reason(why.code()).en));
+            return Err(AdminError::conflict(
+                why.code(),
+                messages::reason(why.code()).en,
+            ));
         }
         c.enabled = true;
         self.directory.put_company(&c).await?;
@@ -630,7 +633,11 @@ impl Admin {
     pub(crate) fn wait_for(&self, e: &GraphError, attempt: u32) -> Duration {
         let cap = Duration::from_secs(self.cfg.retry.max_retry_after_seconds);
         e.wait_hint().map(|d| d.min(cap)).unwrap_or_else(|| {
-            let base = self.cfg.retry.initial_backoff_ms.saturating_mul(1 << attempt.min(10));
+            let base = self
+                .cfg
+                .retry
+                .initial_backoff_ms
+                .saturating_mul(1 << attempt.min(10));
             let ms = base.min(self.cfg.retry.max_backoff_ms);
             Duration::from_millis(ms / 2 + rand::random::<u64>() % (ms / 2 + 1))
         })
@@ -678,12 +685,8 @@ impl Admin {
 
     pub async fn list_users(&self, company: &str) -> Result<Vec<UserView>, AdminError> {
         self.load(company).await?;
-        let mut users: Vec<LinkedUser> = self
-            .directory
-            .users(company)
-            .await?
-            .into_values()
-            .collect();
+        let mut users: Vec<LinkedUser> =
+            self.directory.users(company).await?.into_values().collect();
         users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
         Ok(users.iter().map(UserView::from).collect())
     }
@@ -719,9 +722,10 @@ impl Admin {
         let c = self.load(company).await?;
         let creds = Self::creds_of(&c)?;
         let users = self.directory.users(company).await?;
-        if let Some(other) = users.values().find(|u| {
-            u.user_id != user && u.mailbox.eq_ignore_ascii_case(mailbox)
-        }) {
+        if let Some(other) = users
+            .values()
+            .find(|u| u.user_id != user && u.mailbox.eq_ignore_ascii_case(mailbox))
+        {
             return Err(AdminError::conflict(
                 "address_in_use",
                 format!("{mailbox} is linked to user {:?}", other.user_id),
@@ -848,7 +852,13 @@ impl Admin {
             ),
             None => None,
         };
-        tracing::info!(company, user, delete_copies, deleted = copies.as_ref().map(|c| c.deleted).unwrap_or(0), "admin: user unlinked");
+        tracing::info!(
+            company,
+            user,
+            delete_copies,
+            deleted = copies.as_ref().map(|c| c.deleted).unwrap_or(0),
+            "admin: user unlinked"
+        );
         Ok(UnlinkReport {
             user_id: user.into(),
             mailbox: u.mailbox,
@@ -909,7 +919,12 @@ impl Admin {
         self.directory.put_company(&c).await?;
         self.graph.forget_token(company);
         self.refresh_secret_expiry_metrics().await?;
-        tracing::info!(company, users = report.users_unlinked, deleted = report.copies.deleted, "admin: integration removed");
+        tracing::info!(
+            company,
+            users = report.users_unlinked,
+            deleted = report.copies.deleted,
+            "admin: integration removed"
+        );
         Ok(report)
     }
 
@@ -957,8 +972,16 @@ impl Admin {
         mailbox: &str,
         progress: ProgressFn,
     ) -> Result<CleanupReport, AdminError> {
-        super::cleanup::delete_copies(self, &self.leases, LEASE_WAIT, company, creds, mailbox, progress)
-            .await
+        super::cleanup::delete_copies(
+            self,
+            &self.leases,
+            LEASE_WAIT,
+            company,
+            creds,
+            mailbox,
+            progress,
+        )
+        .await
     }
 }
 
@@ -1028,8 +1051,7 @@ fn check_tenant(t: &str) -> Result<(), AdminError> {
     let t = t.trim();
     let ok = !t.is_empty()
         && t.len() <= 255
-        && t
-            .bytes()
+        && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
     if ok {
         Ok(())

@@ -1,10 +1,21 @@
 //! The one integration-test binary: modules talk to the real RabbitMQ and Redis (and the
 //! in-process Graph emulator). Each test uses its own queue names and key prefix.
 
+mod admin;
+mod bad_input;
 mod config;
 mod contract;
+mod convergence;
+mod deadletter;
+mod deploy;
 mod emulator;
+mod faults;
 mod graph_client;
+mod ledger;
 mod pipeline;
+mod proxy;
 mod publish;
+mod security;
+mod shutdown;
+mod supervision;
 mod support;

@@ -83,10 +83,6 @@ impl Proxy {
         }
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
@@ -172,9 +168,10 @@ async fn pump(
             _ = mode.changed() => continue,
         };
         // Bytes already read are delivered even if a stall begins now; a cut drops them.
+        let mut watch = mode.clone();
         tokio::select! {
             r = to.write_all(&buf[..n]) => if r.is_err() { return },
-            _ = wait_for(&mut mode.clone(), |m| matches!(m, Mode::Cut | Mode::Closed)) => return,
+            _ = wait_for(&mut watch, |m| matches!(m, Mode::Cut | Mode::Closed)) => return,
         }
     }
 }

@@ -5,12 +5,43 @@
 //! Headers (all strings unless said): `x-stage` (`ingest` | `flush`), `x-reason` (a stable code),
 //! `x-error` (in words), `x-company`, `x-schedule`, `x-revision`, `x-mailbox`, `x-graph-status`
 //! (integer), `x-graph-code`, `x-graph-message`, `x-graph-request-id`, `x-attempts` (integer),
-//! `x-first-failure`, `x-last-failure` (RFC 3339), `x-original-routing-key`.
+//! `x-first-failure`, `x-last-failure` (RFC 3339), `x-original-routing-key`, and
+//! `x-dead-letter-id` (a fresh id per dead letter, so operators can name one even when one event
+//! failed for several mailboxes). The broker dead-letters by itself too (over `x-delivery-limit`);
+//! then only `x-death` says why.
+//!
+//! Operations on the dead-letter queue (list, summary, show, replay, purge) are in [`ops`], on
+//! the command line in [`command`] and over HTTP in [`api`]; [`queue`] holds the technique that
+//! makes them safe (a rotation of the queue under a lock, every republish confirmed before its
+//! original is acked).
+
+pub mod api;
+pub mod command;
+pub mod ops;
+pub mod queue;
+pub mod record;
+pub mod table;
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use crate::amqp::{AmqpError, Publisher, long_str};
+
+pub use ops::{Dlq, DlqError, PurgeReport, PurgeRequest, ReplayReport, ReplayRequest, Summary};
+pub use queue::{Control, Progress};
+pub use record::{Death, Filter, Record, Source};
+
+/// The id of one dead letter (a dead letter's own id, not the event's).
+pub const DEAD_LETTER_ID: &str = "x-dead-letter-id";
+/// The routing key the event was first published with.
+pub const ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
+/// How often a message was replayed (set on each replay).
+pub const REPLAY_COUNT: &str = "x-replay-count";
+/// When the last replay was published (RFC 3339).
+pub const REPLAYED_AT: &str = "x-replayed-at";
+/// A replayed message keeps its dead-letter headers under this prefix (`x-reason` becomes
+/// `x-replayed-from-reason`, `x-death` becomes `x-replayed-from-death`).
+pub const REPLAYED_FROM: &str = "x-replayed-from-";
 
 /// Everything known about one failure.
 #[derive(Debug, Clone, Default)]
@@ -40,7 +71,11 @@ impl DeadLetter {
         put("x-stage", long_str(self.stage));
         put("x-reason", long_str(&self.reason));
         put("x-error", long_str(&self.error));
-        put("x-original-routing-key", long_str(original_routing_key));
+        put(ORIGINAL_ROUTING_KEY, long_str(original_routing_key));
+        put(
+            DEAD_LETTER_ID,
+            long_str(&uuid::Uuid::new_v4().simple().to_string()),
+        );
         if let Some(v) = &self.company_id {
             put("x-company", long_str(v));
         }
@@ -97,5 +132,54 @@ impl DeadLetter {
         publisher
             .publish(dead_letter_exchange, original_routing_key, body, props)
             .await
+    }
+}
+
+/// Samples the dead-letter queue's depth into `outlook_sync_dead_letter_queue_depth` every
+/// `dlq.depth_poll_seconds` until `shutdown` turns true (a worker runs it beside ingest and the
+/// flush). An unreachable broker leaves the gauge as it was and is tried again next time.
+pub async fn watch_depth(
+    cfg: crate::config::Config,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let every = std::time::Duration::from_secs(cfg.dlq.depth_poll_seconds);
+    let url = cfg.amqp.connection_url();
+    let queue = cfg.amqp.dead_letter_queue.clone();
+    let mut conn: Option<(lapin::Connection, lapin::Channel)> = None;
+    while !*shutdown.borrow() {
+        if conn
+            .as_ref()
+            .is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected())
+        {
+            conn = match crate::amqp::connect(&url, "outlook-sync dlq depth").await {
+                Ok(c) => match c.create_channel().await {
+                    Ok(ch) => Some((c, ch)),
+                    Err(_) => None,
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "dead-letter queue depth: RabbitMQ unreachable");
+                    None
+                }
+            };
+        }
+        if let Some((_, ch)) = &conn {
+            match queue::ready_count(ch, &queue).await {
+                Ok(n) => {
+                    metrics.dead_letter_queue_depth.set(i64::from(n));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "dead-letter queue depth unavailable");
+                    conn = None;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    if let Some((c, _)) = conn {
+        let _ = c.close(200, "bye".into()).await;
     }
 }

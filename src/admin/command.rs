@@ -1,0 +1,336 @@
+//! `outlook-sync admin …`: the admin API's operations for operators, run directly against Redis
+//! and Graph with the service's own configuration (the same [`Admin`] the API serves). Output is
+//! the JSON the API would answer; progress of long operations goes to stderr.
+//!
+//! The client secret is never taken from the command line (it would show in `ps` and shell
+//! history): it is read from `--client-secret-file`, the `OUTLOOK_SYNC_CLIENT_SECRET`
+//! environment variable, or standard input.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Subcommand;
+
+use super::bulk::BulkOptions;
+use super::service::{Admin, AdminError, NewCredentials, Progress, ProgressFn, no_progress};
+use crate::config::Config;
+use crate::graph::client::GraphClient;
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+use crate::tenants::Plan;
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Every company with its integration status.
+    Companies,
+    /// One company's integration status (credentials without the secret, consent, warnings).
+    Show {
+        company: String,
+    },
+    /// Create a company or set its plan and options.
+    SetPlan {
+        company: String,
+        #[arg(value_parser = parse_plan)]
+        plan: Plan,
+        /// An option of the plan (`schedule`); repeat for several.
+        #[arg(long = "option")]
+        options: Vec<String>,
+    },
+    /// Set or replace the Microsoft 365 credentials. The secret comes from
+    /// --client-secret-file, $OUTLOOK_SYNC_CLIENT_SECRET, or standard input.
+    SetCredentials {
+        company: String,
+        #[arg(long)]
+        tenant_id: String,
+        #[arg(long)]
+        client_id: String,
+        #[arg(long)]
+        client_secret_file: Option<PathBuf>,
+        /// When the secret expires (RFC 3339 or a date, 2027-03-31).
+        #[arg(long)]
+        secret_expires_at: Option<String>,
+    },
+    /// Verify the credentials: which problem, or all good.
+    Verify {
+        company: String,
+    },
+    /// Forget the credentials (sync stops; copies stay).
+    RemoveCredentials {
+        company: String,
+    },
+    /// Turn the integration on (refused on a plan without it).
+    Enable {
+        company: String,
+    },
+    Disable {
+        company: String,
+    },
+    /// Print an admin-consent link for the customer's administrator.
+    ConsentLink {
+        company: String,
+    },
+    /// Linked users with status, last sync and last error.
+    Users {
+        company: String,
+    },
+    /// Link a user to a mailbox (checked through Graph).
+    Link {
+        company: String,
+        user: String,
+        mailbox: String,
+    },
+    /// Check a linked user's mailbox again.
+    VerifyUser {
+        company: String,
+        user: String,
+    },
+    /// Unlink a user; --delete-copies also deletes the copies in their calendar.
+    Unlink {
+        company: String,
+        user: String,
+        #[arg(long)]
+        delete_copies: bool,
+    },
+    /// Link or unlink users from a CSV file (cyzen_user_id,email[,action]).
+    Bulk {
+        company: String,
+        file: PathBuf,
+        /// Only report what would happen, row by row.
+        #[arg(long)]
+        dry_run: bool,
+        /// Unlink rows also delete the users' copies.
+        #[arg(long)]
+        delete_copies: bool,
+    },
+    /// Remove the company's integration: delete every copy this service created (unless
+    /// --keep-copies), unlink every user, forget the credentials.
+    RemoveIntegration {
+        company: String,
+        #[arg(long)]
+        keep_copies: bool,
+    },
+    /// Re-encrypt stored secrets with the active key (after adding a key to secrets.keys).
+    Reseal,
+    /// Companies whose recorded secret expiry is within admin.secret_expiry_warning_days.
+    SecretExpiry,
+}
+
+fn parse_plan(s: &str) -> Result<Plan, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase()))
+        .map_err(|_| "one of lite, lite_plus, standard, premium, enterprise".to_string())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("{0} [{code}]", code = .0.code())]
+    Admin(#[from] AdminError),
+    #[error("Redis is unreachable at {url}: {source}")]
+    Redis {
+        url: String,
+        source: redis::RedisError,
+    },
+    #[error("{0}")]
+    Input(String),
+    #[error("writing the output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn print(v: &impl serde::Serialize) -> Result<(), CommandError> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v).map_err(std::io::Error::from)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Prints `label: done/total` to stderr at most once per 5 % (and at the end).
+fn progress_printer(label: &'static str) -> ProgressFn {
+    let last = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+    Arc::new(move |p: Progress| {
+        let step = (p.total / 20).max(1);
+        let bucket = p.done / step;
+        if p.done == p.total || last.swap(bucket, std::sync::atomic::Ordering::Relaxed) != bucket {
+            eprintln!("{label}: {}/{}", p.done, p.total);
+        }
+    })
+}
+
+fn read_secret(file: Option<&PathBuf>) -> Result<Secret, CommandError> {
+    let raw = if let Some(path) = file {
+        std::fs::read_to_string(path)
+            .map_err(|e| CommandError::Input(format!("cannot read {}: {e}", path.display())))?
+    } else if let Ok(v) = std::env::var("OUTLOOK_SYNC_CLIENT_SECRET") {
+        v
+    } else {
+        let mut stdin = std::io::stdin();
+        if stdin.is_terminal() {
+            eprintln!("client secret (input is read until end of file):");
+        }
+        let mut s = String::new();
+        stdin.read_to_string(&mut s)?;
+        s
+    };
+    let secret = raw.trim();
+    if secret.is_empty() {
+        return Err(CommandError::Input("the client secret is empty".into()));
+    }
+    Ok(Secret::new(secret))
+}
+
+fn parse_expiry(s: &str) -> Result<jiff::Timestamp, CommandError> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    let d: jiff::civil::Date = s.parse().map_err(|_| {
+        CommandError::Input(format!(
+            "--secret-expires-at {s:?}: use 2027-03-31 or RFC 3339"
+        ))
+    })?;
+    jiff::tz::TimeZone::UTC
+        .to_timestamp(d.to_datetime(jiff::civil::Time::midnight()))
+        .map_err(|e| CommandError::Input(e.to_string()))
+}
+
+/// Runs one admin command; exit 0 on success, 1 when the outcome is a failure (a verification
+/// that found a problem, a bulk file with skipped rows).
+pub async fn run(cfg: Config, cmd: AdminCommand) -> Result<ExitCode, CommandError> {
+    let redis = crate::worker::redis(&cfg)
+        .await
+        .map_err(|source| CommandError::Redis {
+            url: cfg.redis.url.clone(),
+            source,
+        })?;
+    let admin = Admin::new(
+        Arc::new(cfg.clone()),
+        redis,
+        GraphClient::new(&cfg.graph),
+        Metrics::new(),
+    );
+    let mut failed = false;
+    match cmd {
+        AdminCommand::Companies => {
+            let mut all = Vec::new();
+            for id in admin
+                .directory()
+                .company_ids()
+                .await
+                .map_err(AdminError::from)?
+            {
+                all.push(admin.company_status(&id).await?);
+            }
+            print(&all)?;
+        }
+        AdminCommand::Show { company } => print(&admin.company_status(&company).await?)?,
+        AdminCommand::SetPlan {
+            company,
+            plan,
+            options,
+        } => print(&admin.put_company(&company, plan, options).await?)?,
+        AdminCommand::SetCredentials {
+            company,
+            tenant_id,
+            client_id,
+            client_secret_file,
+            secret_expires_at,
+        } => {
+            let new = NewCredentials {
+                tenant_id,
+                client_id,
+                client_secret: read_secret(client_secret_file.as_ref())?,
+                secret_expires_at: secret_expires_at.as_deref().map(parse_expiry).transpose()?,
+            };
+            print(&admin.set_credentials(&company, new).await?)?;
+        }
+        AdminCommand::Verify { company } => {
+            let v = admin.verify_credentials(&company).await?;
+            failed = !v.ok;
+            print(&v)?;
+        }
+        AdminCommand::RemoveCredentials { company } => {
+            print(&admin.remove_credentials(&company).await?)?
+        }
+        AdminCommand::Enable { company } => print(&admin.enable(&company).await?)?,
+        AdminCommand::Disable { company } => print(&admin.disable(&company).await?)?,
+        AdminCommand::ConsentLink { company } => print(&admin.consent_link(&company).await?)?,
+        AdminCommand::Users { company } => print(&admin.list_users(&company).await?)?,
+        AdminCommand::Link {
+            company,
+            user,
+            mailbox,
+        } => {
+            let u = admin.link_user(&company, &user, &mailbox).await?;
+            failed = u.status != crate::tenants::UserStatus::Authenticated;
+            print(&u)?;
+        }
+        AdminCommand::VerifyUser { company, user } => {
+            let u = admin.verify_user(&company, &user).await?;
+            failed = u.status != crate::tenants::UserStatus::Authenticated;
+            print(&u)?;
+        }
+        AdminCommand::Unlink {
+            company,
+            user,
+            delete_copies,
+        } => {
+            let progress = if delete_copies {
+                progress_printer("copies")
+            } else {
+                no_progress()
+            };
+            print(
+                &admin
+                    .unlink_user(&company, &user, delete_copies, progress)
+                    .await?,
+            )?;
+        }
+        AdminCommand::Bulk {
+            company,
+            file,
+            dry_run,
+            delete_copies,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| CommandError::Input(format!("cannot read {}: {e}", file.display())))?;
+            let opts = BulkOptions {
+                dry_run,
+                delete_copies,
+            };
+            let report = admin
+                .bulk(&company, &text, opts, progress_printer("rows"))
+                .await?;
+            failed = !report.reasons.is_empty();
+            eprintln!("summary: {:?}", report.summary);
+            print(&report)?;
+        }
+        AdminCommand::RemoveIntegration {
+            company,
+            keep_copies,
+        } => print(
+            &admin
+                .remove_integration(&company, !keep_copies, progress_printer("copies"))
+                .await?,
+        )?,
+        AdminCommand::Reseal => {
+            let r = admin
+                .directory()
+                .reseal_all()
+                .await
+                .map_err(AdminError::from)?;
+            failed = !r.failed.is_empty();
+            print(&serde_json::json!({
+                "companies": r.companies,
+                "resealed": r.resealed,
+                "failed": r.failed,
+            }))?;
+        }
+        AdminCommand::SecretExpiry => {
+            print(&admin.refresh_secret_expiry_metrics().await?)?;
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

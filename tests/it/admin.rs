@@ -1,0 +1,1488 @@
+//! The admin API end to end: the real Redis (and RabbitMQ where a worker runs), the Graph
+//! emulator for Microsoft, the HTTP API served on a loopback port and called with reqwest.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outlook_sync::admin::service::Admin;
+use outlook_sync::demo::{Ev, Sandbox};
+use outlook_sync::graph::client::GraphClient;
+use outlook_sync::graph::emulator::{
+    Consent, FaultKind, MailboxKind, ScriptedFault, SeedApp, SeedTenant, SeedUser, Settings,
+};
+use outlook_sync::metrics::Metrics;
+use outlook_sync::tenants::Plan;
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "test-admin-token-0123456789";
+const ALL_ROLES: [&str; 3] = ["Calendars.ReadWrite", "User.Read.All", "Contacts.Read"];
+
+async fn sandbox(name: &str) -> Sandbox {
+    match Sandbox::start(name, 1, Settings::default()).await {
+        Ok(sb) => sb,
+        Err(e) => panic!("this test needs the local RabbitMQ and Redis: {e}"),
+    }
+}
+
+/// The admin API of a sandbox, served on a loopback port. Every response body is kept (to
+/// search them for secrets).
+struct Api {
+    base: String,
+    http: reqwest::Client,
+    admin: Admin,
+    metrics: Arc<Metrics>,
+    bodies: Arc<Mutex<Vec<String>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn serve(sb: &Sandbox, tweak: impl FnOnce(&mut outlook_sync::config::Config)) -> Api {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut cfg = sb.cfg.clone();
+    cfg.admin.tokens = vec![TOKEN.into()];
+    cfg.admin.public_url = base.clone();
+    tweak(&mut cfg);
+    cfg.validate().unwrap();
+    let metrics = Metrics::new();
+    let admin = Admin::new(
+        Arc::new(cfg.clone()),
+        sb.redis.clone(),
+        GraphClient::new(&cfg.graph),
+        metrics.clone(),
+    );
+    let app = outlook_sync::admin::api::router(admin.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    Api {
+        base,
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        admin,
+        metrics,
+        bodies: Arc::new(Mutex::new(Vec::new())),
+        server,
+    }
+}
+
+impl Api {
+    async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<reqwest::Body>,
+        content_type: &str,
+    ) -> (u16, reqwest::header::HeaderMap, String) {
+        let url = if path.starts_with("http") {
+            path.to_string()
+        } else {
+            format!("{}{path}", self.base)
+        };
+        let mut req = self
+            .http
+            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", content_type).body(b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        self.bodies.lock().unwrap().push(text.clone());
+        (status, headers, text)
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (status, _, text) = self
+            .raw(
+                method,
+                path,
+                Some(TOKEN),
+                body.map(|b| b.to_string().into()),
+                "application/json",
+            )
+            .await;
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v)
+    }
+
+    async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.call(method, path, body).await;
+        assert_eq!(status, 200, "{method} {path}: {v}");
+        v
+    }
+
+    async fn csv(&self, path: &str, csv: String) -> (u16, Value) {
+        let (status, _, text) = self
+            .raw("POST", path, Some(TOKEN), Some(csv.into()), "text/csv")
+            .await;
+        (status, serde_json::from_str(&text).unwrap())
+    }
+
+    /// Polls a job until it is done; returns the final record.
+    async fn wait_job(&self, job: &Value) -> Value {
+        let path = format!("/v1/jobs/{}", job["id"].as_str().unwrap());
+        for _ in 0..1200 {
+            let v = self.ok("GET", &path, None).await;
+            if v["state"] != "running" {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("job {path} did not finish");
+    }
+}
+
+/// A Microsoft tenant in the emulator: one app (`roles`, `consent`), users of each kind.
+struct Tenant {
+    id: String,
+    domain: String,
+    client_id: String,
+    secret: String,
+}
+
+impl Tenant {
+    fn upn(&self, local: &str) -> String {
+        format!("{local}@{}", self.domain)
+    }
+
+    fn credentials(&self) -> Value {
+        json!({"tenant_id": self.id, "client_id": self.client_id, "client_secret": self.secret})
+    }
+}
+
+fn tenant(
+    sb: &Sandbox,
+    name: &str,
+    app: impl FnOnce(SeedApp) -> SeedApp,
+    users: &[(&str, MailboxKind)],
+) -> Tenant {
+    let t = Tenant {
+        id: uuid::Uuid::new_v4().to_string(),
+        domain: format!(
+            "{name}-{}.onmicrosoft.com",
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        ),
+        client_id: uuid::Uuid::new_v4().to_string(),
+        secret: format!("S3cr3t~{}", uuid::Uuid::new_v4().simple()),
+    };
+    let mut seed =
+        SeedTenant::new(&t.id, &t.domain).with_app(app(
+            SeedApp::new(&t.client_id, &t.secret).with_roles(ALL_ROLES)
+        ));
+    for (local, kind) in users {
+        seed = seed.with_user(SeedUser::new(t.upn(local)).with_mailbox(*kind));
+    }
+    sb.emulator.emulator.add_tenant(seed);
+    t
+}
+
+/// A company on `plan`, enabled where the plan allows, with the tenant's credentials.
+async fn company(api: &Api, company: &str, plan: &str, t: &Tenant) {
+    api.ok(
+        "PUT",
+        &format!("/v1/companies/{company}"),
+        Some(json!({"plan": plan, "options": []})),
+    )
+    .await;
+    api.ok(
+        "PUT",
+        &format!("/v1/companies/{company}/microsoft365"),
+        Some(t.credentials()),
+    )
+    .await;
+    api.ok(
+        "POST",
+        &format!("/v1/companies/{company}/microsoft365/enable"),
+        None,
+    )
+    .await;
+}
+
+// ---- authentication and the document --------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_or_missing_admin_token_gets_401_with_www_authenticate() {
+    let sb = sandbox("admin-auth").await;
+    let api = serve(&sb, |_| {}).await;
+    for token in [None, Some("wrong-token-but-long-enough"), Some("")] {
+        for (method, path) in [
+            ("GET", "/v1/companies"),
+            ("GET", "/v1/companies/acme"),
+            ("PUT", "/v1/companies/acme/microsoft365"),
+            ("POST", "/v1/companies/acme/bulk-links"),
+        ] {
+            let (status, headers, body) = api.raw(method, path, token, None, "").await;
+            assert_eq!(status, 401, "{method} {path} with {token:?}");
+            assert!(
+                headers["www-authenticate"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("Bearer"),
+                "{headers:?}"
+            );
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["error"]["code"], "unauthorized");
+        }
+    }
+    let (status, _, _) = api.raw("GET", "/v1/companies", Some(TOKEN), None, "").await;
+    assert_eq!(status, 200);
+
+    // No token configured: every call is refused, whatever is presented.
+    let closed = serve(&sb, |c| c.admin.tokens.clear()).await;
+    for token in [None, Some(TOKEN), Some("")] {
+        let (status, _, _) = closed.raw("GET", "/v1/companies", token, None, "").await;
+        assert_eq!(status, 401);
+    }
+    sb.cleanup().await;
+}
+
+/// Paths and methods of the OpenAPI document, parsed as YAML.
+fn documented_routes() -> BTreeSet<(String, String)> {
+    let text = std::fs::read_to_string(crate::support::repo_path("schemas/admin-api.openapi.yaml"))
+        .unwrap();
+    let doc: Value = serde_yaml_ng::from_str(&text).expect("the OpenAPI document is valid YAML");
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut out = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().unwrap().keys() {
+            if ["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
+                let op = &item[method];
+                assert!(
+                    op["operationId"].is_string(),
+                    "{method} {path} has no operationId"
+                );
+                assert!(
+                    op["responses"].is_object(),
+                    "{method} {path} has no responses"
+                );
+                out.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_route_the_router_serves_is_in_the_openapi_document_and_vice_versa() {
+    let served: BTreeSet<(String, String)> = outlook_sync::admin::api::routes()
+        .into_iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    let documented = documented_routes();
+    assert!(served.len() > 10, "{served:?}");
+    let undocumented: Vec<_> = served.difference(&documented).collect();
+    let unserved: Vec<_> = documented.difference(&served).collect();
+    assert!(
+        undocumented.is_empty(),
+        "served but not documented: {undocumented:?}"
+    );
+    assert!(
+        unserved.is_empty(),
+        "documented but not served: {unserved:?}"
+    );
+}
+
+// ---- credentials ----------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_exactly_which_credentials_problem_there_is() {
+    let sb = sandbox("admin-verify").await;
+    let api = serve(&sb, |_| {}).await;
+    let good = tenant(&sb, "good", |a| a, &[]);
+    let no_contacts = tenant(
+        &sb,
+        "nocontacts",
+        |a| a.with_roles(["Calendars.ReadWrite", "User.Read.All"]),
+        &[],
+    );
+    let no_calendars = tenant(&sb, "nocal", |a| a.with_roles(["User.Read.All"]), &[]);
+    let pending = tenant(&sb, "pending", |a| a.with_consent(Consent::Pending), &[]);
+    let expired = tenant(
+        &sb,
+        "expired",
+        |a| {
+            let mut a = a;
+            a.secrets[0].expires_at = Some("2020-01-01T00:00:00Z".parse().unwrap());
+            a
+        },
+        &[],
+    );
+    let elsewhere = tenant(&sb, "other", |a| a, &[]);
+    api.ok(
+        "PUT",
+        "/v1/companies/acme",
+        Some(json!({"plan": "standard"})),
+    )
+    .await;
+
+    let verify = |creds: Value| {
+        let api = &api;
+        async move {
+            api.ok("PUT", "/v1/companies/acme/microsoft365", Some(creds))
+                .await;
+            api.ok("POST", "/v1/companies/acme/microsoft365/verify", None)
+                .await
+        }
+    };
+    let v = verify(good.credentials()).await;
+    assert_eq!(
+        (v["ok"].clone(), v["outcome"].clone()),
+        (json!(true), json!("ok")),
+        "{v}"
+    );
+    assert_eq!(v["warnings"], json!([]));
+
+    let v = verify(no_contacts.credentials()).await;
+    assert_eq!(v["outcome"], "ok", "{v}");
+    assert_eq!(v["warnings"][0]["code"], "permission_recommended");
+    assert_eq!(v["warnings"][0]["detail"], "Contacts.Read");
+
+    let v = verify(no_calendars.credentials()).await;
+    assert_eq!(v["outcome"], "permission_not_granted", "{v}");
+    let missing: Vec<&str> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(missing, ["Calendars.ReadWrite"]);
+    let status = api.ok("GET", "/v1/companies/acme/microsoft365", None).await;
+    assert_eq!(
+        status["verification"]["missing_permissions"],
+        json!(["Calendars.ReadWrite"])
+    );
+
+    let v = verify(pending.credentials()).await;
+    assert_eq!(v["outcome"], "permission_not_granted", "{v}");
+    assert_eq!(v["problems"].as_array().unwrap().len(), 2, "{v}");
+
+    let mut wrong = good.credentials();
+    wrong["client_secret"] = json!("not-the-secret-value");
+    let v = verify(wrong).await;
+    assert_eq!(
+        (v["outcome"].clone(), v["aadsts"].clone()),
+        (json!("invalid_secret"), json!(7000215)),
+        "{v}"
+    );
+    assert!(
+        v["problems"][0]["message"]["ja"]
+            .as_str()
+            .unwrap()
+            .contains("シークレット")
+    );
+
+    let v = verify(expired.credentials()).await;
+    assert_eq!(
+        (v["outcome"].clone(), v["aadsts"].clone()),
+        (json!("expired_secret"), json!(7000222)),
+        "{v}"
+    );
+
+    let mut wrong_tenant = elsewhere.credentials();
+    wrong_tenant["tenant_id"] = json!(good.id);
+    let v = verify(wrong_tenant).await;
+    assert_eq!(
+        (v["outcome"].clone(), v["aadsts"].clone()),
+        (json!("app_not_in_tenant"), json!(700016)),
+        "{v}"
+    );
+
+    let mut no_tenant = good.credentials();
+    no_tenant["tenant_id"] = json!(uuid::Uuid::new_v4().to_string());
+    let v = verify(no_tenant).await;
+    assert_eq!(
+        (v["outcome"].clone(), v["aadsts"].clone()),
+        (json!("tenant_not_found"), json!(90002)),
+        "{v}"
+    );
+
+    // Remove: the status says so, and verify has nothing to verify.
+    let s = api
+        .ok(
+            "DELETE",
+            "/v1/companies/acme/microsoft365/credentials",
+            None,
+        )
+        .await;
+    assert_eq!(s["credentials"], Value::Null);
+    let (status, v) = api
+        .call("POST", "/v1/companies/acme/microsoft365/verify", None)
+        .await;
+    assert_eq!(
+        (status, v["error"]["code"].clone()),
+        (409, json!("no_credentials"))
+    );
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_encrypted_at_rest_rotate_by_key_id_and_are_never_returned() {
+    let sb = sandbox("admin-secret").await;
+    let api = serve(&sb, |_| {}).await;
+    let t = tenant(&sb, "acme", |a| a, &[]);
+    api.ok(
+        "PUT",
+        "/v1/companies/acme",
+        Some(json!({"plan": "standard"})),
+    )
+    .await;
+    let s = api
+        .ok(
+            "PUT",
+            "/v1/companies/acme/microsoft365",
+            Some(t.credentials()),
+        )
+        .await;
+    assert_eq!(s["credentials"]["secret_set"], true);
+    assert_eq!(s["credentials"]["key_id"], "sandbox");
+    assert_eq!(
+        s["credentials"]["secret_fingerprint"]
+            .as_str()
+            .unwrap()
+            .len(),
+        12
+    );
+    let mut r = sb.redis.clone();
+    let key = format!("{}:company:acme", sb.cfg.redis.key_prefix);
+    let raw: String = r.get(&key).await.unwrap();
+    assert!(!raw.contains(&t.secret), "stored in plain text: {raw}");
+    let doc: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(doc["credentials"]["secret"]["key_id"], "sandbox");
+    assert_eq!(
+        api.admin.verify_credentials("acme").await.unwrap().outcome,
+        "ok"
+    );
+
+    // Rotation: a new active key; the old secret still opens, reseal moves it to the new key.
+    let mut rotated = sb.cfg.clone();
+    rotated
+        .secrets
+        .keys
+        .push(outlook_sync::config::SecretKeyConfig {
+            id: "k2".into(),
+            key_base64: base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                [9u8; 32],
+            ),
+        });
+    rotated.secrets.active_key = "k2".into();
+    let dir = outlook_sync::tenants::Directory::from_config(sb.redis.clone(), &rotated);
+    let c = dir.company("acme").await.unwrap().unwrap();
+    assert_eq!(c.credentials.unwrap().client_secret.expose(), t.secret);
+    let report = dir.reseal_all().await.unwrap();
+    assert_eq!(report.resealed, 1, "{report:?}");
+    let doc: Value = serde_json::from_str(&r.get::<_, String>(&key).await.unwrap()).unwrap();
+    assert_eq!(doc["credentials"]["secret"]["key_id"], "k2");
+    rotated.secrets.keys.remove(0);
+    let only_new = outlook_sync::tenants::Directory::from_config(sb.redis.clone(), &rotated);
+    let c = only_new.company("acme").await.unwrap().unwrap();
+    assert_eq!(c.credentials.unwrap().client_secret.expose(), t.secret);
+    // The old key alone cannot open it: the company is not synced, and says why.
+    let old_only = outlook_sync::tenants::Directory::from_config(sb.redis.clone(), &sb.cfg);
+    let c = old_only.company("acme").await.unwrap().unwrap();
+    assert!(c.credentials.is_none());
+    assert!(c.credentials_error.as_deref().unwrap().contains("k2"));
+
+    // No key configured: storing a secret is refused, naming the configuration keys.
+    let keyless = serve(&sb, |c| c.secrets = Default::default()).await;
+    let (status, v) = keyless
+        .call(
+            "PUT",
+            "/v1/companies/acme/microsoft365",
+            Some(t.credentials()),
+        )
+        .await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "secrets_not_configured");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("secrets.keys"),
+        "{v}"
+    );
+
+    for body in api
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .chain(keyless.bodies.lock().unwrap().iter())
+    {
+        assert!(
+            !body.contains(&t.secret),
+            "an API response carries the secret: {body}"
+        );
+    }
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_consent_is_recorded_end_to_end_through_the_emulators_redirect() {
+    let sb = sandbox("admin-consent").await;
+    let api = serve(&sb, |_| {}).await;
+    let t = tenant(&sb, "pending", |a| a.with_consent(Consent::Pending), &[]);
+    company(&api, "acme", "standard", &t).await;
+    let v = api
+        .ok("POST", "/v1/companies/acme/microsoft365/verify", None)
+        .await;
+    assert_eq!(v["outcome"], "permission_not_granted");
+
+    let link = api
+        .ok("POST", "/v1/companies/acme/microsoft365/consent", None)
+        .await;
+    let url = link["url"].as_str().unwrap();
+    let parsed = url::Url::parse(url).unwrap();
+    assert_eq!(parsed.path(), format!("/{}/adminconsent", t.id));
+    let q: HashMap<String, String> = parsed.query_pairs().into_owned().collect();
+    assert_eq!(q["client_id"], t.client_id);
+    assert_eq!(
+        q["redirect_uri"],
+        format!("{}/v1/consent/callback", api.base)
+    );
+    assert!(
+        q["state"].len() >= 40,
+        "the state is not unguessable: {q:?}"
+    );
+
+    // The administrator accepts: the emulator redirects to our callback (no bearer token).
+    let (status, headers, _) = api.raw("GET", url, None, None, "").await;
+    assert_eq!(status, 302);
+    let location = headers["location"].to_str().unwrap().to_string();
+    assert!(location.contains("admin_consent=True"), "{location}");
+    let (status, _, page) = api.raw("GET", &location, None, None, "").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("同意"), "{page}");
+    let s = api.ok("GET", "/v1/companies/acme/microsoft365", None).await;
+    assert_eq!(s["consent"]["granted"], true, "{s}");
+    assert_eq!(s["consent"]["tenant"], json!(t.id));
+    assert_eq!(
+        s["verification"]["outcome"], "ok",
+        "verified again after the grant: {s}"
+    );
+    // The state is single use.
+    let (status, _, _) = api.raw("GET", &location, None, None, "").await;
+    assert_eq!(status, 422);
+
+    // A refusing administrator.
+    let r = tenant(&sb, "refuses", |a| a.with_consent(Consent::Refuses), &[]);
+    company(&api, "beta", "standard", &r).await;
+    let link = api
+        .ok("POST", "/v1/companies/beta/microsoft365/consent", None)
+        .await;
+    let (_, headers, _) = api
+        .raw("GET", link["url"].as_str().unwrap(), None, None, "")
+        .await;
+    let location = headers["location"].to_str().unwrap().to_string();
+    let (status, _, _) = api.raw("GET", &location, None, None, "").await;
+    assert_eq!(status, 200);
+    let s = api.ok("GET", "/v1/companies/beta", None).await;
+    assert_eq!(s["consent"]["granted"], false);
+    assert_eq!(s["consent"]["error"], "permission_denied");
+    assert!(
+        s["consent"]["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("AADSTS65004")
+    );
+
+    // A made-up state records nothing.
+    let (status, _, _) = api
+        .raw(
+            "GET",
+            "/v1/consent/callback?admin_consent=True&state=guess",
+            None,
+            None,
+            "",
+        )
+        .await;
+    assert_eq!(status, 422);
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enabling_on_a_plan_without_the_integration_is_refused_with_the_reason() {
+    let sb = sandbox("admin-plan").await;
+    let api = serve(&sb, |_| {}).await;
+    let cases = [
+        ("lite", vec![], Some("plan_excludes_integration")),
+        (
+            "lite_plus",
+            vec![],
+            Some("lite_plus_without_schedule_option"),
+        ),
+        ("lite_plus", vec!["schedule"], None),
+        ("standard", vec![], None),
+        ("premium", vec![], None),
+        ("enterprise", vec![], None),
+    ];
+    for (plan, options, refused) in cases {
+        api.ok(
+            "PUT",
+            "/v1/companies/acme",
+            Some(json!({"plan": plan, "options": options})),
+        )
+        .await;
+        let (status, v) = api
+            .call("POST", "/v1/companies/acme/microsoft365/enable", None)
+            .await;
+        match refused {
+            Some(code) => {
+                assert_eq!(status, 409, "{plan} {options:?}: {v}");
+                assert_eq!(v["error"]["code"], code);
+                assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+                assert!(!v["error"]["message_ja"].as_str().unwrap().is_empty());
+                let s = api.ok("GET", "/v1/companies/acme", None).await;
+                assert_eq!(s["enabled"], false);
+            }
+            None => {
+                assert_eq!(status, 200, "{plan} {options:?}: {v}");
+                assert_eq!(v["enabled"], true);
+                api.ok("POST", "/v1/companies/acme/microsoft365/disable", None)
+                    .await;
+            }
+        }
+    }
+    sb.cleanup().await;
+}
+
+// ---- users ---------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linking_checks_the_mailbox_and_shows_the_reason_in_japanese_and_english() {
+    let sb = sandbox("admin-link").await;
+    let api = serve(&sb, |_| {}).await;
+    let t = tenant(
+        &sb,
+        "acme",
+        |a| a,
+        &[
+            ("taro", MailboxKind::Ok),
+            ("guest", MailboxKind::NoMailbox),
+            ("locked", MailboxKind::PolicyDenied),
+        ],
+    );
+    company(&api, "acme", "standard", &t).await;
+    let link = |user: &str, mailbox: String| {
+        let api = &api;
+        let path = format!("/v1/companies/acme/users/{user}");
+        async move {
+            api.call("PUT", &path, Some(json!({ "mailbox": mailbox })))
+                .await
+        }
+    };
+    let (status, u) = link("u-1", t.upn("taro")).await;
+    assert_eq!(status, 200, "{u}");
+    assert_eq!(u["status"], "authenticated");
+    assert_eq!(u["status_label"]["ja"], "認証済み");
+    assert!(u["linked_at"].is_string());
+
+    let cases = [
+        (
+            "u-2",
+            t.upn("nobody"),
+            "unknown_user",
+            "このアドレスは会社のMicrosoftテナントのユーザーではありません",
+        ),
+        ("u-3", t.upn("guest"), "no_mailbox", "Exchange Online"),
+        (
+            "u-4",
+            t.upn("locked"),
+            "policy_denied",
+            "アプリケーションアクセスポリシー",
+        ),
+    ];
+    for (user, mailbox, code, ja) in &cases {
+        let (status, u) = link(user, mailbox.clone()).await;
+        assert_eq!(status, 200, "{u}");
+        assert_eq!(u["status"], "auth_failed", "{u}");
+        assert_eq!(u["status_label"]["ja"], "認証失敗");
+        assert_eq!(u["reason"]["code"], *code, "{u}");
+        assert!(
+            u["reason"]["message"]["ja"].as_str().unwrap().contains(ja),
+            "{u}"
+        );
+        assert!(!u["reason"]["message"]["en"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(
+        link("u-1", t.upn("taro")).await.1["reason"]["message"]["en"],
+        Value::Null
+    );
+    let (status, v) = link("u-5", "not an address".into()).await;
+    assert_eq!(
+        (status, v["error"]["code"].clone()),
+        (422, json!("malformed_address"))
+    );
+    let (status, v) = link("u-5", t.upn("taro")).await;
+    assert_eq!(
+        (status, v["error"]["code"].clone()),
+        (409, json!("address_in_use"))
+    );
+
+    let list = api.ok("GET", "/v1/companies/acme/users", None).await;
+    let users: Vec<(String, String)> = list["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["user_id"].as_str().unwrap().into(),
+                u["status"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(users.len(), 4);
+    assert!(
+        list["users"][0].get("last_sync_at").is_some()
+            && list["users"][0].get("last_error").is_some()
+    );
+
+    // The mailbox gets a licence: verifying again flips the user.
+    sb.emulator
+        .emulator
+        .set_mailbox_kind(&t.upn("guest"), MailboxKind::Ok);
+    let u = api
+        .ok("POST", "/v1/companies/acme/users/u-3/verify", None)
+        .await;
+    assert_eq!(u["status"], "authenticated", "{u}");
+
+    let r = api.ok("DELETE", "/v1/companies/acme/users/u-2", None).await;
+    assert_eq!(r["copies"], Value::Null);
+    let (status, v) = api.call("GET", "/v1/companies/acme/users/u-2", None).await;
+    assert_eq!(
+        (status, v["error"]["code"].clone()),
+        (404, json!("not_linked"))
+    );
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bulk_preflight_says_what_each_row_would_do_and_the_real_run_does_it() {
+    let sb = sandbox("admin-bulk").await;
+    let api = serve(&sb, |_| {}).await;
+    let t = tenant(
+        &sb,
+        "acme",
+        |a| a,
+        &[
+            ("a", MailboxKind::Ok),
+            ("b", MailboxKind::Ok),
+            ("c", MailboxKind::Ok),
+            ("guest", MailboxKind::NoMailbox),
+            ("old", MailboxKind::Ok),
+            ("slow", MailboxKind::Ok),
+        ],
+    );
+    company(&api, "acme", "standard", &t).await;
+    api.ok(
+        "PUT",
+        "/v1/companies/acme/users/u-old",
+        Some(json!({"mailbox": t.upn("old")})),
+    )
+    .await;
+    api.ok(
+        "PUT",
+        "/v1/companies/acme/users/u-c",
+        Some(json!({"mailbox": t.upn("c")})),
+    )
+    .await;
+    // One check is throttled: it waits for Retry-After and still succeeds.
+    sb.emulator.emulator.script_fault(
+        ScriptedFault::new(FaultKind::Throttle429 { retry_after: 1.0 })
+            .path_contains(&format!("/users/{}", t.upn("slow"))),
+    );
+    let csv = format!(
+        "cyzen_user_id,email,action\n\
+         u-a,{a}\n\
+         u-b,{b},link\n\
+         u-bad,not-an-address\n\
+         u-x,{nobody}\n\
+         u-g,{guest}\n\
+         u-a,{a}\n\
+         u-c,{c}\n\
+         u-old,,unlink\n\
+         u-none,,unlink\n\
+         u-s,{slow}\n",
+        a = t.upn("a"),
+        b = t.upn("b"),
+        c = t.upn("c"),
+        nobody = t.upn("nobody"),
+        guest = t.upn("guest"),
+        slow = t.upn("slow"),
+    );
+    let started = std::time::Instant::now();
+    let (status, report) = api
+        .csv("/v1/companies/acme/bulk-links?dry_run=true", csv.clone())
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After was not honoured"
+    );
+    let rows: Vec<(u64, String, String)> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["line"].as_u64().unwrap(),
+                r["outcome"].as_str().unwrap().to_string(),
+                r["reason"]["code"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let expect =
+        |line: u64, outcome: &str, reason: &str| (line, outcome.to_string(), reason.to_string());
+    assert_eq!(
+        rows,
+        vec![
+            expect(2, "would_link", ""),
+            expect(3, "would_link", ""),
+            expect(4, "error", "malformed_address"),
+            expect(5, "error", "unknown_user"),
+            expect(6, "error", "no_mailbox"),
+            expect(7, "error", "duplicate_row"),
+            expect(8, "unchanged", "already_linked"),
+            expect(9, "would_unlink", ""),
+            expect(10, "error", "not_linked"),
+            expect(11, "would_link", ""),
+        ]
+    );
+    assert_eq!(report["reasons"]["unknown_user"], 1);
+    // A dry run changes nothing.
+    let users = api.ok("GET", "/v1/companies/acme/users", None).await;
+    assert_eq!(users["users"].as_array().unwrap().len(), 2);
+
+    let (status, report) = api.csv("/v1/companies/acme/bulk-links", csv).await;
+    assert_eq!(status, 200, "{report}");
+    let outcomes: Vec<&str> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "linked",
+            "linked",
+            "skipped",
+            "skipped",
+            "skipped",
+            "skipped",
+            "unchanged",
+            "unlinked",
+            "skipped",
+            "linked"
+        ]
+    );
+    let users = api.ok("GET", "/v1/companies/acme/users", None).await;
+    let mut ids: Vec<&str> = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["user_id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["u-a", "u-b", "u-c", "u-s"]);
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_rows_run_as_a_job_with_progress_and_bounded_concurrency() {
+    let sb = sandbox("admin-bulk10k").await;
+    let api = serve(&sb, |_| {}).await;
+    const N: usize = 10_000;
+    let locals: Vec<String> = (0..N).map(|i| format!("user{i:05}")).collect();
+    let kinds: Vec<(&str, MailboxKind)> = locals
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            (
+                l.as_str(),
+                if i % 100 == 7 {
+                    MailboxKind::NoMailbox
+                } else {
+                    MailboxKind::Ok
+                },
+            )
+        })
+        .collect();
+    let t = tenant(&sb, "big", |a| a, &kinds);
+    company(&api, "big", "enterprise", &t).await;
+    let mut csv = String::from("cyzen_user_id,email\n");
+    for (i, l) in locals.iter().enumerate() {
+        csv.push_str(&format!("u-{i},{}\n", t.upn(l)));
+    }
+    let started = std::time::Instant::now();
+    let (status, job) = api.csv("/v1/companies/big/bulk-links", csv).await;
+    assert_eq!(status, 202, "{job}");
+    // Progress is visible while it runs.
+    let mut seen_progress = false;
+    let path = format!("/v1/jobs/{}", job["id"].as_str().unwrap());
+    let done = loop {
+        let v = api.ok("GET", &path, None).await;
+        let d = v["done"].as_u64().unwrap();
+        seen_progress |= d > 0 && d < N as u64;
+        if v["state"] != "running" {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let elapsed = started.elapsed();
+    assert_eq!(done["state"], "done", "{done}");
+    assert!(seen_progress, "no intermediate progress was seen");
+    assert_eq!(done["done"], N as u64);
+    let summary = &done["result"]["summary"];
+    assert_eq!(summary["linked"], (N - N / 100) as u64, "{summary}");
+    assert_eq!(done["result"]["reasons"]["no_mailbox"], (N / 100) as u64);
+    let stats = sb.emulator.emulator.stats();
+    assert!(
+        stats.max_in_flight_any <= 16,
+        "more than admin.bulk_concurrency checks at once: {}",
+        stats.max_in_flight_any
+    );
+    assert!(stats.max_in_flight_per_mailbox.values().all(|&n| n <= 1));
+    assert_eq!(sb.directory.users("big").await.unwrap().len(), N - N / 100);
+    eprintln!(
+        "bulk link of {N} rows: {elapsed:?} ({} Graph requests)",
+        stats.requests
+    );
+    sb.cleanup().await;
+}
+
+// ---- clean unlink, integration removal, isolation, expiry ------------------------------------
+
+/// Events in a mailbox that carry this service's tag.
+fn tagged(sb: &Sandbox, mailbox: &str) -> usize {
+    sb.emulator
+        .emulator
+        .calendar(mailbox)
+        .iter()
+        .filter(|e| e.to_string().contains("cyzen/v1/"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlinking_with_delete_copies_removes_exactly_the_copies_this_service_created() {
+    let sb = sandbox("admin-unlink").await;
+    let api = serve(&sb, |_| {}).await;
+    let info = sb
+        .company(
+            "acme",
+            Plan::Standard,
+            &[
+                ("u-1", "taro", MailboxKind::Ok),
+                ("u-2", "hanako", MailboxKind::Ok),
+            ],
+        )
+        .await
+        .unwrap();
+    let taro = format!("taro@{}", info.domain);
+    let hanako = format!("hanako@{}", info.domain);
+    let worker = sb.worker().await.unwrap();
+    let events: Vec<_> = (0..25)
+        .map(|i| {
+            Ev::created("acme", &format!("s-{i}"))
+                .people("u-1", &["u-2"])
+                .wire()
+        })
+        .collect();
+    sb.publish(&events).await.unwrap();
+    assert!(sb.wait_idle(Duration::from_secs(40)).await.unwrap());
+    assert_eq!(tagged(&sb, &taro), 25);
+    // Taro's own event, not ours, and a copy whose create answer was never recorded.
+    let creds = sb
+        .directory
+        .company("acme")
+        .await
+        .unwrap()
+        .unwrap()
+        .credentials
+        .unwrap()
+        .credentials();
+    let graph = GraphClient::new(&sb.cfg.graph);
+    graph
+        .send(
+            "acme",
+            &creds,
+            &outlook_sync::graph::client::GraphRequest::post(
+                "1",
+                format!("/users/{taro}/events"),
+                json!({"subject": "dentist", "start": {"dateTime": "2026-12-01T09:00:00", "timeZone": "UTC"}, "end": {"dateTime": "2026-12-01T10:00:00", "timeZone": "UTC"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let copies = outlook_sync::flush::Copies::new(sb.redis.clone(), &sb.cfg.redis.key_prefix);
+    let m = outlook_sync::window::Member {
+        company_id: "acme".into(),
+        schedule_id: "s-3".into(),
+    };
+    let mut c = copies.get(&m, &taro).await.unwrap().unwrap();
+    c.event_id = None;
+    copies.write(&taro, &[(&m, c)], &[]).await.unwrap();
+    worker.stop(Duration::from_secs(5)).await;
+
+    let r = api
+        .ok(
+            "DELETE",
+            "/v1/companies/acme/users/u-1?delete_copies=true",
+            None,
+        )
+        .await;
+    assert_eq!(r["copies"]["copies"], 25, "{r}");
+    assert_eq!(r["copies"]["deleted"], 25, "{r}");
+    assert_eq!(r["copies"]["failed"], json!([]));
+    let left = sb.emulator.emulator.calendar(&taro);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0]["subject"], "dentist");
+    assert!(
+        copies
+            .schedules_in_mailbox("acme", &taro)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        tagged(&sb, &hanako),
+        25,
+        "another user's copies were touched"
+    );
+    // No event had attendees, so nothing was cancelled by mail.
+    assert!(
+        sb.emulator
+            .emulator
+            .calendar(&hanako)
+            .iter()
+            .all(|e| e["attendees"].as_array().is_none_or(|a| a.is_empty()))
+    );
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_integration_deletes_every_copy_and_forgets_the_credentials() {
+    let sb = sandbox("admin-remove").await;
+    let api = serve(&sb, |_| {}).await;
+    let info = sb
+        .company(
+            "acme",
+            Plan::Standard,
+            &[
+                ("u-1", "taro", MailboxKind::Ok),
+                ("u-2", "hanako", MailboxKind::Ok),
+            ],
+        )
+        .await
+        .unwrap();
+    let worker = sb.worker().await.unwrap();
+    let events: Vec<_> = (0..10)
+        .map(|i| {
+            Ev::created("acme", &format!("s-{i}"))
+                .people("u-1", &["u-2"])
+                .wire()
+        })
+        .collect();
+    sb.publish(&events).await.unwrap();
+    assert!(sb.wait_idle(Duration::from_secs(40)).await.unwrap());
+    worker.stop(Duration::from_secs(5)).await;
+    // u-2 was unlinked earlier without deleting: their copies are still found and removed.
+    api.ok("DELETE", "/v1/companies/acme/users/u-2", None).await;
+    let (status, job) = api
+        .call("DELETE", "/v1/companies/acme/microsoft365", None)
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let done = api.wait_job(&job).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["result"]["copies"]["deleted"], 20, "{done}");
+    assert_eq!(done["result"]["mailboxes"], 2);
+    for local in ["taro", "hanako"] {
+        assert_eq!(tagged(&sb, &format!("{local}@{}", info.domain)), 0);
+    }
+    let s = api.ok("GET", "/v1/companies/acme", None).await;
+    assert_eq!(s["credentials"], Value::Null);
+    assert_eq!(s["enabled"], false);
+    assert_eq!(s["users"], 0);
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_expiring_within_the_warning_days_is_flagged_and_counted() {
+    let sb = sandbox("admin-expiry").await;
+    let api = serve(&sb, |c| c.admin.secret_expiry_warning_days = 30).await;
+    let t = tenant(&sb, "acme", |a| a, &[]);
+    for (company, days) in [("soon", 10i64), ("later", 90), ("past", -3)] {
+        api.ok(
+            "PUT",
+            &format!("/v1/companies/{company}"),
+            Some(json!({"plan": "standard"})),
+        )
+        .await;
+        let mut creds = t.credentials();
+        let at = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * days + 1);
+        creds["secret_expires_at"] = json!(at.to_string());
+        api.ok(
+            "PUT",
+            &format!("/v1/companies/{company}/microsoft365"),
+            Some(creds),
+        )
+        .await;
+    }
+    let soon = api.ok("GET", "/v1/companies/soon", None).await;
+    assert_eq!(soon["secret_expiring"], true);
+    assert_eq!(soon["warnings"][0]["code"], "secret_expiring");
+    assert_eq!(soon["credentials"]["secret_expires_in_days"], 10);
+    assert_eq!(
+        api.ok("GET", "/v1/companies/later", None).await["secret_expiring"],
+        false
+    );
+    let past = api.ok("GET", "/v1/companies/past", None).await;
+    assert_eq!(past["warnings"][0]["code"], "secret_expired");
+    // A date alone is accepted too.
+    let mut creds = t.credentials();
+    creds["secret_expires_at"] = json!("2099-12-31");
+    api.ok("PUT", "/v1/companies/later/microsoft365", Some(creds))
+        .await;
+    api.ok("GET", "/v1/companies", None).await;
+    let metrics = api.metrics.render();
+    assert!(
+        metrics.contains("outlook_sync_companies_secret_expiring 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("outlook_sync_secret_expires_in_days{company=\"soon\"} 10"),
+        "{metrics}"
+    );
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_companys_credentials_are_never_used_for_another_companys_mailbox() {
+    let sb = sandbox("admin-isolation").await;
+    let api = serve(&sb, |_| {}).await;
+    let a = sb
+        .company("alpha", Plan::Standard, &[("u-1", "taro", MailboxKind::Ok)])
+        .await
+        .unwrap();
+    let b = sb
+        .company("beta", Plan::Standard, &[("u-1", "jiro", MailboxKind::Ok)])
+        .await
+        .unwrap();
+    let jiro = format!("jiro@{}", b.domain);
+    // B's user linked to A: A's tenant does not know the address.
+    let (status, u) = api
+        .call(
+            "PUT",
+            "/v1/companies/alpha/users/u-9",
+            Some(json!({"mailbox": jiro})),
+        )
+        .await;
+    assert_eq!(status, 200, "{u}");
+    assert_eq!(
+        (u["status"].clone(), u["reason"]["code"].clone()),
+        (json!("auth_failed"), json!("unknown_user"))
+    );
+    let worker = sb.worker().await.unwrap();
+    sb.publish(&[
+        Ev::created("alpha", "s-1").people("u-1", &["u-9"]).wire(),
+        Ev::created("beta", "s-1").people("u-1", &[]).wire(),
+    ])
+    .await
+    .unwrap();
+    assert!(sb.wait_idle(Duration::from_secs(40)).await.unwrap());
+    worker.stop(Duration::from_secs(5)).await;
+    assert_eq!(tagged(&sb, &jiro), 1, "only beta's own copy");
+    let log = sb.emulator.emulator.request_log();
+    let mut a_reached = BTreeSet::new();
+    for r in &log {
+        let Some(mailbox) = &r.mailbox else { continue };
+        let in_a = mailbox.ends_with(&format!("@{}", a.domain));
+        let in_b = mailbox.ends_with(&format!("@{}", b.domain));
+        if r.client_id.as_deref() == Some(a.client_id.as_str()) {
+            if in_b {
+                // The link check asked A's own tenant, which answered that the user is unknown.
+                assert_eq!((r.method.as_str(), r.status), ("GET", 404), "{r:?}");
+            } else {
+                assert!(in_a, "{r:?}");
+                a_reached.insert(mailbox.clone());
+            }
+        }
+        if r.client_id.as_deref() == Some(b.client_id.as_str()) {
+            assert!(in_b, "B's app reached another mailbox: {r:?}");
+        }
+    }
+    assert!(!a_reached.is_empty());
+    sb.cleanup().await;
+}
+
+// ---- the full scenario ------------------------------------------------------------------------
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// One thread, so the subscriber set for this thread sees every task's logs.
+#[tokio::test(flavor = "current_thread")]
+async fn the_full_scenario_never_reveals_the_secret_in_logs_metrics_responses_or_dead_letters() {
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("outlook_sync=trace")
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let sb = sandbox("admin-scenario").await;
+    let api = serve(&sb, |_| {}).await;
+    let t = tenant(
+        &sb,
+        "acme",
+        |a| a,
+        &[
+            ("taro", MailboxKind::Ok),
+            ("hanako", MailboxKind::Ok),
+            ("guest", MailboxKind::NoMailbox),
+            ("jiro", MailboxKind::Ok),
+        ],
+    );
+    let secret = t.secret.clone();
+    company(&api, "acme", "standard", &t).await;
+    let v = api
+        .ok("POST", "/v1/companies/acme/microsoft365/verify", None)
+        .await;
+    assert_eq!(v["outcome"], "ok");
+    // A wrong secret on the way: its failure is logged, the value never.
+    let mut wrong = t.credentials();
+    wrong["client_secret"] = json!(format!("{secret}-wrong"));
+    api.ok("PUT", "/v1/companies/acme/microsoft365", Some(wrong))
+        .await;
+    api.ok("POST", "/v1/companies/acme/microsoft365/verify", None)
+        .await;
+    api.ok(
+        "PUT",
+        "/v1/companies/acme/microsoft365",
+        Some(t.credentials()),
+    )
+    .await;
+    api.ok(
+        "PUT",
+        "/v1/companies/acme/users/u-1",
+        Some(json!({"mailbox": t.upn("taro")})),
+    )
+    .await;
+    let csv = format!("u-2,{}\nu-3,{}\n", t.upn("hanako"), t.upn("jiro"));
+    let (status, _) = api.csv("/v1/companies/acme/bulk-links", csv).await;
+    assert_eq!(status, 200);
+    // A user recorded as authenticated whose mailbox has none: her copy becomes a dead letter.
+    api.ok(
+        "PUT",
+        "/v1/companies/acme/users/u-4",
+        Some(json!({"mailbox": t.upn("guest")})),
+    )
+    .await;
+    let mut r = sb.redis.clone();
+    let _: () = r
+        .hset(
+            format!("{}:users:acme", sb.cfg.redis.key_prefix),
+            "u-4",
+            json!({"user_id":"u-4","mailbox":t.upn("guest"),"linked_at":"2026-01-01T00:00:00Z","status":"authenticated"}).to_string(),
+        )
+        .await
+        .unwrap();
+    let worker = sb.worker().await.unwrap();
+    sb.publish(&[
+        Ev::created("acme", "s-1")
+            .people("u-1", &["u-2", "u-4"])
+            .wire(),
+        Ev::created("acme", "s-2").people("u-3", &[]).wire(),
+    ])
+    .await
+    .unwrap();
+    assert!(sb.wait_idle(Duration::from_secs(40)).await.unwrap());
+    let list = api.ok("GET", "/v1/companies/acme/users", None).await;
+    let taro = list["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["user_id"] == "u-1")
+        .unwrap();
+    assert!(taro["last_sync_at"].is_string(), "{list}");
+    let u4 = list["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["user_id"] == "u-4")
+        .unwrap();
+    assert_eq!(u4["status"], "auth_failed", "{list}");
+    api.ok(
+        "DELETE",
+        "/v1/companies/acme/users/u-1?delete_copies=true",
+        None,
+    )
+    .await;
+    let worker_metrics = worker.metrics.render();
+    worker.stop(Duration::from_secs(5)).await;
+
+    // Dead letters, as they sit in the queue.
+    let conn = crate::support::rabbitmq().await;
+    let ch = conn.create_channel().await.unwrap();
+    let mut dead = Vec::new();
+    while let Some(m) = ch
+        .basic_get(
+            sb.cfg.amqp.dead_letter_queue.as_str().into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .unwrap()
+    {
+        dead.push(format!(
+            "{:?} {}",
+            m.delivery.properties,
+            String::from_utf8_lossy(&m.delivery.data)
+        ));
+    }
+    assert!(!dead.is_empty(), "expected the no-mailbox dead letter");
+    // Everything in Redis under the sandbox's prefix.
+    let keys: Vec<String> = r
+        .keys(format!("{}:*", sb.cfg.redis.key_prefix))
+        .await
+        .unwrap();
+    let mut stored = String::new();
+    for k in keys {
+        let dump: Option<Vec<u8>> = redis::cmd("DUMP")
+            .arg(&k)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        stored.push_str(&String::from_utf8_lossy(&dump.unwrap_or_default()));
+    }
+
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("admin: credentials set"),
+        "the capture saw no admin logs"
+    );
+    assert!(
+        logs.contains("token request failed") || logs.contains("invalid_client"),
+        "the capture saw no token failure"
+    );
+    let places: Vec<(&str, String)> = vec![
+        ("logs", logs),
+        ("admin metrics", api.metrics.render()),
+        ("worker metrics", worker_metrics),
+        ("API responses", api.bodies.lock().unwrap().join("\n")),
+        ("dead letters", dead.join("\n")),
+        ("Redis", stored),
+    ];
+    for (place, text) in &places {
+        assert!(!text.is_empty(), "{place} is empty");
+        assert!(!text.contains(&secret), "the secret appears in the {place}");
+    }
+    sb.cleanup().await;
+}
+
+// ---- the command line -----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_command_line_sets_verifies_and_links_without_ever_printing_the_secret() {
+    let sb = sandbox("admin-cli").await;
+    let t = tenant(&sb, "acme", |a| a, &[("taro", MailboxKind::Ok)]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, toml::to_string(&sb.cfg).unwrap()).unwrap();
+    let run = |args: &[&str], secret: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_outlook-sync"));
+        cmd.arg("--config").arg(&path).arg("admin").args(args);
+        cmd.env_remove("OUTLOOK_SYNC_CLIENT_SECRET");
+        if let Some(s) = secret {
+            cmd.env("OUTLOOK_SYNC_CLIENT_SECRET", s);
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !stdout.contains(&t.secret) && !stderr.contains(&t.secret),
+            "{stdout}{stderr}"
+        );
+        (out.status.code(), stdout, stderr)
+    };
+    let (code, out, err) = run(&["set-plan", "acme", "lite"], None);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, _, err) = run(&["enable", "acme"], None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("plan_excludes_integration"), "{err}");
+    run(&["set-plan", "acme", "standard"], None);
+    let (code, out, err) = run(
+        &[
+            "set-credentials",
+            "acme",
+            "--tenant-id",
+            &t.id,
+            "--client-id",
+            &t.client_id,
+            "--secret-expires-at",
+            "2099-01-31",
+        ],
+        Some(&t.secret),
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["credentials"]["secret_set"], true);
+    let (code, out, _) = run(&["verify", "acme"], None);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["outcome"],
+        "ok"
+    );
+    let (code, out, _) = run(&["link", "acme", "u-1", &t.upn("taro")], None);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out, _) = run(&["link", "acme", "u-2", &t.upn("nobody")], None);
+    assert_eq!(code, Some(1), "an auth_failed link exits 1: {out}");
+    let csv = dir.path().join("users.csv");
+    std::fs::write(&csv, format!("u-3,{}\nu-4,bad\n", t.upn("taro"))).unwrap();
+    let (code, out, err) = run(&["bulk", "acme", csv.to_str().unwrap(), "--dry-run"], None);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(err.contains("rows: 2/2"), "no progress on stderr: {err}");
+    let (_, out, _) = run(&["users", "acme"], None);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    sb.cleanup().await;
+}
