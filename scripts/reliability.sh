@@ -6,7 +6,7 @@
 # disturbed by each other. Writes the raw numbers to target/reliability/numbers.txt and a
 # Markdown summary to target/reliability/numbers.md, and prints the summary.
 #
-#   scripts/reliability.sh                      # about 5 minutes on 2 cores
+#   scripts/reliability.sh                      # about 4 minutes on 2 cores
 #   CONVERGENCE_SEEDS=5000 scripts/reliability.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -879,6 +879,17 @@ impl<'a> Engine<'a> {
                             if matches!(e.class, ErrorClass::RefreshToken) {
                                 self.f.graph.forget_token(&w.company);
                             }
+                            // A create that failed ambiguously (a timeout, a dropped connection, a
+                            // 5xx) may have happened: look for the copy before creating again,
+                            // whatever Graph does with a repeated transactionId. A 429 or 401 was
+                            // refused outright.
+                            if let Step::Create(tx) = &step
+                                && !matches!(e.status, Some(429) | Some(401))
+                            {
+                                w.step = Some(Step::Lookup {
+                                    then_create_tx: tx.clone(),
+                                });
+                            }
                             if e.status == Some(429) {
                                 self.f.metrics.graph_throttled.inc();
                             }

@@ -258,7 +258,7 @@ impl Default for AmqpConfig {
             queue: "outlook-sync.work".into(),
             dead_letter_exchange: "outlook-sync.dead".into(),
             dead_letter_queue: "outlook-sync.dead".into(),
-            prefetch: 1000,
+            prefetch: 2000,
             delivery_limit: 20,
             ingest_batch: 500,
             ingest_batch_wait_ms: 20,

@@ -544,7 +544,8 @@ impl Flusher {
                 &prefix,
                 Duration::from_secs(cfg.ledger.retention_days * 86_400),
                 cfg.ledger.max_entries,
-            ),
+            )
+            .with_metrics(metrics.clone()),
             leases: MailboxLeases::new(
                 redis,
                 &prefix,

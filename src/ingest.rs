@@ -33,20 +33,39 @@ pub struct BatchReport {
 }
 
 pub struct Ingest {
-    cfg: Config,
+    cfg: Arc<Config>,
     windows: Windows,
     metrics: Arc<Metrics>,
     ready: watch::Sender<bool>,
+}
+
+/// Batches staged at once: one is validated and staged while the next is being received.
+const BATCHES_IN_FLIGHT: usize = 3;
+
+/// What staging a batch needs; cheap to clone into its task.
+#[derive(Clone)]
+struct Stager {
+    cfg: Arc<Config>,
+    windows: Windows,
+    metrics: Arc<Metrics>,
 }
 
 impl Ingest {
     pub fn new(cfg: Config, windows: Windows, metrics: Arc<Metrics>) -> Self {
         let (ready, _) = watch::channel(false);
         Self {
-            cfg,
+            cfg: Arc::new(cfg),
             windows,
             metrics,
             ready,
+        }
+    }
+
+    fn stager(&self) -> Stager {
+        Stager {
+            cfg: self.cfg.clone(),
+            windows: self.windows.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -83,7 +102,7 @@ impl Ingest {
         let ch = conn.create_channel().await?;
         Topology::new(a).declare(&ch).await?;
         ch.basic_qos(a.prefetch, BasicQosOptions::default()).await?;
-        let publisher = Publisher::new(&conn).await?;
+        let publisher = Arc::new(Publisher::new(&conn).await?);
         let mut consumer = ch
             .basic_consume(
                 a.queue.as_str().into(),
@@ -95,18 +114,33 @@ impl Ingest {
         info!(queue = %a.queue, prefetch = a.prefetch, "ingest: consuming");
         self.ready.send_replace(true);
         let wait = Duration::from_millis(a.ingest_batch_wait_ms);
-        let mut batch = Vec::with_capacity(a.ingest_batch);
+        // Batches being staged, oldest first; each is acked (with one `multiple` ack) only once
+        // it and every batch before it are staged, so an ack never covers an unstaged delivery.
+        let mut staging: std::collections::VecDeque<StageTask> = std::collections::VecDeque::new();
         loop {
-            let first = tokio::select! {
-                d = consumer.next() => d,
-                _ = shutdown.changed() => {
-                    let _ = conn.close(200, "shutting down".into()).await;
-                    return Ok(());
+            let first = loop {
+                let busy = !staging.is_empty();
+                let front = staging.front_mut().map(|(_, t)| t);
+                tokio::select! {
+                    d = consumer.next() => break d,
+                    done = async { front.expect("checked").await }, if busy => {
+                        let (last, _) = staging.pop_front().expect("checked");
+                        ack(&ch, last, done).await?;
+                    }
+                    _ = shutdown.changed() => {
+                        // Unacked deliveries go back to the queue when the connection closes.
+                        for (_, task) in staging.drain(..) {
+                            task.abort();
+                        }
+                        let _ = conn.close(200, "shutting down".into()).await;
+                        return Ok(());
+                    }
                 }
             };
             let Some(first) = first else {
                 return Err(amqp::AmqpError::StreamEnded);
             };
+            let mut batch = Vec::with_capacity(a.ingest_batch);
             batch.push(first?);
             let deadline = tokio::time::Instant::now() + wait;
             while batch.len() < a.ingest_batch {
@@ -115,24 +149,63 @@ impl Ingest {
                     Ok(None) | Err(_) => break,
                 }
             }
-            self.handle_batch(&ch, &publisher, &batch, shutdown).await?;
-            batch.clear();
+            let last = batch.last().expect("never empty").delivery_tag;
+            let task = tokio::spawn(self.stager().handle_batch(
+                ch.clone(),
+                publisher.clone(),
+                batch,
+                shutdown.clone(),
+            ));
+            staging.push_back((last, task));
+            while staging.len() >= BATCHES_IN_FLIGHT
+                || staging.front().is_some_and(|(_, t)| t.is_finished())
+            {
+                let (last, task) = staging.pop_front().expect("checked");
+                ack(&ch, last, task.await).await?;
+            }
         }
     }
+}
 
-    /// Validates, dead-letters the invalid, stages the valid, then acks all with one frame.
+type StageTask = (
+    u64,
+    tokio::task::JoinHandle<Result<BatchReport, amqp::AmqpError>>,
+);
+
+/// Acks everything up to `last` once its batch is staged; a failed batch ends the consumer (its
+/// deliveries, unacked, come back from the broker).
+async fn ack(
+    ch: &lapin::Channel,
+    last: u64,
+    staged: Result<Result<BatchReport, amqp::AmqpError>, tokio::task::JoinError>,
+) -> Result<(), amqp::AmqpError> {
+    let report = match staged {
+        Ok(r) => r?,
+        Err(e) => return Err(amqp::AmqpError::Interrupted(format!("staging task: {e}"))),
+    };
+    // One frame acks the whole batch: every delivery up to the last tag is handled.
+    ch.basic_ack(last, BasicAckOptions { multiple: true })
+        .await?;
+    debug!(?report, "ingest: batch acked");
+    Ok(())
+}
+
+impl Stager {
+    /// Validates, dead-letters the invalid (each confirmed), and stages the valid with one round
+    /// trip. The caller acks.
     async fn handle_batch(
-        &self,
-        ch: &lapin::Channel,
-        publisher: &Publisher,
-        batch: &[lapin::message::Delivery],
-        shutdown: &watch::Receiver<bool>,
+        self,
+        ch: lapin::Channel,
+        publisher: Arc<Publisher>,
+        batch: Vec<lapin::message::Delivery>,
+        shutdown: watch::Receiver<bool>,
     ) -> Result<BatchReport, amqp::AmqpError> {
+        let publisher = &*publisher;
         self.metrics.events_consumed.inc_by(batch.len() as u64);
         let mut report = BatchReport::default();
         let mut valid = Vec::with_capacity(batch.len());
         let mut invalid = Vec::new();
-        for d in batch {
+        for d in &batch {
             match check_delivery(d) {
                 Ok(ev) => valid.push((ev, d)),
                 Err(e) => invalid.push((e, d)),
@@ -243,11 +316,6 @@ impl Ingest {
                     .inc_by(report.stale as u64);
             }
         }
-        // One frame acks the whole batch: every delivery up to the last tag is handled.
-        let last = batch.last().expect("batch is never empty").delivery_tag;
-        ch.basic_ack(last, BasicAckOptions { multiple: true })
-            .await?;
-        debug!(?report, "ingest: batch acked");
         Ok(report)
     }
 }

@@ -110,6 +110,12 @@ impl Worker {
                 let (f, rx) = (flusher.clone(), rx.clone());
                 async move { f.run(rx).await }
             }),
+            // The dead-letter queue's depth, for the dashboard and the alerts.
+            tokio::spawn(crate::deadletter::watch_depth(
+                (*cfg).clone(),
+                metrics.clone(),
+                rx.clone(),
+            )),
         ];
         Ok(Worker {
             ingest,

@@ -167,10 +167,22 @@ fn public() -> Routes {
     Routes::new().get("/v1/consent/callback", consent_callback)
 }
 
+/// The dead-letter and ledger operations (`deadletter::api`), under `/v1`, behind the same
+/// bearer token.
+const DEAD_LETTER_ROUTES: [(&str, &str); 6] = [
+    ("GET", "/v1/dlq/messages"),
+    ("GET", "/v1/dlq/messages/{id}"),
+    ("GET", "/v1/dlq/summary"),
+    ("POST", "/v1/dlq/replay"),
+    ("POST", "/v1/dlq/purge"),
+    ("GET", "/v1/ledger/{company}/{schedule}"),
+];
+
 /// Every (method, path) the admin API serves, in axum's path syntax (`{company}`).
 pub fn routes() -> Vec<(&'static str, &'static str)> {
     let mut all = protected().table;
     all.extend(public().table);
+    all.extend(DEAD_LETTER_ROUTES);
     all
 }
 
@@ -179,11 +191,23 @@ pub fn routes() -> Vec<(&'static str, &'static str)> {
 pub fn router(admin: Admin) -> Router {
     let tokens = AdminTokens::new(&admin.config().admin.tokens);
     let jobs = Jobs::new(admin.redis.clone(), &admin.config().redis.key_prefix);
+    let dead_letters = crate::deadletter::api::router(crate::deadletter::api::DlqApi::new(
+        admin.config(),
+        admin.redis.clone(),
+        Some(admin.metrics.clone()),
+    ))
+    .route_layer(axum::middleware::from_fn_with_state(
+        tokens.clone(),
+        require_bearer,
+    ));
     let state = ApiState { admin, jobs };
     let protected = protected()
         .router
         .route_layer(axum::middleware::from_fn_with_state(tokens, require_bearer));
-    protected.merge(public().router).with_state(state)
+    protected
+        .merge(public().router)
+        .with_state(state)
+        .nest("/v1", dead_letters)
 }
 
 // ---- handlers -------------------------------------------------------------------------------

@@ -297,6 +297,19 @@ async fn hostile_messages_become_dead_letters_with_their_reason_and_hold_nothing
         synced_after < Duration::from_secs(10),
         "valid events synced after {synced_after:?}"
     );
+    let restarts = worker.metrics.ingest_reconnects.get();
+    assert_eq!(restarts, 0, "a hostile message made the consumer reconnect");
+    let mut reasons: Vec<&str> = hostile.iter().map(|h| h.3).collect();
+    reasons.sort();
+    println!(
+        "RELIABILITY bad_input hostile={} dead_letters={} reasons=\"{}\" valid_events={} \
+         valid_synced_after_s={:.1} consumer_restarts={restarts}",
+        hostile.len(),
+        got.len(),
+        reasons.join(", "),
+        hostile.len() + 1,
+        synced_after.as_secs_f64()
+    );
     worker.stop(Duration::from_secs(5)).await;
     sb.cleanup().await;
 }

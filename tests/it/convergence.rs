@@ -11,7 +11,8 @@
 //! landed, and replayed (as an operator's dead-letter replay, `x-replay: true`) after newer
 //! revisions. Some seeds also get a burst of scripted 503s on one mailbox, long enough to exhaust
 //! the retry budget, so some changes become dead letters; the test replays the dead-letter queue
-//! as an operator would (republishing with `x-replay: true`) until it stays empty.
+//! with the operators' own tool (`Dlq::replay`, as `outlook-sync dlq replay --all`) until it
+//! stays empty.
 //!
 //! Many seeds share one sandbox and run in the same windows (200 per chunk), so a CI run of 200
 //! seeds takes well under a minute.
@@ -38,9 +39,10 @@ use std::time::{Duration, Instant};
 
 use jiff::civil::Date;
 use lapin::BasicProperties;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use outlook_sync::amqp;
+use outlook_sync::deadletter::{Control, Dlq, Filter, ReplayRequest};
 use outlook_sync::demo::{Ev, Sandbox};
 use outlook_sync::event::WireEvent;
 use outlook_sync::graph::emulator::{
@@ -254,12 +256,13 @@ impl History {
                 if i > 0 && rng.random_bool(0.5) {
                     phase = (phase + 1).min(PHASES - 1);
                 }
-                let late = i < last && rng.random_bool(0.15);
-                let at = if late {
+                let hold = i < last && rng.random_bool(0.15);
+                let at = if hold {
                     (phase + rng.random_range(1..=2)).min(PHASES - 1)
                 } else {
                     phase
                 };
+                let late = at > phase;
                 let d = |phase, how| Delivery {
                     phase,
                     schedule: sched,
@@ -778,7 +781,7 @@ async fn run_chunk(seeds: &[u64], totals: &mut Totals) -> Vec<String> {
     let deadline = Instant::now() + DRAIN;
     loop {
         let idle = sb.wait_idle(Duration::from_secs(10)).await.expect("idle");
-        let replayed = replay_dead_letters(&sb, &publisher).await;
+        let replayed = replay_dead_letters(&sb).await;
         totals.dead_letters_replayed += replayed;
         let converged = idle
             && replayed == 0
@@ -834,60 +837,40 @@ async fn run_chunk(seeds: &[u64], totals: &mut Totals) -> Vec<String> {
     reports
 }
 
-/// Takes every dead letter off the queue and republishes it to the work exchange with
-/// `x-replay: true` (what `outlook-sync dlq replay` does). Returns how many; a dead letter from
-/// ingest would mean a valid event was refused, which fails the test.
-async fn replay_dead_letters(sb: &Sandbox, publisher: &Publisher) -> usize {
-    let ch = sb.connection().create_channel().await.expect("channel");
-    let mut items = Vec::new();
-    let mut tags = Vec::new();
-    while let Some(m) = ch
-        .basic_get(
-            sb.cfg.amqp.dead_letter_queue.as_str().into(),
-            BasicGetOptions { no_ack: false },
+/// Replays every dead letter with the operators' own tool (`outlook-sync dlq replay --all`:
+/// each is republished to the work exchange with `x-replay: true`). Returns how many. A dead
+/// letter from ingest would mean a valid event was refused, which fails the test.
+async fn replay_dead_letters(sb: &Sandbox) -> usize {
+    let dlq = Dlq::new(&sb.cfg, sb.redis.clone());
+    let refused = dlq
+        .list(&Filter {
+            stage: Some("ingest".into()),
+            ..Filter::default()
+        })
+        .await
+        .expect("listing the dead letters");
+    assert!(
+        refused.records.is_empty(),
+        "valid events became dead letters at ingest: {:?}",
+        refused.records
+    );
+    let report = dlq
+        .replay(
+            &ReplayRequest {
+                all: true,
+                ..ReplayRequest::default()
+            },
+            &Control::new(),
+            &mut |_| {},
         )
         .await
-        .expect("basic.get")
-    {
-        let d = m.delivery;
-        let header = |k: &str| match d
-            .properties
-            .headers()
-            .as_ref()
-            .and_then(|h| h.inner().get(k))
-        {
-            Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-            other => format!("{other:?}"),
-        };
-        assert_eq!(
-            header("x-stage"),
-            "flush",
-            "a valid event became a dead letter at ingest: {} ({})",
-            header("x-reason"),
-            String::from_utf8_lossy(&d.data)
-        );
-        let key = d.routing_key.as_str().to_string();
-        let id = d
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|s| s.as_str().to_string())
-            .unwrap_or_default();
-        items.push((
-            d.data.clone(),
-            key.clone(),
-            replay_properties(amqp::event_properties(&id, &key)),
-        ));
-        tags.push(d.delivery_tag);
-    }
-    publisher.publish_all(&items).await;
-    if let Some(last) = tags.last() {
-        ch.basic_ack(*last, BasicAckOptions { multiple: true })
-            .await
-            .expect("ack");
-    }
-    let _ = ch.close(200, "ok".into()).await;
-    items.len()
+        .expect("replaying the dead letters");
+    assert!(
+        report.skipped.is_empty(),
+        "not replayed: {:?}",
+        report.skipped
+    );
+    report.replayed
 }
 
 #[test]

@@ -176,6 +176,39 @@ async fn a_create_that_timed_out_but_happened_is_not_duplicated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_that_timed_out_is_not_duplicated_even_when_graph_ignores_the_transaction_id() {
+    // GRAPH.md leaves Graph's transactionId dedupe unconfirmed: the retry must not rely on it.
+    let settings = Settings {
+        transaction_id_mode: outlook_sync::graph::emulator::TransactionIdMode::CreateDuplicate,
+        ..Settings::default()
+    };
+    let sb = sandbox("timeout-no-dedupe", settings).await;
+    let c = "acme";
+    sb.company(c, Plan::Standard, &[("u-1", "taro", OK)])
+        .await
+        .unwrap();
+    for kind in [FaultKind::Gateway504AfterCreate, FaultKind::DropConnection] {
+        sb.emulator.emulator.script_fault(
+            ScriptedFault::new(kind)
+                .method("POST")
+                .path_contains("/events"),
+        );
+    }
+    let w = sb.worker().await.unwrap();
+    sb.publish(&[Ev::created(c, "s-1")
+        .title("once")
+        .people("u-1", &[])
+        .wire()])
+        .await
+        .unwrap();
+    idle(&sb).await;
+    w.stop(Duration::from_secs(5)).await;
+    assert_eq!(subjects(&sb, &mailbox("taro", c)), vec!["once"]);
+    assert_eq!(sb.emulator.emulator.stats().events_created, 1);
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_dying_between_the_create_and_the_mapping_write_leaves_no_duplicate() {
     let sb = sandbox("die-after-create", Settings::default()).await;
     let c = "acme";
