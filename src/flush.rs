@@ -115,16 +115,8 @@ impl Copies {
         members: &[&Member],
         mailbox: &str,
     ) -> Result<Vec<Option<Copy>>, redis::RedisError> {
-        let mut pipe = redis::pipe();
-        for m in members {
-            pipe.hget(self.key(m), mailbox);
-        }
-        let mut r = self.redis.clone();
-        let rows: Vec<Option<String>> = pipe.query_async(&mut r).await?;
-        Ok(rows
-            .into_iter()
-            .map(|v| v.and_then(|s| serde_json::from_str(&s).ok()))
-            .collect())
+        let pairs: Vec<(&Member, &str)> = members.iter().map(|m| (*m, mailbox)).collect();
+        self.pairs(&pairs).await
     }
 
     /// Applies puts and removals for one mailbox in one round trip.
@@ -134,27 +126,16 @@ impl Copies {
         puts: &[(&Member, Copy)],
         removals: &[&Member],
     ) -> Result<(), redis::RedisError> {
-        if puts.is_empty() && removals.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        for (m, c) in puts {
-            pipe.hset(
-                self.key(m),
-                mailbox,
-                serde_json::to_string(c).expect("serializable"),
+        let changes: Vec<(String, Member, Option<Copy>)> = puts
+            .iter()
+            .map(|(m, c)| (mailbox.to_string(), (*m).clone(), Some(c.clone())))
+            .chain(
+                removals
+                    .iter()
+                    .map(|m| (mailbox.to_string(), (*m).clone(), None)),
             )
-            .ignore();
-            pipe.sadd(self.index_key(&m.company_id, mailbox), &m.schedule_id)
-                .ignore();
-        }
-        for m in removals {
-            pipe.hdel(self.key(m), mailbox).ignore();
-            pipe.srem(self.index_key(&m.company_id, mailbox), &m.schedule_id)
-                .ignore();
-        }
-        let mut r = self.redis.clone();
-        pipe.query_async::<()>(&mut r).await
+            .collect();
+        self.write_many(&changes).await
     }
 
     /// The copies for (schedule, mailbox) pairs, in one round trip.

@@ -11,31 +11,10 @@ use rand::{Rng, SeedableRng};
 use redis::AsyncCommands;
 use serde_json::Value;
 
+use crate::support::{mailbox, sandbox, subjects};
+
 const IDLE: Duration = Duration::from_secs(40);
 const OK: MailboxKind = MailboxKind::Ok;
-
-async fn sandbox(name: &str, settings: Settings) -> Sandbox {
-    match Sandbox::start(name, 1, settings).await {
-        Ok(sb) => sb,
-        Err(e) => panic!("this test needs the local RabbitMQ and Redis: {e}"),
-    }
-}
-
-fn mailbox(local: &str, company: &str) -> String {
-    format!("{local}@{company}.onmicrosoft.com")
-}
-
-fn subjects(sb: &Sandbox, mailbox: &str) -> Vec<String> {
-    let mut s: Vec<String> = sb
-        .emulator
-        .emulator
-        .calendar(mailbox)
-        .iter()
-        .map(|e| e["subject"].as_str().unwrap_or_default().to_string())
-        .collect();
-    s.sort();
-    s
-}
 
 async fn idle(sb: &Sandbox) {
     assert!(

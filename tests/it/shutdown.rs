@@ -9,6 +9,8 @@ use outlook_sync::graph::emulator::{MailboxKind, Settings};
 use outlook_sync::tenants::Plan;
 use redis::AsyncCommands;
 
+use crate::support::{mailbox, subjects};
+
 const OK: MailboxKind = MailboxKind::Ok;
 const IDLE: Duration = Duration::from_secs(60);
 
@@ -17,26 +19,7 @@ async fn sandbox(name: &str, latency: Duration) -> Sandbox {
         latency,
         ..Settings::default()
     };
-    match Sandbox::start(name, 1, settings).await {
-        Ok(sb) => sb,
-        Err(e) => panic!("this test needs the local RabbitMQ and Redis: {e}"),
-    }
-}
-
-fn mailbox(local: &str, company: &str) -> String {
-    format!("{local}@{company}.onmicrosoft.com")
-}
-
-fn subjects(sb: &Sandbox, mailbox: &str) -> Vec<String> {
-    let mut s: Vec<String> = sb
-        .emulator
-        .emulator
-        .calendar(mailbox)
-        .iter()
-        .map(|e| e["subject"].as_str().unwrap_or_default().to_string())
-        .collect();
-    s.sort();
-    s
+    crate::support::sandbox(name, settings).await
 }
 
 /// `n` schedules for u-1 and u-2, published; returns their sorted titles.

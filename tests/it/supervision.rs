@@ -14,33 +14,12 @@ use outlook_sync::tenants::Plan;
 use outlook_sync::worker::Worker;
 use serde_json::Value;
 
+use crate::support::{mailbox, sandbox, subjects};
+
 use crate::proxy::Proxy;
 
 const OK: MailboxKind = MailboxKind::Ok;
 const SYNCED: Duration = Duration::from_secs(40);
-
-async fn sandbox(name: &str, settings: Settings) -> Sandbox {
-    match Sandbox::start(name, 1, settings).await {
-        Ok(sb) => sb,
-        Err(e) => panic!("this test needs the local RabbitMQ and Redis: {e}"),
-    }
-}
-
-fn mailbox(local: &str, company: &str) -> String {
-    format!("{local}@{company}.onmicrosoft.com")
-}
-
-fn subjects(sb: &Sandbox, mailbox: &str) -> Vec<String> {
-    let mut s: Vec<String> = sb
-        .emulator
-        .emulator
-        .calendar(mailbox)
-        .iter()
-        .map(|e| e["subject"].as_str().unwrap_or_default().to_string())
-        .collect();
-    s.sort();
-    s
-}
 
 /// Events `{tag} 0..n` for the company's user u-1.
 fn batch(c: &str, tag: &str, n: usize) -> Vec<outlook_sync::event::WireEvent> {

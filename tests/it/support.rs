@@ -87,3 +87,32 @@ pub async fn cleanup_amqp(cfg: &Config) {
 pub fn repo_path(rel: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
+
+/// A sandbox with one-second windows, or a test failure naming the missing service.
+pub async fn sandbox(
+    name: &str,
+    settings: outlook_sync::graph::emulator::Settings,
+) -> outlook_sync::demo::Sandbox {
+    match outlook_sync::demo::Sandbox::start(name, 1, settings).await {
+        Ok(sb) => sb,
+        Err(e) => panic!("this test needs the local RabbitMQ and Redis: {e}"),
+    }
+}
+
+/// A sandbox user's mailbox address (`Sandbox::company` names them so).
+pub fn mailbox(local: &str, company: &str) -> String {
+    format!("{local}@{company}.onmicrosoft.com")
+}
+
+/// The subjects of a mailbox's events in the emulator, sorted.
+pub fn subjects(sb: &outlook_sync::demo::Sandbox, mailbox: &str) -> Vec<String> {
+    let mut s: Vec<String> = sb
+        .emulator
+        .emulator
+        .calendar(mailbox)
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap_or_default().to_string())
+        .collect();
+    s.sort();
+    s
+}
