@@ -197,18 +197,7 @@ impl Flusher {
             let room = !stopping && e.work.len() < watermark;
             if room && intake.is_none() && Instant::now() >= next_claim {
                 let (f, n) = (self.clone(), self.cfg.window.claim_batch);
-                intake = Some(Box::pin(async move {
-                    let t0 = std::time::Instant::now();
-                    let r = f.intake(n).await;
-                    if std::env::var_os("OUTLOOK_SYNC_DEBUG_BATCHES").is_some() {
-                        eprintln!(
-                            "intake {:?} {}",
-                            t0.elapsed(),
-                            r.as_ref().map(|i| i.claimed.len()).unwrap_or(0)
-                        );
-                    }
-                    r
-                }));
+                intake = Some(Box::pin(async move { f.intake(n).await }));
             }
             // Wait for a batch, more work, the next mailbox to become ready, or shutdown.
             let wake = e
@@ -384,15 +373,6 @@ impl<'a> Engine<'a> {
 
     /// Leases what can be sent, re-reads copies under the lease, records intents, sends batches.
     async fn step(&mut self) -> Result<(), redis::RedisError> {
-        let debug_t0 = std::time::Instant::now();
-        let r = self.step_inner().await;
-        if std::env::var_os("OUTLOOK_SYNC_DEBUG_BATCHES").is_some() {
-            eprintln!("step took {:?}", debug_t0.elapsed());
-        }
-        r
-    }
-
-    async fn step_inner(&mut self) -> Result<(), redis::RedisError> {
         let now = Instant::now();
         let batch_size = self.f.cfg.graph.batch_size;
         let free = self.slots.available_permits();
@@ -410,7 +390,7 @@ impl<'a> Engine<'a> {
     /// (a full queue takes a slot; short queues that have lingered share one), in random order
     /// so workers sharing mailboxes spread over them. A lease is never taken just to sit on it.
     fn sendable(&self, free: usize, batch_size: usize, now: Instant) -> Vec<(String, String)> {
-        let linger = if self.more_coming || self.work.len() >= self.watermark {
+        let linger = if self.more_coming && self.work.len() < self.watermark {
             MAX_LINGER
         } else {
             LINGER
@@ -612,7 +592,7 @@ impl<'a> Engine<'a> {
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                 return;
             };
-            let linger = if self.more_coming || self.work.len() >= self.watermark {
+            let linger = if self.more_coming && self.work.len() < self.watermark {
                 MAX_LINGER
             } else {
                 LINGER
@@ -620,25 +600,6 @@ impl<'a> Engine<'a> {
             let Some((company, items)) = next_batch(&mut self.boxes, batch_size, linger) else {
                 return;
             };
-            if std::env::var_os("OUTLOOK_SYNC_DEBUG_BATCHES").is_some() {
-                let boxes: HashSet<&str> = items
-                    .iter()
-                    .map(|id| self.work[id].mailbox.as_str())
-                    .collect();
-                let first = boxes.iter().next().copied().unwrap_or("");
-                eprintln!(
-                    "batch {} items over {} mailboxes; open {} first {} at {:?}",
-                    items.len(),
-                    boxes.len(),
-                    self.work.len(),
-                    first,
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap()
-                        .as_millis()
-                        % 100000
-                );
-            }
             let reqs: Vec<GraphRequest> = items
                 .iter()
                 .map(|id| {
@@ -737,20 +698,6 @@ impl<'a> Engine<'a> {
 
     /// Handles one finished batch.
     async fn complete(&mut self, (items, res): BatchResult) {
-        let debug_t0 = std::time::Instant::now();
-        if std::env::var_os("OUTLOOK_SYNC_DEBUG_BATCHES").is_some()
-            && let Some(id) = items.first()
-        {
-            eprintln!(
-                "done {} at {:?}",
-                self.work[id].mailbox,
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_millis()
-                    % 100000
-            );
-        }
         let results: Vec<Result<GraphResponse, GraphError>> = match res {
             Ok(r) => r,
             Err(e) => {
@@ -996,9 +943,6 @@ impl<'a> Engine<'a> {
         self.written.extend(finished);
         for (id, outcome) in dead {
             self.finish(id, outcome);
-        }
-        if std::env::var_os("OUTLOOK_SYNC_DEBUG_BATCHES").is_some() {
-            eprintln!("complete took {:?}", debug_t0.elapsed());
         }
     }
 
