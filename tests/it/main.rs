@@ -7,6 +7,7 @@ mod config;
 mod contract;
 mod convergence;
 mod deadletter;
+mod demo;
 mod deploy;
 mod emulator;
 mod faults;
