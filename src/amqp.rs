@@ -52,15 +52,24 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
+/// How long opening an AMQP connection may take.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
     let props =
         ConnectionProperties::default().with_connection_name(LongString::from(name.to_string()));
-    Connection::connect(url, props)
-        .await
-        .map_err(|source| AmqpError::Connect {
+    // A broker that accepts the TCP connection but never answers must not hang the caller.
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props)).await {
+        Ok(r) => r.map_err(|source| AmqpError::Connect {
             endpoint: redacted(url),
             source,
-        })
+        }),
+        Err(_) => Err(AmqpError::Interrupted(format!(
+            "RabbitMQ at {} did not complete the connection within {} s",
+            redacted(url),
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 /// Names and arguments of everything this service declares.

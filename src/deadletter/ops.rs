@@ -19,6 +19,11 @@ use crate::amqp::{self, AmqpError};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
+/// How long one dead-letter operation may take before it gives up (it is crash-safe).
+const PASS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+/// How long closing the AMQP connection may take.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A dead-letter operation's failure.
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
@@ -295,7 +300,20 @@ impl Dlq {
         progress: &mut (dyn FnMut(&Progress) + Send + Sync),
     ) -> Result<Progress, DlqError> {
         let lock = OpsLock::acquire(&self.redis, self.key("lock"), op, self.lock_wait).await?;
-        let result = self.pass_locked(&lock, visitor, control, progress).await;
+        // A broker that stops answering must not hang an operator's command (or a worker)
+        // forever; the operation is crash-safe, so giving up loses nothing.
+        let result = match tokio::time::timeout(
+            PASS_TIMEOUT,
+            self.pass_locked(&lock, visitor, control, progress),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(DlqError::Amqp(amqp::AmqpError::Interrupted(format!(
+                "the dead-letter operation did not finish within {} s; nothing was lost, run it again",
+                PASS_TIMEOUT.as_secs()
+            )))),
+        };
         lock.release().await;
         if let Err(e) = &result {
             tracing::warn!(queue = %self.queue, op, error = %e, "dead-letter operation failed");
@@ -344,7 +362,7 @@ impl Dlq {
         }
         .await;
         // Closing returns whatever is still unacked (an interrupted batch) to the queue.
-        let _ = conn.close(200, "done".into()).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "done".into())).await;
         let outstanding = unacked.load(Ordering::SeqCst);
         if let (Err(_), Some(before)) = (&result, ready_before_close)
             && outstanding > 0
@@ -370,7 +388,7 @@ impl Dlq {
                 }
             }
         }
-        let _ = conn.close(200, "done".into()).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "done".into())).await;
     }
 
     /// Every dead letter that matches, in queue order. Leaves the queue as it was.
