@@ -533,7 +533,8 @@ impl<'a> Engine<'a> {
     /// Records the transactionId of every create about to be sent, before it is sent.
     async fn record_intents(&mut self) -> Result<(), redis::RedisError> {
         let mut intents: Vec<(String, Member, Option<Copy>)> = Vec::new();
-        for b in self.boxes.values() {
+        // Only leased mailboxes have changes ready to send.
+        for b in self.boxes.values().filter(|b| b.lease.is_some()) {
             for id in &b.pending {
                 let w = &self.work[id];
                 if let Some(Step::Create(None)) = &w.step {
@@ -562,7 +563,8 @@ impl<'a> Engine<'a> {
             return Ok(());
         }
         self.f.copies.write_many(&intents).await?;
-        for b in self.boxes.values() {
+        // Only leased mailboxes have changes ready to send.
+        for b in self.boxes.values().filter(|b| b.lease.is_some()) {
             for id in &b.pending {
                 let w = self.work.get_mut(id).expect("work");
                 if let Some(Step::Create(None)) = &w.step {
@@ -981,7 +983,7 @@ impl<'a> Engine<'a> {
             .remove(&h.claimed.member);
         match h.outcome {
             Outcome::Settled => self.done.push(h.claimed.member.clone()),
-            Outcome::Deferred | Outcome::Unsettled => self.again.push(h.claimed.member.clone()),
+            Outcome::Unsettled => self.again.push(h.claimed.member.clone()),
         }
     }
 
@@ -1166,7 +1168,6 @@ fn worst(a: Outcome, b: Outcome) -> Outcome {
     use Outcome::*;
     match (a, b) {
         (Unsettled, _) | (_, Unsettled) => Unsettled,
-        (Deferred, _) | (_, Deferred) => Deferred,
         _ => Settled,
     }
 }

@@ -444,8 +444,6 @@ pub(crate) struct Claimed {
 pub(crate) enum Outcome {
     /// Applied, already applied, or dead-lettered: nothing left to do.
     Settled,
-    /// Not attempted (the mailbox was busy): the schedule is due again shortly.
-    Deferred,
     /// Interrupted before it was settled (Redis or RabbitMQ failed): retried after a delay.
     Unsettled,
 }
@@ -470,7 +468,6 @@ pub struct FlushReport {
     pub lookups: usize,
     pub dead_letters: usize,
     pub skipped: usize,
-    pub deferred: usize,
 }
 
 impl FlushReport {
@@ -482,7 +479,6 @@ impl FlushReport {
         self.lookups += o.lookups;
         self.dead_letters += o.dead_letters;
         self.skipped += o.skipped;
-        self.deferred += o.deferred;
     }
 }
 
