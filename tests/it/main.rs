@@ -20,3 +20,4 @@ mod security;
 mod shutdown;
 mod supervision;
 mod support;
+mod window;

@@ -1,0 +1,179 @@
+//! Staging in Redis, straight through `Windows::stage`: per schedule only the newest revision is
+//! kept, each event's outcome is reported, the marks the flush and the ledger read (`born`,
+//! `replay`) follow the rules, and the largest batch ingest can send is staged in one call.
+
+use std::time::Duration;
+
+use outlook_sync::demo::Ev;
+use outlook_sync::event::{ScheduleEvent, decode};
+use outlook_sync::window::{Member, Staged, Staging, Windows};
+use redis::AsyncCommands;
+
+use crate::support;
+
+struct Fixture {
+    windows: Windows,
+    redis: redis::aio::ConnectionManager,
+    prefix: String,
+}
+
+impl Fixture {
+    async fn new(name: &str) -> Fixture {
+        let cfg = support::config(name);
+        let redis = support::redis().await;
+        let prefix = cfg.redis.key_prefix.clone();
+        Fixture {
+            windows: Windows::new(redis.clone(), &prefix, Duration::from_secs(300)),
+            redis,
+            prefix,
+        }
+    }
+
+    async fn field(&self, schedule: &str, field: &str) -> Option<String> {
+        let mut r = self.redis.clone();
+        r.hget(format!("{}:s:acme/{schedule}", self.prefix), field)
+            .await
+            .unwrap()
+    }
+
+    async fn due(&self) -> Vec<String> {
+        let mut r = self.redis.clone();
+        r.zrange(format!("{}:due", self.prefix), 0, -1)
+            .await
+            .unwrap()
+    }
+
+    async fn cleanup(self) {
+        let mut r = self.redis.clone();
+        let keys: Vec<String> = r.keys(format!("{}:*", self.prefix)).await.unwrap();
+        for chunk in keys.chunks(500) {
+            let _: () = r.del(chunk).await.unwrap();
+        }
+    }
+}
+
+fn body(ev: Ev) -> (Vec<u8>, ScheduleEvent) {
+    let raw = serde_json::to_vec(&ev.people("u-1", &[]).wire()).unwrap();
+    let decoded = decode(&raw).unwrap();
+    (raw, decoded)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staging_keeps_the_newest_revision_and_reports_each_event_as_newest_stale_or_duplicate() {
+    let f = Fixture::new("window-newest").await;
+    let (r1, e1) = body(Ev::created("acme", "s-1"));
+    let (r3, e3) = body(Ev::updated("acme", "s-1", 3).title("third"));
+    let (r2, e2) = body(Ev::updated("acme", "s-1", 2).title("second"));
+    let (o1, oe1) = body(Ev::updated("acme", "s-2", 4));
+    let batch = [
+        Staging::new(&e1, &r1),
+        Staging::new(&e3, &r3),
+        Staging::new(&e2, &r2),
+        Staging::new(&e3, &r3),
+        Staging::new(&oe1, &o1),
+    ];
+    let outcomes = f.windows.stage(&batch).await.unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            Staged::Newest,
+            Staged::Newest,
+            Staged::Stale,
+            Staged::Duplicate,
+            Staged::Newest
+        ]
+    );
+    assert_eq!(f.field("s-1", "rev").await.as_deref(), Some("3"));
+    assert_eq!(
+        f.field("s-1", "event").await.map(String::into_bytes),
+        Some(r3.clone()),
+        "the newest revision's message is what the flush reads"
+    );
+    assert_eq!(f.field("s-1", "kind").await.as_deref(), Some("u"));
+    // Its create was staged here, and an update does not take that away.
+    assert_eq!(f.field("s-1", "born").await.as_deref(), Some("1"));
+    // s-2 was never created through this Redis.
+    assert_eq!(f.field("s-2", "born").await, None);
+    let mut due = f.due().await;
+    due.sort();
+    assert_eq!(due, vec!["acme/s-1".to_string(), "acme/s-2".to_string()]);
+    // The flush reads the same state.
+    let read = f
+        .windows
+        .read(&[Member {
+            company_id: "acme".into(),
+            schedule_id: "s-1".into(),
+        }])
+        .await
+        .unwrap();
+    let s = read[0].as_ref().expect("staged");
+    assert_eq!((s.revision, s.born_here, &s.raw), (3, true, &r3));
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_marks_the_staged_revision_and_a_newer_revision_clears_the_mark() {
+    let f = Fixture::new("window-replay").await;
+    let (r1, e1) = body(Ev::created("acme", "s-1"));
+    let (r2, e2) = body(Ev::updated("acme", "s-1", 2));
+    let (r3, e3) = body(Ev::updated("acme", "s-1", 3));
+    f.windows
+        .stage(&[Staging::new(&e1, &r1), Staging::new(&e2, &r2)])
+        .await
+        .unwrap();
+    assert_eq!(f.field("s-1", "replay").await, None);
+    // An operator replays the dead letter of revision 1: revision 2 (staged) is what is re-applied.
+    let replay = Staging {
+        replay: true,
+        ..Staging::new(&e1, &r1)
+    };
+    assert_eq!(
+        f.windows.stage(&[replay]).await.unwrap(),
+        vec![Staged::Replayed]
+    );
+    assert_eq!(f.field("s-1", "replay").await.as_deref(), Some("2"));
+    assert_eq!(f.field("s-1", "rev").await.as_deref(), Some("2"));
+    // A newer revision supersedes the replay: the mark goes, the rest of the state moves on.
+    assert_eq!(
+        f.windows.stage(&[Staging::new(&e3, &r3)]).await.unwrap(),
+        vec![Staged::Newest]
+    );
+    assert_eq!(f.field("s-1", "replay").await, None);
+    assert_eq!(f.field("s-1", "rev").await.as_deref(), Some("3"));
+    assert_eq!(f.field("s-1", "born").await.as_deref(), Some("1"));
+    // A replay that is itself the newest revision is staged and marked at once.
+    let (r4, e4) = body(Ev::updated("acme", "s-1", 4));
+    let replay = Staging {
+        replay: true,
+        ..Staging::new(&e4, &r4)
+    };
+    assert_eq!(
+        f.windows.stage(&[replay]).await.unwrap(),
+        vec![Staged::Newest]
+    );
+    assert_eq!(f.field("s-1", "replay").await.as_deref(), Some("4"));
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_batch_ingest_sends_is_staged_in_one_call_and_every_schedule_becomes_due() {
+    let f = Fixture::new("window-large").await;
+    // Ingest batches are at most the prefetch, whose ceiling is 2,000.
+    let n = 2_000;
+    let events: Vec<(Vec<u8>, ScheduleEvent)> = (0..n)
+        .map(|i| body(Ev::created("acme", &format!("s-{i}"))))
+        .collect();
+    let batch: Vec<Staging<'_>> = events.iter().map(|(r, e)| Staging::new(e, r)).collect();
+    let outcomes = f.windows.stage(&batch).await.unwrap();
+    assert_eq!(outcomes.len(), n);
+    assert!(outcomes.iter().all(|o| *o == Staged::Newest));
+    assert_eq!(f.due().await.len(), n);
+    // Each is due at the end of the current window, and staging retains it well beyond that.
+    let mut r = f.redis.clone();
+    let ttl: i64 = r.ttl(format!("{}:s:acme/s-1999", f.prefix)).await.unwrap();
+    assert!(
+        ttl > 30 * 24 * 3600,
+        "retained for the staging retention, got {ttl}s"
+    );
+    f.cleanup().await;
+}
