@@ -532,6 +532,7 @@ impl<'a> Engine<'a> {
 
     /// Records the transactionId of every create about to be sent, before it is sent.
     async fn record_intents(&mut self) -> Result<(), redis::RedisError> {
+        let mut ids = Vec::new();
         let mut intents: Vec<(String, Member, Option<Copy>)> = Vec::new();
         // Only leased mailboxes have changes ready to send.
         for b in self.boxes.values().filter(|b| b.lease.is_some()) {
@@ -556,6 +557,7 @@ impl<'a> Engine<'a> {
                             tx: Some(tx),
                         }),
                     ));
+                    ids.push(*id);
                 }
             }
         }
@@ -563,22 +565,10 @@ impl<'a> Engine<'a> {
             return Ok(());
         }
         self.f.copies.write_many(&intents).await?;
-        // Only leased mailboxes have changes ready to send.
-        for b in self.boxes.values().filter(|b| b.lease.is_some()) {
-            for id in &b.pending {
-                let w = self.work.get_mut(id).expect("work");
-                if let Some(Step::Create(None)) = &w.step {
-                    let c = &self.held[&w.member].claimed;
-                    let ev = c.event.as_ref().expect("event");
-                    let tx = mapping::transaction_id(
-                        &ev.company_id,
-                        &ev.schedule_id,
-                        &w.mailbox,
-                        ev.revision,
-                    );
-                    w.step = Some(Step::Create(Some(tx)));
-                }
-            }
+        // Recorded: each of these creates now carries its transactionId.
+        for (id, (_, _, copy)) in ids.into_iter().zip(intents) {
+            let w = self.work.get_mut(&id).expect("work");
+            w.step = Some(Step::Create(copy.and_then(|c| c.tx)));
         }
         Ok(())
     }
