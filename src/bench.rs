@@ -280,12 +280,13 @@ impl CpuSample {
 
     /// Microseconds of CPU per event spent by each side between `self` and `later`.
     fn per_event(&self, later: &CpuSample, n: usize) -> String {
-        let us = |a: Duration, b: Duration| b.saturating_sub(a).as_secs_f64() * 1e6 / n as f64;
+        let used = later.since(self);
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
         format!(
             "RabbitMQ {:.1} µs, Redis {:.1} µs, consumer {:.1} µs",
-            us(self.rabbitmq, later.rabbitmq),
-            us(self.redis, later.redis),
-            us(self.this, later.this)
+            us(used.rabbitmq),
+            us(used.redis),
+            us(used.this)
         )
     }
 }
@@ -298,6 +299,13 @@ fn proc_cpu(pid: &str) -> Option<Duration> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     Some(Duration::from_millis(ticks * 10))
+}
+
+/// `n` creates of distinct schedules of `company`, two participants each: the ingest workload.
+fn ingest_bodies(company: &str, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| event_body(company, &format!("s{i}"), 1, &participants(i, 50, 2)))
+        .collect()
 }
 
 fn participants(i: usize, mailboxes: usize, per: usize) -> Vec<String> {
@@ -520,9 +528,7 @@ pub async fn run(
     if wanted(only, "ingest") {
         let n = if quick { 50_000 } else { 200_000 };
         let sb = Sandbox::start("bench-ingest", 300, Settings::default()).await?;
-        let bodies: Vec<Vec<u8>> = (0..n)
-            .map(|i| event_body("acme", &format!("s{i}"), 1, &participants(i, 50, 2)))
-            .collect();
+        let bodies = ingest_bodies("acme", n);
         let size = bodies.iter().map(Vec::len).sum::<usize>() / n;
         // Where the worker's time goes: decoding alone, and staging alone (no AMQP).
         let t = Instant::now();
@@ -547,7 +553,7 @@ pub async fn run(
             windows.stage(&staging).await?;
         }
         let stage_rate = n as f64 / t.elapsed().as_secs_f64();
-        let stage_redis = CpuSample::now().redis.saturating_sub(cpu.redis);
+        let stage_redis = CpuSample::now().since(&cpu).redis;
         // The least any per-schedule staging can cost Redis: one `SET` of the raw event per
         // schedule, in the same one-Lua-call-per-500 shape, with no dedupe, due set or expiry.
         let floor = redis::Script::new(
@@ -562,7 +568,7 @@ pub async fn run(
             }
             let _: usize = inv.invoke_async(&mut sb.redis.clone()).await?;
         }
-        let floor_redis = CpuSample::now().redis.saturating_sub(cpu.redis);
+        let floor_redis = CpuSample::now().since(&cpu).redis;
         let us = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
         notes.push(format!(
             "ingest: decoding alone runs at {decode_rate:.0} events/s on one core; staging alone \
@@ -581,10 +587,7 @@ pub async fn run(
                 &bodies
             } else {
                 // New schedules, so the worker stages them anew rather than as duplicates.
-                let company = format!("acme{round}");
-                round_bodies = (0..n)
-                    .map(|i| event_body(&company, &format!("s{i}"), 1, &participants(i, 50, 2)))
-                    .collect();
+                round_bodies = ingest_bodies(&format!("acme{round}"), n);
                 &round_bodies
             };
             let runs = [
@@ -598,9 +601,11 @@ pub async fn run(
                 }
             }
         }
-        let [bare, validating, ingest] = best.map(|b| b.expect("at least one round"));
-        let ((bare, bare_cpu), (validating, validating_cpu), (ingest, ingest_cpu)) =
-            (bare, validating, ingest);
+        let [
+            (bare, bare_cpu),
+            (validating, validating_cpu),
+            (ingest, ingest_cpu),
+        ] = best.map(|b| b.expect("at least one round"));
         notes.push(format!(
             "ingest: best of {rounds} interleaved round(s) each; the bare consumer validating each message too (staging nothing) ran at {:.2}× the bare rate",
             bare.as_secs_f64() / validating.as_secs_f64()
@@ -876,3 +881,40 @@ cargo build --release
 ```
 RabbitMQ and Redis must run locally (`scripts/services.sh` starts them).
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_is_read_from_proc_and_grows_with_work() {
+        let before = proc_cpu("self").expect("this process's /proc/self/stat");
+        // Busy until this process has used several clock ticks (10 ms each), or 10 s have gone.
+        let start = Instant::now();
+        let mut x = 0u64;
+        let mut after = before;
+        while after < before + Duration::from_millis(50)
+            && start.elapsed() < Duration::from_secs(10)
+        {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+            after = proc_cpu("self").expect("this process's /proc/self/stat");
+        }
+        assert!(
+            after >= before + Duration::from_millis(50),
+            "{before:?} then {after:?} after {:?} of busy work",
+            start.elapsed()
+        );
+        let used = CpuSample {
+            this: after,
+            ..CpuSample::default()
+        }
+        .since(&CpuSample {
+            this: before,
+            ..CpuSample::default()
+        });
+        assert_eq!(used.this, after - before);
+        assert_eq!(proc_cpu("not-a-pid"), None);
+    }
+}
