@@ -626,9 +626,33 @@ impl<'a> Engine<'a> {
             );
             let graph = self.f.graph.clone();
             let creds = self.companies[&company].1.clone();
-            self.inflight.push(Box::pin(async move {
+            // The request runs on a task of its own: reading and parsing the answer then uses
+            // any core, and never waits for the scheduler to be between its Redis round trips.
+            let task = tokio::spawn(async move {
                 let res = graph.batch(&company, &creds, &reqs).await;
                 drop((permit, in_flight));
+                // Keep only what the scheduler reads; the rest is freed here, not on its task.
+                res.map(|items| {
+                    items
+                        .into_iter()
+                        .map(|r| {
+                            r.map(|mut resp| {
+                                resp.body = ids_only(&resp.body);
+                                resp
+                            })
+                        })
+                        .collect()
+                })
+            });
+            self.inflight.push(Box::pin(async move {
+                let res = task.await.unwrap_or_else(|e| {
+                    // A panic inside the client: a local failure, retried like any other.
+                    Err(GraphError::local(
+                        "BatchTaskFailed",
+                        format!("the $batch task failed: {e}"),
+                        ErrorClass::Retryable { after: None },
+                    ))
+                });
                 (items, res)
             }));
         }
@@ -1330,6 +1354,23 @@ fn url_encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
+}
+
+/// Of a successful answer's body, what the scheduler reads: the event's `id`, and the `id` of
+/// the first event a lookup found.
+fn ids_only(body: &serde_json::Value) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    if let Some(id) = body.get("id") {
+        out.insert("id".into(), id.clone());
+    }
+    if body.get("value").is_some() {
+        let found: Vec<serde_json::Value> = first_id(body)
+            .map(|id| serde_json::json!({ "id": id }))
+            .into_iter()
+            .collect();
+        out.insert("value".into(), serde_json::Value::Array(found));
+    }
+    serde_json::Value::Object(out)
 }
 
 fn first_id(body: &serde_json::Value) -> Option<String> {

@@ -487,24 +487,60 @@ fn figure(
     }
 }
 
-/// Per-mailbox spans of Graph writes, from the emulator's request log: how long each mailbox
-/// was written to (first request start to last request end), and how many writes it got.
-fn mailbox_spans(log: &[crate::graph::emulator::LoggedRequest]) -> Vec<(String, Duration, usize)> {
-    let mut spans: std::collections::BTreeMap<
-        String,
-        (std::time::SystemTime, std::time::SystemTime, usize),
-    > = std::collections::BTreeMap::new();
+/// How one mailbox was written to, from the emulator's request log.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct MailboxUse {
+    /// First write's start to last write's end.
+    span: Duration,
+    /// Time with at least one write in flight.
+    busy: Duration,
+    /// The writes' durations, summed (over `busy`: the mean in flight while busy).
+    item_time: Duration,
+    writes: usize,
+}
+
+/// Per-mailbox use of Graph, from the emulator's request log (each entry is logged when its
+/// request ends, with how long it took).
+fn mailbox_use(log: &[crate::graph::emulator::LoggedRequest]) -> Vec<(String, MailboxUse)> {
+    use std::time::SystemTime;
+    let mut by_mailbox: std::collections::BTreeMap<String, Vec<(SystemTime, SystemTime)>> =
+        std::collections::BTreeMap::new();
     for r in log.iter().filter(|r| r.batch_item && r.method != "GET") {
         let Some(m) = &r.mailbox else { continue };
-        let end = r.time + r.duration;
-        let e = spans.entry(m.clone()).or_insert((r.time, end, 0));
-        e.0 = e.0.min(r.time);
-        e.1 = e.1.max(end);
-        e.2 += 1;
+        by_mailbox
+            .entry(m.clone())
+            .or_default()
+            .push((r.time - r.duration, r.time));
     }
-    spans
+    by_mailbox
         .into_iter()
-        .map(|(m, (a, b, n))| (m, b.duration_since(a).unwrap_or_default(), n))
+        .map(|(m, mut spans)| {
+            spans.sort();
+            let mut u = MailboxUse {
+                writes: spans.len(),
+                ..MailboxUse::default()
+            };
+            let first = spans[0].0;
+            let mut last = first;
+            let mut open: Option<(SystemTime, SystemTime)> = None;
+            for (a, b) in spans {
+                u.item_time += b.duration_since(a).unwrap_or_default();
+                last = last.max(b);
+                open = match open {
+                    Some((oa, ob)) if a <= ob => Some((oa, ob.max(b))),
+                    Some((oa, ob)) => {
+                        u.busy += ob.duration_since(oa).unwrap_or_default();
+                        Some((a, b))
+                    }
+                    None => Some((a, b)),
+                };
+            }
+            if let Some((oa, ob)) = open {
+                u.busy += ob.duration_since(oa).unwrap_or_default();
+            }
+            u.span = last.duration_since(first).unwrap_or_default();
+            (m, u)
+        })
         .collect()
 }
 
@@ -713,8 +749,14 @@ pub async fn run(
         let bound = latency.mul_f64(per_mailbox as f64 / 4.0);
         let ratio = took.as_secs_f64() / bound.as_secs_f64();
         let stats = sb.emulator.emulator.stats();
-        let spans = mailbox_spans(&sb.emulator.emulator.request_log());
-        let longest = spans.iter().map(|s| s.1).max().unwrap_or_default();
+        let uses = mailbox_use(&sb.emulator.emulator.request_log());
+        let longest = uses.iter().map(|(_, u)| u.span).max().unwrap_or_default();
+        let total = uses.iter().fold(MailboxUse::default(), |t, (_, u)| MailboxUse {
+            span: t.span + u.span,
+            busy: t.busy + u.busy,
+            item_time: t.item_time + u.item_time,
+            writes: t.writes + u.writes,
+        });
         notes.push(format!(
             "drain: the longest a single mailbox was being written to: {:.2} s (bound {:.2} s); {} $batch requests for {} writes; CPU used while draining: this process (the worker and the emulator) {:.1} s, Redis {:.1} s, in {:.1} s on 2 cores",
             longest.as_secs_f64(),
@@ -724,6 +766,13 @@ pub async fn run(
             cpu.this.as_secs_f64(),
             cpu.redis.as_secs_f64(),
             took.as_secs_f64(),
+        ));
+        notes.push(format!(
+            "drain: where a mailbox's time went: writes in flight {:.0}% of its span (idle between batches the rest), {:.2} of 4 in flight on average while busy, a write took {:.1} ms on average (the emulator's latency is {} ms)",
+            100.0 * total.busy.as_secs_f64() / total.span.as_secs_f64().max(1e-9),
+            total.item_time.as_secs_f64() / total.busy.as_secs_f64().max(1e-9),
+            1000.0 * total.item_time.as_secs_f64() / (total.writes.max(1) as f64),
+            latency.as_millis(),
         ));
         figures.push(figure(
             "Drain: time / lower bound of Graph's limits",
@@ -916,5 +965,41 @@ mod tests {
         });
         assert_eq!(used.this, after - before);
         assert_eq!(proc_cpu("not-a-pid"), None);
+    }
+
+    #[test]
+    fn mailbox_use_splits_a_span_into_busy_and_idle_time() {
+        use crate::graph::emulator::LoggedRequest;
+        let t0 = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
+        let ms = Duration::from_millis;
+        // Logged at their end: two overlapping writes (0–50, 10–60 ms), a gap, one more
+        // (100–150 ms); a read and another mailbox's write are not counted.
+        let entry = |mailbox: &str, method: &str, end: u64, took: u64| LoggedRequest {
+            method: method.into(),
+            path: "/v1.0/users/x/events".into(),
+            status: 201,
+            mailbox: Some(mailbox.into()),
+            time: t0 + ms(end),
+            batch_item: true,
+            client_id: None,
+            duration: ms(took),
+            request_id: String::new(),
+        };
+        let log = vec![
+            entry("a@x", "POST", 50, 50),
+            entry("a@x", "POST", 60, 50),
+            entry("a@x", "GET", 90, 20),
+            entry("a@x", "PATCH", 150, 50),
+            entry("b@x", "POST", 500, 50),
+        ];
+        let uses = mailbox_use(&log);
+        assert_eq!(uses.len(), 2);
+        assert_eq!(uses[0].0, "a@x");
+        let a = uses[0].1;
+        assert_eq!(a.span, ms(150));
+        assert_eq!(a.busy, ms(110));
+        assert_eq!(a.item_time, ms(150));
+        assert_eq!(a.writes, 3);
+        assert_eq!(uses[1].1.span, ms(50));
     }
 }
