@@ -137,6 +137,8 @@ struct Engine<'a> {
     /// Copies to record, and the changes that finish once they are.
     writes: Vec<(String, Member, Option<Copy>)>,
     written: Vec<u64>,
+    /// Creates queued under a lease whose transactionId is not recorded yet.
+    unrecorded: Vec<u64>,
     synced_at: HashMap<(String, String), Instant>,
     /// The last claim was full: more work is due, so short queues wait for it to arrive
     /// rather than go out half-empty.
@@ -273,6 +275,7 @@ impl<'a> Engine<'a> {
             notes: Vec::new(),
             writes: Vec::new(),
             written: Vec::new(),
+            unrecorded: Vec::new(),
             synced_at: HashMap::new(),
             more_coming: false,
             watermark: (f.cfg.window.claim_batch * 4)
@@ -375,6 +378,9 @@ impl<'a> Engine<'a> {
     async fn step(&mut self) -> Result<(), redis::RedisError> {
         let now = Instant::now();
         let batch_size = self.f.cfg.graph.batch_size;
+        // What is ready goes out first: a mailbox whose batch just finished sends its next one
+        // without waiting for the round trips below.
+        self.send();
         let free = self.slots.available_permits();
         if free > 0 {
             let candidates = self.sendable(free, batch_size, now);
@@ -521,6 +527,9 @@ impl<'a> Engine<'a> {
             match step {
                 Some(s) => {
                     let key = (w.company.clone(), w.mailbox.clone());
+                    if matches!(s, Step::Create(None)) {
+                        self.unrecorded.push(id);
+                    }
                     self.work.get_mut(&id).expect("work").step = Some(s);
                     self.boxes.get_mut(&key).expect("box").pending.push_back(id);
                 }
@@ -530,41 +539,57 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    /// Records the transactionId of every create about to be sent, before it is sent.
+    /// Records the transactionId of every create about to be sent, before it is sent: the
+    /// creates queued since the last step (`unrecorded`), not every queue again.
     async fn record_intents(&mut self) -> Result<(), redis::RedisError> {
+        if self.unrecorded.is_empty() {
+            return Ok(());
+        }
+        let mut candidates = std::mem::take(&mut self.unrecorded);
+        candidates.sort_unstable();
+        candidates.dedup();
         let mut ids = Vec::new();
         let mut intents: Vec<(String, Member, Option<Copy>)> = Vec::new();
-        // Only leased mailboxes have changes ready to send.
-        for b in self.boxes.values().filter(|b| b.lease.is_some()) {
-            for id in &b.pending {
-                let w = &self.work[id];
-                if let Some(Step::Create(None)) = &w.step {
-                    let c = &self.held[&w.member].claimed;
-                    let ev = c.event.as_ref().expect("event");
-                    let tx = mapping::transaction_id(
-                        &ev.company_id,
-                        &ev.schedule_id,
-                        &w.mailbox,
-                        ev.revision,
-                    );
-                    intents.push((
-                        w.mailbox.clone(),
-                        c.member.clone(),
-                        Some(Copy {
-                            user: w.user.clone(),
-                            event_id: None,
-                            rev: ev.revision,
-                            tx: Some(tx),
-                        }),
-                    ));
-                    ids.push(*id);
-                }
+        for id in candidates {
+            let Some(w) = self.work.get(&id) else {
+                continue; // finished or given back meanwhile
+            };
+            if !matches!(w.step, Some(Step::Create(None))) {
+                continue;
             }
+            // Only a change re-read under its mailbox's current lease is ready to send; one whose
+            // lease was given back is queued again (and listed again) under the next.
+            let key = (w.company.clone(), w.mailbox.clone());
+            if !self
+                .boxes
+                .get(&key)
+                .is_some_and(|b| b.lease.is_some() && b.pending.contains(&id))
+            {
+                continue;
+            }
+            let c = &self.held[&w.member].claimed;
+            let ev = c.event.as_ref().expect("event");
+            let tx =
+                mapping::transaction_id(&ev.company_id, &ev.schedule_id, &w.mailbox, ev.revision);
+            intents.push((
+                w.mailbox.clone(),
+                c.member.clone(),
+                Some(Copy {
+                    user: w.user.clone(),
+                    event_id: None,
+                    rev: ev.revision,
+                    tx: Some(tx),
+                }),
+            ));
+            ids.push(id);
         }
         if intents.is_empty() {
             return Ok(());
         }
-        self.f.copies.write_many(&intents).await?;
+        if let Err(e) = self.f.copies.write_many(&intents).await {
+            self.unrecorded.extend(ids);
+            return Err(e);
+        }
         // Recorded: each of these creates now carries its transactionId.
         for (id, (_, _, copy)) in ids.into_iter().zip(intents) {
             let w = self.work.get_mut(&id).expect("work");
@@ -589,7 +614,11 @@ impl<'a> Engine<'a> {
             } else {
                 LINGER
             };
-            let Some((company, items)) = next_batch(&mut self.boxes, batch_size, linger) else {
+            // A create goes out only once its transactionId is recorded.
+            let work = &self.work;
+            let recorded = |id: u64| !matches!(work[&id].step, Some(Step::Create(None)) | None);
+            let Some((company, items)) = next_batch(&mut self.boxes, batch_size, linger, &recorded)
+            else {
                 return;
             };
             let reqs: Vec<GraphRequest> = items
@@ -629,30 +658,26 @@ impl<'a> Engine<'a> {
             // The request runs on a task of its own: reading and parsing the answer then uses
             // any core, and never waits for the scheduler to be between its Redis round trips.
             let task = tokio::spawn(async move {
-                let res = graph.batch(&company, &creds, &reqs).await;
+                let mut res = graph.batch(&company, &creds, &reqs).await;
                 drop((permit, in_flight));
                 // Keep only what the scheduler reads; the rest is freed here, not on its task.
-                res.map(|items| {
-                    items
-                        .into_iter()
-                        .map(|r| {
-                            r.map(|mut resp| {
-                                resp.body = ids_only(&resp.body);
-                                resp
-                            })
-                        })
-                        .collect()
-                })
+                if let Ok(answers) = &mut res {
+                    for resp in answers.iter_mut().flatten() {
+                        resp.body = ids_only(&resp.body);
+                    }
+                }
+                res
             });
             self.inflight.push(Box::pin(async move {
-                let res = task.await.unwrap_or_else(|e| {
+                let res = match task.await {
+                    Ok(res) => res,
                     // A panic inside the client: a local failure, retried like any other.
-                    Err(GraphError::local(
+                    Err(e) => Err(GraphError::local(
                         "BatchTaskFailed",
                         format!("the $batch task failed: {e}"),
                         ErrorClass::Retryable { after: None },
-                    ))
-                });
+                    )),
+                };
                 (items, res)
             }));
         }
@@ -952,6 +977,9 @@ impl<'a> Engine<'a> {
         for id in requeued.into_iter().rev() {
             let w = &self.work[&id];
             let key = (w.company.clone(), w.mailbox.clone());
+            if matches!(w.step, Some(Step::Create(None))) {
+                self.unrecorded.push(id);
+            }
             let b = self.boxes.get_mut(&key).expect("box");
             b.pending.push_front(id);
             b.oldest = b.oldest.min(Instant::now());
@@ -1193,10 +1221,16 @@ fn next_batch(
     boxes: &mut BTreeMap<(String, String), Mailbox>,
     batch_size: usize,
     linger: Duration,
+    recorded: &dyn Fn(u64) -> bool,
 ) -> Option<(String, Vec<u64>)> {
     let now = Instant::now();
-    let ready =
-        |b: &Mailbox| b.lease.is_some() && !b.busy && b.not_before <= now && !b.pending.is_empty();
+    let ready = |b: &Mailbox| {
+        b.lease.is_some()
+            && !b.busy
+            && b.not_before <= now
+            && !b.pending.is_empty()
+            && b.pending.iter().take(batch_size).all(|id| recorded(*id))
+    };
     // A full batch for one mailbox first.
     if let Some(key) = boxes
         .iter()

@@ -751,12 +751,14 @@ pub async fn run(
         let stats = sb.emulator.emulator.stats();
         let uses = mailbox_use(&sb.emulator.emulator.request_log());
         let longest = uses.iter().map(|(_, u)| u.span).max().unwrap_or_default();
-        let total = uses.iter().fold(MailboxUse::default(), |t, (_, u)| MailboxUse {
-            span: t.span + u.span,
-            busy: t.busy + u.busy,
-            item_time: t.item_time + u.item_time,
-            writes: t.writes + u.writes,
-        });
+        let total = uses
+            .iter()
+            .fold(MailboxUse::default(), |t, (_, u)| MailboxUse {
+                span: t.span + u.span,
+                busy: t.busy + u.busy,
+                item_time: t.item_time + u.item_time,
+                writes: t.writes + u.writes,
+            });
         notes.push(format!(
             "drain: the longest a single mailbox was being written to: {:.2} s (bound {:.2} s); {} $batch requests for {} writes; CPU used while draining: this process (the worker and the emulator) {:.1} s, Redis {:.1} s, in {:.1} s on 2 cores",
             longest.as_secs_f64(),

@@ -228,6 +228,67 @@ async fn a_worker_dying_between_the_create_and_the_mapping_write_leaves_no_dupli
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_deleted_in_outlook_are_created_again_with_their_transaction_ids_recorded_first() {
+    let sb = sandbox("deleted-in-outlook", Settings::default()).await;
+    let c = "acme";
+    sb.company(c, Plan::Standard, &[("u-1", "taro", OK)])
+        .await
+        .unwrap();
+    let taro = mailbox("taro", c);
+    // A full batch's worth, so the creates that replace them fill a batch of their own and
+    // would go out at once if nothing held them back.
+    let n = sb.cfg.graph.batch_size;
+    let w = sb.worker().await.unwrap();
+    let created: Vec<_> = (0..n)
+        .map(|i| {
+            Ev::created(c, &format!("s-{i}"))
+                .title("v1")
+                .people("u-1", &[])
+                .wire()
+        })
+        .collect();
+    sb.publish(&created).await.unwrap();
+    idle(&sb).await;
+    let first = sb.emulator.emulator.calendar(&taro);
+    assert_eq!(first.len(), n);
+    for e in &first {
+        assert!(
+            sb.emulator
+                .emulator
+                .remove_event(&taro, e["id"].as_str().unwrap())
+        );
+    }
+    // Each update's PATCH finds nothing (404): the scheduler creates the copy again, and each
+    // of those creates, like any other, goes out only once its transactionId is recorded.
+    let updated: Vec<_> = (0..n)
+        .map(|i| {
+            Ev::updated(c, &format!("s-{i}"), 2)
+                .title("v2")
+                .people("u-1", &[])
+                .wire()
+        })
+        .collect();
+    sb.publish(&updated).await.unwrap();
+    idle(&sb).await;
+    w.stop(Duration::from_secs(5)).await;
+    assert_eq!(subjects(&sb, &taro), vec!["v2"; n]);
+    let again = sb.emulator.emulator.calendar(&taro);
+    let mut txs: Vec<&str> = again
+        .iter()
+        .map(|e| e["transactionId"].as_str().unwrap_or("(none)"))
+        .collect();
+    txs.sort();
+    let mut expected: Vec<String> = (0..n)
+        .map(|i| outlook_sync::graph::mapping::transaction_id(c, &format!("s-{i}"), &taro, 2))
+        .collect();
+    expected.sort();
+    assert_eq!(txs, expected);
+    assert_eq!(sb.emulator.emulator.stats().events_created, 2 * n as u64);
+    assert_eq!(dead_letter_count(&sb).await, 0);
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_redis_is_rebuilt_from_the_tags_without_a_second_copy() {
     let sb = sandbox("wiped", Settings::default()).await;
     let c = "acme";

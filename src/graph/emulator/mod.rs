@@ -430,6 +430,12 @@ impl Emulator {
         self.inner.calendar(mailbox)
     }
 
+    /// Deletes a stored event as its owner would in Outlook (no request, nothing logged).
+    /// False if the mailbox or the event is unknown.
+    pub fn remove_event(&self, mailbox: &str, event_id: &str) -> bool {
+        self.inner.remove_event(mailbox, event_id)
+    }
+
     pub fn stats(&self) -> Stats {
         self.inner.stats()
     }

@@ -276,6 +276,16 @@ impl Inner {
         true
     }
 
+    pub fn remove_event(&self, mailbox: &str, event_id: &str) -> bool {
+        let Some(user) = self.find_user(mailbox) else {
+            return false;
+        };
+        let mut store = self.store.lock().expect("store");
+        store
+            .get_mut(&user.mailbox_key())
+            .is_some_and(|m| m.events.remove(event_id).is_some())
+    }
+
     pub fn calendar(&self, mailbox: &str) -> Vec<Value> {
         let Some(user) = self.find_user(mailbox) else {
             return Vec::new();
