@@ -206,7 +206,7 @@ fn parse_batch(envelope: &Call, max: usize) -> Result<Vec<Item>, GraphError> {
     Ok(items)
 }
 
-fn item_json(id: &str, reply: &Reply) -> Value {
+fn item_json(id: &str, reply: Reply) -> Value {
     let mut headers = Map::new();
     for (k, v) in &reply.headers {
         if k.eq_ignore_ascii_case("request-id") || k.eq_ignore_ascii_case("client-request-id") {
@@ -218,10 +218,10 @@ fn item_json(id: &str, reply: &Reply) -> Value {
     out.insert("id".into(), json!(id));
     out.insert("status".into(), json!(reply.status));
     out.insert("headers".into(), Value::Object(headers));
-    match &reply.body {
+    match reply.body {
         Body::Empty => {}
         Body::Json(v) => {
-            out.insert("body".into(), v.clone());
+            out.insert("body".into(), v);
         }
         Body::Text(t) => {
             out.insert("body".into(), json!(t));
@@ -347,9 +347,10 @@ impl Emulator {
                 order.rotate_left(1);
             }
         }
+        let mut replies: Vec<Option<Reply>> = replies.into_iter().map(Some).collect();
         let responses: Vec<Value> = order
             .into_iter()
-            .map(|i| item_json(&items[i].id, &replies[i]))
+            .map(|i| item_json(&items[i].id, replies[i].take().expect("each item once")))
             .collect();
         Ok(Reply::json(200, json!({"responses": responses})))
     }
