@@ -912,7 +912,8 @@ const METHOD: &str = r#"
   to Graph (each `$batch` counts once) are compared with the fewest `$batch` requests that could
   carry those writes, ⌈writes / 20⌉.
 - **Drain.** A backlog of creates, each for one mailbox, is staged straight into Redis and made
-  due; one worker drains it against the emulator enforcing 4 requests in flight per mailbox, with
+  due; a few seconds later (the broker's background writes after the ingest figure settle) one
+  worker drains it against the emulator enforcing 4 requests in flight per mailbox, with
   a fixed latency per request (50 ms). The lower bound those limits allow is (writes per mailbox ×
   latency / 4): no client can go faster. The worker's own cap (`graph.max_in_flight_total`) is
   raised to 4 per mailbox so that Graph's limit is what binds. Ratio: measured time / bound. The
