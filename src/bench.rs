@@ -141,7 +141,7 @@ async fn bare_consume(
             c.await?;
         }
     }
-    broker_settle().await;
+    broker_settle(n).await;
     let cch = sb.connection().create_channel().await?;
     cch.basic_qos(sb.cfg.amqp.prefetch, BasicQosOptions::default())
         .await?;
@@ -191,7 +191,7 @@ async fn worker_ingest(
         .map(|(i, b)| (format!("m{i}"), "schedule.created", b.clone()))
         .collect();
     sb.publish_bulk(&items).await?;
-    broker_settle().await;
+    broker_settle(n).await;
     let metrics = Metrics::new();
     let windows = Windows::new(sb.redis.clone(), &sb.cfg.redis.key_prefix, sb.cfg.window());
     let ingest = Arc::new(Ingest::new(sb.cfg.clone(), windows, metrics.clone()));
@@ -224,13 +224,19 @@ async fn worker_ingest(
 }
 
 /// Lets the broker finish writing what was just published (a quorum queue moves its log to
-/// segment files in the background) so that work is not counted against the consumer after it.
-async fn broker_settle() {
+/// segment files in the background) so that work is not counted against the consumer after it:
+/// a second per 50,000 messages, between 1 and 3 s (`OUTLOOK_SYNC_BENCH_SETTLE` overrides it).
+async fn broker_settle(published: usize) {
     let secs = std::env::var("OUTLOOK_SYNC_BENCH_SETTLE")
         .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    tokio::time::sleep(Duration::from_secs(secs)).await;
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or((published as f64 / 50_000.0).clamp(1.0, 3.0));
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+}
+
+/// How many events the ingest figure puts through each consumer.
+fn ingest_size(quick: bool) -> usize {
+    if quick { 30_000 } else { 200_000 }
 }
 
 /// CPU time (user + system) used so far by the local RabbitMQ (`beam.smp`), Redis
@@ -562,7 +568,7 @@ pub async fn run(
 
     // 1. Ingest against the broker's bare consume-and-ack rate.
     if wanted(only, "ingest") {
-        let n = if quick { 50_000 } else { 200_000 };
+        let n = ingest_size(quick);
         let sb = Sandbox::start("bench-ingest", 300, Settings::default()).await?;
         let bodies = ingest_bodies("acme", n);
         let size = bodies.iter().map(Vec::len).sum::<usize>() / n;
@@ -744,7 +750,7 @@ pub async fn run(
         let schedules = mailboxes * per_mailbox;
         stage_backlog(&sb, "acme", schedules, mailboxes, 1).await?;
         // The ingest figure leaves the broker writing in the background for a while.
-        broker_settle().await;
+        broker_settle(ingest_size(quick)).await;
         let cpu = CpuSample::now();
         let took = drain_with_workers(&sb, 1, Duration::from_secs(900)).await?;
         let cpu = CpuSample::now().since(&cpu);
@@ -798,7 +804,7 @@ pub async fn run(
     // 4. Memory: the worker's peak RSS with many staged events.
     if wanted(only, "memory") {
         let sizes: [usize; 2] = if quick {
-            [20_000, 100_000]
+            [20_000, 60_000]
         } else {
             [100_000, 1_000_000]
         };
