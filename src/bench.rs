@@ -527,11 +527,9 @@ fn mailbox_use(log: &[crate::graph::emulator::LoggedRequest]) -> Vec<(String, Ma
                 ..MailboxUse::default()
             };
             let first = spans[0].0;
-            let mut last = first;
             let mut open: Option<(SystemTime, SystemTime)> = None;
             for (a, b) in spans {
                 u.item_time += b.duration_since(a).unwrap_or_default();
-                last = last.max(b);
                 open = match open {
                     Some((oa, ob)) if a <= ob => Some((oa, ob.max(b))),
                     Some((oa, ob)) => {
@@ -541,10 +539,11 @@ fn mailbox_use(log: &[crate::graph::emulator::LoggedRequest]) -> Vec<(String, Ma
                     None => Some((a, b)),
                 };
             }
+            // Sorted by start, the last merged interval ends with the last write.
             if let Some((oa, ob)) = open {
                 u.busy += ob.duration_since(oa).unwrap_or_default();
+                u.span = ob.duration_since(first).unwrap_or_default();
             }
-            u.span = last.duration_since(first).unwrap_or_default();
             (m, u)
         })
         .collect()
@@ -768,7 +767,7 @@ pub async fn run(
                 writes: t.writes + u.writes,
             });
         notes.push(format!(
-            "drain: the longest a single mailbox was being written to: {:.2} s (bound {:.2} s); {} $batch requests for {} writes; CPU used while draining: this process (the worker and the emulator) {:.1} s, Redis {:.1} s, RabbitMQ {:.1} s, in {:.1} s on 2 cores",
+            "drain: the longest a single mailbox was being written to: {:.2} s (bound {:.2} s); {} $batch requests for {} writes; CPU used while draining: this process (the worker and the emulator) {:.1} s, Redis {:.1} s, RabbitMQ {:.1} s, in {:.1} s on {} cores",
             longest.as_secs_f64(),
             bound.as_secs_f64(),
             stats.batches,
@@ -777,6 +776,7 @@ pub async fn run(
             cpu.redis.as_secs_f64(),
             cpu.rabbitmq.as_secs_f64(),
             took.as_secs_f64(),
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
         ));
         notes.push(format!(
             "drain: where a mailbox's time went: writes in flight {:.0}% of its span (idle between batches the rest), {:.2} of 4 in flight on average while busy, a write took {:.1} ms on average (the emulator's latency is {} ms)",

@@ -239,14 +239,21 @@ async fn copies_deleted_in_outlook_are_created_again_with_their_transaction_ids_
     // would go out at once if nothing held them back.
     let n = sb.cfg.graph.batch_size;
     let w = sb.worker().await.unwrap();
-    let created: Vec<_> = (0..n)
-        .map(|i| {
-            Ev::created(c, &format!("s-{i}"))
-                .title("v1")
-                .people("u-1", &[])
-                .wire()
-        })
-        .collect();
+    // Every schedule at one revision (1 creates them, later ones update them), for taro.
+    let at = |rev: u64, title: &str| -> Vec<_> {
+        (0..n)
+            .map(|i| {
+                let id = format!("s-{i}");
+                let ev = if rev == 1 {
+                    Ev::created(c, &id)
+                } else {
+                    Ev::updated(c, &id, rev)
+                };
+                ev.title(title).people("u-1", &[]).wire()
+            })
+            .collect()
+    };
+    let created = at(1, "v1");
     sb.publish(&created).await.unwrap();
     idle(&sb).await;
     let first = sb.emulator.emulator.calendar(&taro);
@@ -260,14 +267,7 @@ async fn copies_deleted_in_outlook_are_created_again_with_their_transaction_ids_
     }
     // Each update's PATCH finds nothing (404): the scheduler creates the copy again, and each
     // of those creates, like any other, goes out only once its transactionId is recorded.
-    let updated: Vec<_> = (0..n)
-        .map(|i| {
-            Ev::updated(c, &format!("s-{i}"), 2)
-                .title("v2")
-                .people("u-1", &[])
-                .wire()
-        })
-        .collect();
+    let updated = at(2, "v2");
     sb.publish(&updated).await.unwrap();
     idle(&sb).await;
     w.stop(Duration::from_secs(5)).await;

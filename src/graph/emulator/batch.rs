@@ -333,11 +333,7 @@ impl Emulator {
                 replies[i] = Some(r);
             }
         }
-        let replies: Vec<Reply> = replies
-            .into_iter()
-            .map(|r| r.expect("every item ran"))
-            .collect();
-        if replies.iter().any(|r| r.drop_connection) {
+        if replies.iter().flatten().any(|r| r.drop_connection) {
             return Ok(Reply::dropped());
         }
         let mut order: Vec<usize> = (0..n).collect();
@@ -347,10 +343,16 @@ impl Emulator {
                 order.rotate_left(1);
             }
         }
-        let mut replies: Vec<Option<Reply>> = replies.into_iter().map(Some).collect();
         let responses: Vec<Value> = order
             .into_iter()
-            .map(|i| item_json(&items[i].id, replies[i].take().expect("each item once")))
+            .map(|i| {
+                item_json(
+                    &items[i].id,
+                    replies[i]
+                        .take()
+                        .expect("every item ran, and is answered once"),
+                )
+            })
             .collect();
         Ok(Reply::json(200, json!({"responses": responses})))
     }
