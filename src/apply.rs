@@ -34,9 +34,10 @@ use crate::amqp;
 use crate::deadletter::DeadLetter;
 use crate::event::ScheduleEvent;
 use crate::flush::{AbortOnDrop, Claimed, Copy, FlushReport, Flusher, OpKind, Outcome};
-use crate::graph::client::{Credentials, GraphRequest, GraphResponse, Method, path_segment};
+use crate::graph::client::{Credentials, GraphRequest, GraphResponse};
 use crate::graph::error::{ErrorClass, GraphError};
 use crate::graph::mapping::{self, MappingOptions};
+use crate::graph::requests::{self, LookupPage};
 use crate::ingest::Backoff;
 use crate::ledger::{self, Entry};
 use crate::metrics::{GaugeGuard, Metrics};
@@ -60,8 +61,16 @@ pub(crate) struct Job {
 /// The step a change is at.
 #[derive(Debug, Clone)]
 enum Step {
-    Lookup { then_create_tx: Option<String> },
-    LookupForDelete,
+    /// Look for the copy by its tag (`page`: the next page of an earlier look), then update it,
+    /// or create it with this transactionId.
+    Lookup {
+        then_create_tx: Option<String>,
+        page: Option<String>,
+    },
+    /// Look for the copy by its tag, then delete it.
+    LookupForDelete {
+        page: Option<String>,
+    },
     Create(Option<String>),
     Update(String),
     Delete(String),
@@ -70,7 +79,7 @@ enum Step {
 impl Step {
     fn op(&self) -> &'static str {
         match self {
-            Step::Lookup { .. } | Step::LookupForDelete => "lookup",
+            Step::Lookup { .. } | Step::LookupForDelete { .. } => "lookup",
             Step::Create(_) => "create",
             Step::Update(_) => "update",
             Step::Delete(_) => "delete",
@@ -663,7 +672,7 @@ impl<'a> Engine<'a> {
                 // Keep only what the scheduler reads; the rest is freed here, not on its task.
                 if let Ok(answers) = &mut res {
                     for resp in answers.iter_mut().flatten() {
-                        resp.body = ids_only(&resp.body);
+                        resp.body = requests::trim_answer(&resp.body);
                     }
                 }
                 res
@@ -773,24 +782,46 @@ impl<'a> Engine<'a> {
                 .inc();
             let step = w.step.clone().expect("prepared");
             match (res, step) {
-                (Ok(resp), Step::Lookup { then_create_tx }) => {
+                (Ok(resp), Step::Lookup { then_create_tx, .. }) => {
                     self.report.lookups += 1;
-                    w.step = Some(match first_id(&resp.body) {
-                        Some(id) => Step::Update(id),
-                        None => Step::Create(then_create_tx),
+                    // Only a copy tagged with exactly this schedule is ours: Graph's filter
+                    // also returns the copies of ids differing only in case.
+                    let found = LookupPage::read(
+                        &resp.body,
+                        &ev.company_id,
+                        &ev.schedule_id,
+                        self.f.graph.base_url(),
+                    );
+                    w.step = Some(match (found.exact.into_iter().next(), found.next) {
+                        (Some(id), _) => Step::Update(id),
+                        (None, Some(page)) => Step::Lookup {
+                            then_create_tx,
+                            page: Some(page),
+                        },
+                        (None, None) => Step::Create(then_create_tx),
                     });
                     w.attempts = 0;
                     requeued.push(id);
                 }
-                (Ok(resp), Step::LookupForDelete) => {
+                (Ok(resp), Step::LookupForDelete { .. }) => {
                     self.report.lookups += 1;
                     w.attempts = 0;
-                    match first_id(&resp.body) {
-                        Some(eid) => {
+                    let found = LookupPage::read(
+                        &resp.body,
+                        &ev.company_id,
+                        &ev.schedule_id,
+                        self.f.graph.base_url(),
+                    );
+                    match (found.exact.into_iter().next(), found.next) {
+                        (Some(eid), _) => {
                             w.step = Some(Step::Delete(eid));
                             requeued.push(id);
                         }
-                        None => {
+                        (None, Some(page)) => {
+                            w.step = Some(Step::LookupForDelete { page: Some(page) });
+                            requeued.push(id);
+                        }
+                        (None, None) => {
                             writes.push((mailbox.clone(), member.clone(), None));
                             self.notes
                                 .push((member, applied(ev, &mailbox, "lookup", "already_gone")));
@@ -876,6 +907,7 @@ impl<'a> Engine<'a> {
                             {
                                 w.step = Some(Step::Lookup {
                                     then_create_tx: tx.clone(),
+                                    page: None,
                                 });
                             }
                             if e.status == Some(429) {
@@ -1291,16 +1323,18 @@ fn first_step(kind: &OpKind, c: &Claimed, copy: Option<Copy>) -> Option<Step> {
         // An earlier create may have happened: look first, reuse its transactionId.
         (OpKind::Upsert, Some(intent)) => Some(Step::Lookup {
             then_create_tx: intent.tx,
+            page: None,
         }),
         (OpKind::Upsert, None) if born_here => Some(Step::Create(None)),
         (OpKind::Upsert, None) => Some(Step::Lookup {
             then_create_tx: None,
+            page: None,
         }),
         (OpKind::Delete, Some(copy)) if copy.event_id.is_some() => {
             Some(Step::Delete(copy.event_id.expect("checked")))
         }
-        (OpKind::Delete, Some(_)) => Some(Step::LookupForDelete),
-        (OpKind::Delete, None) if !born_here => Some(Step::LookupForDelete),
+        (OpKind::Delete, Some(_)) => Some(Step::LookupForDelete { page: None }),
+        (OpKind::Delete, None) if !born_here => Some(Step::LookupForDelete { page: None }),
         (OpKind::Delete, None) => None,
     }
 }
@@ -1328,10 +1362,6 @@ fn graph_entry(
     }
 }
 
-fn events_path(mailbox: &str) -> String {
-    format!("/users/{}/events", path_segment(mailbox))
-}
-
 fn request(
     id: u64,
     step: &Step,
@@ -1341,77 +1371,23 @@ fn request(
 ) -> GraphRequest {
     let id = id.to_string();
     let schedule = || ev.schedule.as_ref().expect("upserts carry the schedule");
+    let (company, sched) = (ev.company_id.as_str(), ev.schedule_id.as_str());
     match step {
-        Step::Lookup { .. } | Step::LookupForDelete => GraphRequest {
+        Step::Lookup { page, .. } | Step::LookupForDelete { page } => {
+            requests::lookup(id, mailbox, company, sched, page.as_deref())
+        }
+        Step::Create(tx) => requests::create(
             id,
-            method: Method::Get,
-            path: format!(
-                "{}?$filter={}&$select=id&$top=5",
-                events_path(mailbox),
-                url_encode(&mapping::tag_filter(&ev.company_id, &ev.schedule_id))
-            ),
-            body: None,
-        },
-        Step::Create(tx) => GraphRequest {
-            id,
-            method: Method::Post,
-            path: events_path(mailbox),
-            body: Some(mapping::create_body(
-                schedule(),
-                &ev.company_id,
-                &ev.schedule_id,
-                tx.as_deref().expect("intent recorded before the create"),
-                opts,
-            )),
-        },
-        Step::Update(event_id) => GraphRequest {
-            id,
-            method: Method::Patch,
-            path: format!("{}/{}", events_path(mailbox), path_segment(event_id)),
-            body: Some(mapping::update_body(
-                schedule(),
-                &ev.company_id,
-                &ev.schedule_id,
-                opts,
-            )),
-        },
-        Step::Delete(event_id) => GraphRequest {
-            id,
-            method: Method::Delete,
-            path: format!("{}/{}", events_path(mailbox), path_segment(event_id)),
-            body: None,
-        },
+            mailbox,
+            schedule(),
+            company,
+            sched,
+            tx.as_deref().expect("intent recorded before the create"),
+            opts,
+        ),
+        Step::Update(event_id) => {
+            requests::update(id, mailbox, event_id, schedule(), company, sched, opts)
+        }
+        Step::Delete(event_id) => requests::delete(id, mailbox, event_id),
     }
-}
-
-fn url_encode(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
-}
-
-/// Of a successful answer's body, what the scheduler reads: the event's `id`, and the `id` of
-/// the first event a lookup found.
-fn ids_only(body: &serde_json::Value) -> serde_json::Value {
-    let mut out = serde_json::Map::new();
-    if let Some(id) = body.get("id") {
-        out.insert("id".into(), id.clone());
-    }
-    if body.get("value").is_some() {
-        let found: Vec<serde_json::Value> = first_id(body)
-            .map(|id| serde_json::json!({ "id": id }))
-            .into_iter()
-            .collect();
-        out.insert("value".into(), serde_json::Value::Array(found));
-    }
-    serde_json::Value::Object(out)
-}
-
-fn first_id(body: &serde_json::Value) -> Option<String> {
-    body.get("value")?
-        .as_array()?
-        .first()?
-        .get("id")?
-        .as_str()
-        .map(str::to_string)
 }

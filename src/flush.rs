@@ -77,7 +77,7 @@ impl Copies {
     ) -> Result<Vec<String>, redis::RedisError> {
         let mut r = self.redis.clone();
         let mut ids: Vec<String> = r
-            .smembers(self.index_key(company, &mailbox.to_ascii_lowercase()))
+            .smembers(self.index_key(company, &crate::tenants::mailbox_key(mailbox)))
             .await?;
         ids.sort();
         Ok(ids)
@@ -723,7 +723,8 @@ fn redis_err(e: crate::tenants::DirectoryError) -> redis::RedisError {
 
 /// The product rules, per mailbox: who gets a copy of this change.
 ///
-/// - a deleted schedule: every recorded copy is deleted;
+/// - a deleted schedule: every recorded copy is deleted, and the copies of the participants its
+///   last state names (if it carries one) are looked for;
 /// - otherwise each linked participant (owner included) whose link predates the change gets a
 ///   create-or-update; a participant who is no longer on the schedule loses their copy; a user
 ///   who was unlinked is forgotten (their copies are removed by the unlink itself);
@@ -740,10 +741,22 @@ fn plan(
         user: user.to_string(),
         kind,
     };
-    let Some(schedule) = ev.schedule.as_ref().filter(|_| !ev.is_delete()) else {
+    if ev.is_delete() {
         for (mailbox, copy) in copies {
             out.push((mailbox.clone(), op(&copy.user, OpKind::Delete)));
         }
+        // A copy the mapping does not know of (Redis lost it) can only be looked for in the
+        // mailboxes the delete's last state names.
+        if let Some(last) = &ev.schedule {
+            for (mailbox, user) in targets(ev, last, users, skip) {
+                if !copies.contains_key(&mailbox) {
+                    out.push((mailbox, op(&user, OpKind::Delete)));
+                }
+            }
+        }
+        return out;
+    }
+    let Some(schedule) = ev.schedule.as_ref() else {
         return out;
     };
     let targets = targets(ev, schedule, users, skip);

@@ -258,10 +258,18 @@ pub struct LinkedUser {
 }
 
 impl LinkedUser {
-    /// The mailbox address as used in keys and leases (addresses are case-insensitive).
+    /// The mailbox address as used in keys and leases (see [`mailbox_key`]).
     pub fn mailbox_key(&self) -> String {
-        self.mailbox.to_ascii_lowercase()
+        mailbox_key(&self.mailbox)
     }
+}
+
+/// The one spelling of a mailbox address used in every key, lease, comparison and
+/// transactionId: Exchange compares addresses without regard to case (`Taro@x` and `taro@x` are
+/// one mailbox), and linked addresses are ASCII (the admin refuses others), so ASCII lowercase
+/// is exact.
+pub fn mailbox_key(address: &str) -> String {
+    address.trim().to_ascii_lowercase()
 }
 
 #[derive(Debug, thiserror::Error)]

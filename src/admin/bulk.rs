@@ -16,10 +16,9 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use super::service::{
-    Admin, AdminError, MailboxCheck, Progress, ProgressFn, Reason, is_valid_id,
-    is_well_formed_address,
+    Admin, AdminError, MailboxCheck, Progress, ProgressFn, Reason, address_problem, is_valid_id,
 };
-use crate::tenants::{LinkedUser, UserStatus};
+use crate::tenants::{LinkedUser, UserStatus, mailbox_key};
 
 /// Rows accepted in one file.
 pub const MAX_ROWS: usize = 50_000;
@@ -215,10 +214,8 @@ impl Admin {
             .filter(|r| r.action == Ok(Action::Unlink))
             .map(|r| r.user_id.as_str())
             .collect();
-        let by_address: HashMap<String, &LinkedUser> = existing
-            .values()
-            .map(|u| (u.mailbox.to_ascii_lowercase(), u))
-            .collect();
+        let by_address: HashMap<String, &LinkedUser> =
+            existing.values().map(|u| (u.mailbox_key(), u)).collect();
 
         // Decide what each row needs, without Graph.
         let mut seen_users = HashSet::new();
@@ -249,12 +246,12 @@ impl Admin {
                 } else {
                     err("not_linked", None)
                 }
-            } else if !is_well_formed_address(&r.email) {
-                err("malformed_address", None)
-            } else if !seen_addresses.insert(r.email.to_ascii_lowercase()) {
+            } else if let Some(code) = address_problem(&r.email) {
+                err(code, None)
+            } else if !seen_addresses.insert(mailbox_key(&r.email)) {
                 err("duplicate_row", Some(format!("address {}", r.email)))
             } else {
-                let key = r.email.to_ascii_lowercase();
+                let key = mailbox_key(&r.email);
                 match (existing.get(&r.user_id), by_address.get(&key)) {
                     (_, Some(owner))
                         if owner.user_id != r.user_id
@@ -263,7 +260,7 @@ impl Admin {
                         err("address_in_use", Some(format!("user {}", owner.user_id)))
                     }
                     (Some(u), _)
-                        if u.mailbox.eq_ignore_ascii_case(&r.email)
+                        if u.mailbox_key() == mailbox_key(&r.email)
                             && u.status == UserStatus::Authenticated =>
                     {
                         RowPlan::Done(
@@ -272,7 +269,7 @@ impl Admin {
                         )
                     }
                     (Some(u), _) => RowPlan::Check {
-                        relink: !u.mailbox.eq_ignore_ascii_case(&r.email),
+                        relink: u.mailbox_key() != mailbox_key(&r.email),
                     },
                     (None, _) => RowPlan::Check { relink: false },
                 }
@@ -421,7 +418,7 @@ impl Admin {
                     let r = &rows[i];
                     let previous = existing
                         .get(&r.user_id)
-                        .filter(|p| p.mailbox.eq_ignore_ascii_case(&r.email));
+                        .filter(|p| p.mailbox_key() == mailbox_key(&r.email));
                     LinkedUser {
                         user_id: r.user_id.clone(),
                         mailbox: r.email.clone(),

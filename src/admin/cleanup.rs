@@ -11,13 +11,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
-
 use super::service::{Admin, AdminError, CleanupFailure, CleanupReport, Progress, ProgressFn};
 use crate::flush::{AbortOnDrop, MailboxLeases};
-use crate::graph::client::{Credentials, GraphRequest, GraphResponse, MAX_BATCH, path_segment};
+use crate::graph::client::{Credentials, GraphRequest, GraphResponse, MAX_BATCH};
 use crate::graph::error::{ErrorClass, GraphError, MailboxProblem};
-use crate::graph::mapping;
+use crate::graph::requests::{self, LookupPage};
 use crate::window::Member;
 
 const ROUNDS: u32 = 6;
@@ -31,7 +29,7 @@ pub(crate) async fn delete_copies(
     mailbox: &str,
     progress: ProgressFn,
 ) -> Result<CleanupReport, AdminError> {
-    let mailbox = mailbox.to_ascii_lowercase();
+    let mailbox = crate::tenants::mailbox_key(mailbox);
     // The mailbox's exclusive lease, the one the flush takes: no worker writes there meanwhile.
     let deadline = tokio::time::Instant::now() + lease_wait;
     let token = loop {
@@ -79,7 +77,6 @@ async fn run(
         copies: total,
         ..CleanupReport::default()
     };
-    let seg = path_segment(mailbox);
     let mut done = 0;
     progress(Progress { done, total });
     for chunk in ids.chunks(MAX_BATCH) {
@@ -95,35 +92,50 @@ async fn run(
         let mut targets: Vec<Vec<String>> = vec![Vec::new(); members.len()];
         let mut fates: Vec<Option<Fate>> = (0..members.len()).map(|_| None).collect();
 
-        // Creates whose answer was never recorded: look for the copy by its tag.
-        let mut lookups = Vec::new();
+        // Creates whose answer was never recorded: look for the copy by its tag, keeping only
+        // exact matches (Graph's filter also returns the copies of ids differing in case) and
+        // following the pages while a page is full.
+        let mut lookups: Vec<(usize, Option<String>)> = Vec::new();
         for (i, c) in copies.iter().enumerate() {
             match c.as_ref().and_then(|c| c.event_id.clone()) {
                 Some(id) => targets[i].push(id),
-                None => lookups.push(i),
+                None => lookups.push((i, None)),
             }
         }
-        if !lookups.is_empty() {
+        while !lookups.is_empty() {
             let reqs: Vec<GraphRequest> = lookups
                 .iter()
-                .map(|&i| {
-                    GraphRequest::get(
+                .map(|(i, next)| {
+                    requests::lookup(
                         i.to_string(),
-                        format!(
-                            "/users/{seg}/events?$filter={}&$select=id&$top=5",
-                            query_encode(&mapping::tag_filter(company, &members[i].schedule_id))
-                        ),
+                        mailbox,
+                        company,
+                        &members[*i].schedule_id,
+                        next.as_deref(),
                     )
                 })
                 .collect();
             let results = batch_retrying(admin, company, creds, reqs).await;
-            for (&i, r) in lookups.iter().zip(results) {
+            let mut more = Vec::new();
+            for ((i, _), r) in lookups.into_iter().zip(results) {
                 match r {
-                    Ok(resp) => targets[i].extend(ids_in(&resp.body)),
+                    Ok(resp) => {
+                        let page = LookupPage::read(
+                            &resp.body,
+                            company,
+                            &members[i].schedule_id,
+                            admin.graph.base_url(),
+                        );
+                        targets[i].extend(page.exact);
+                        if let Some(next) = page.next {
+                            more.push((i, Some(next)));
+                        }
+                    }
                     Err(e) if mailbox_gone(&e) => fates[i] = Some(Fate::Gone),
                     Err(e) => fates[i] = Some(Fate::Failed(e.to_string())),
                 }
             }
+            lookups = more;
         }
 
         // The deletes.
@@ -134,10 +146,7 @@ async fn run(
                 continue;
             }
             for (k, id) in ids.iter().enumerate() {
-                reqs.push(GraphRequest::delete(
-                    format!("{i}-{k}"),
-                    format!("/users/{seg}/events/{}", path_segment(id)),
-                ));
+                reqs.push(requests::delete(format!("{i}-{k}"), mailbox, id));
                 owners.push(i);
             }
         }
@@ -200,24 +209,6 @@ fn mailbox_gone(e: &GraphError) -> bool {
         e.class,
         ErrorClass::Mailbox(MailboxProblem::UnknownUser | MailboxProblem::NoMailbox)
     )
-}
-
-fn ids_in(body: &Value) -> Vec<String> {
-    body.get("value")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|e| e.get("id").and_then(Value::as_str))
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn query_encode(s: &str) -> String {
-    url::form_urlencoded::byte_serialize(s.as_bytes())
-        .collect::<String>()
-        .replace('+', "%20")
 }
 
 /// Sends ≤ 20 requests as one `$batch`, resending the items (or the whole batch) that were

@@ -121,6 +121,10 @@ pub fn reason(code: &str) -> Text {
             "メールアドレスの形式が正しくありません",
             "The address is not a well-formed email address",
         ),
+        "non_ascii_address" => t(
+            "メールアドレスに全角文字などASCII以外の文字が含まれています。MicrosoftのサインインID(UPN)を半角で入力してください",
+            "The address has characters outside ASCII (full-width letters, for example); type the user's Microsoft sign-in name (UPN) in half-width characters",
+        ),
         "duplicate_row" => t(
             "同じユーザーまたはアドレスの行がファイル内で重複しています",
             "The file has another row for this user or address",
@@ -168,6 +172,7 @@ mod tests {
             "plan_excludes_integration",
             "lite_plus_without_schedule_option",
             "malformed_address",
+            "non_ascii_address",
             "duplicate_row",
             "already_linked",
         ] {

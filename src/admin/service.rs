@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::tenants::{
     Company, ConsentRecord, Directory, DirectoryError, LinkedUser, Plan, StoredCredentials,
-    UserStatus, VerificationRecord,
+    UserStatus, VerificationRecord, mailbox_key,
 };
 
 /// Application permissions the integration cannot work without.
@@ -713,18 +713,30 @@ impl Admin {
     ) -> Result<UserView, AdminError> {
         check_id("user", user)?;
         let mailbox = mailbox.trim();
-        if !is_well_formed_address(mailbox) {
-            return Err(AdminError::invalid(
-                "malformed_address",
-                format!("{mailbox:?} is not a well-formed email address"),
-            ));
+        match address_problem(mailbox) {
+            Some("non_ascii_address") => {
+                return Err(AdminError::invalid(
+                    "non_ascii_address",
+                    format!(
+                        "{mailbox:?} has characters outside ASCII (full-width letters, for example): \
+                         type the user's Microsoft sign-in name (UPN) in half-width characters"
+                    ),
+                ));
+            }
+            Some(code) => {
+                return Err(AdminError::invalid(
+                    code,
+                    format!("{mailbox:?} is not a well-formed email address"),
+                ));
+            }
+            None => {}
         }
         let c = self.load(company).await?;
         let creds = Self::creds_of(&c)?;
         let users = self.directory.users(company).await?;
         if let Some(other) = users
             .values()
-            .find(|u| u.user_id != user && u.mailbox.eq_ignore_ascii_case(mailbox))
+            .find(|u| u.user_id != user && u.mailbox_key() == mailbox_key(mailbox))
         {
             return Err(AdminError::conflict(
                 "address_in_use",
@@ -733,7 +745,7 @@ impl Admin {
         }
         let check = self.check_mailbox(company, &creds, mailbox).await?;
         let previous = users.get(user);
-        let same = previous.is_some_and(|p| p.mailbox.eq_ignore_ascii_case(mailbox));
+        let same = previous.is_some_and(|p| p.mailbox_key() == mailbox_key(mailbox));
         let linked = linked_user(user, mailbox, &check, previous.filter(|_| same));
         self.directory.put_user(company, &linked).await?;
         tracing::info!(company, user, status = ?linked.status, reason = linked.reason.as_deref().unwrap_or("-"), "admin: user linked");
@@ -1078,6 +1090,19 @@ fn check_client_id(c: &str) -> Result<(), AdminError> {
     }
 }
 
+/// Why an address cannot be linked: `malformed_address`, or `non_ascii_address` (Graph names a
+/// mailbox by its user principal name, which Microsoft Entra limits to ASCII; a full-width
+/// `ｔａｒｏ` typed in Japan is not `taro`, and two spellings must never become two mailboxes).
+pub fn address_problem(a: &str) -> Option<&'static str> {
+    if !is_well_formed_address(a) {
+        Some("malformed_address")
+    } else if !a.is_ascii() {
+        Some("non_ascii_address")
+    } else {
+        None
+    }
+}
+
 /// A plausible mailbox address: `local@domain.tld`, no spaces or separators, ≤ 254 characters.
 pub fn is_well_formed_address(a: &str) -> bool {
     if a.len() > 254 || a.chars().any(|c| c.is_control() || c.is_whitespace()) {
@@ -1130,6 +1155,17 @@ mod tests {
         ] {
             assert!(!is_well_formed_address(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_address_outside_ascii_is_refused_with_its_own_reason() {
+        assert_eq!(address_problem("taro@acme.com"), None);
+        assert_eq!(
+            address_problem("ｔａｒｏ@acme.com"),
+            Some("non_ascii_address")
+        );
+        assert_eq!(address_problem("tarö@acme.com"), Some("non_ascii_address"));
+        assert_eq!(address_problem("taro＠acme.com"), Some("malformed_address"));
     }
 
     #[test]

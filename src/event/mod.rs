@@ -105,7 +105,7 @@ pub struct ScheduleEvent {
     pub company_id: String,
     pub schedule_id: String,
     pub revision: u64,
-    /// Present for created and updated; `None` for deleted.
+    /// Present for created and updated; for deleted, the last state if the publisher sent it.
     pub schedule: Option<Schedule>,
 }
 

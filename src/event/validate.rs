@@ -440,15 +440,9 @@ fn parse_date(v: &str) -> Option<Date> {
 /// Phase 2: the rules a JSON Schema cannot express.
 fn check_semantics(w: WireEvent) -> Result<ScheduleEvent, ContractError> {
     let occurred_at = parse_timestamp(&w.occurred_at).expect("checked in phase 1");
-    let schedule = match w.schedule {
-        Some(s) if w.event_type != EventType::Deleted => Some(schedule_semantics(s)?),
-        Some(s) => {
-            // A delete may carry the last state; it must still be a valid one.
-            schedule_semantics(s)?;
-            None
-        }
-        None => None,
-    };
+    // A delete may carry the schedule's last state; it must still be a valid one. The flush
+    // uses its participants to find copies when the mapping was lost.
+    let schedule = w.schedule.map(schedule_semantics).transpose()?;
     Ok(ScheduleEvent {
         event_id: w.event_id,
         event_type: w.event_type,

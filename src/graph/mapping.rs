@@ -62,7 +62,8 @@ pub fn parse_tag(value: &str) -> Option<(String, String)> {
 /// bytes are shown as a lowercase 8-4-4-4-12 UUID with the version and variant bits of an RFC
 /// 9562 version 8 (custom) UUID set, so it is also a well-formed GUID.
 pub fn transaction_id(company_id: &str, schedule_id: &str, mailbox: &str, revision: u64) -> String {
-    let mailbox = mailbox.to_lowercase();
+    // The same spelling as every key (`tenants::mailbox_key`): linked addresses are ASCII.
+    let mailbox = mailbox.trim().to_ascii_lowercase();
     let revision = revision.to_string();
     let mut hash = Sha256::new();
     for (i, part) in [

@@ -3,4 +3,5 @@ pub mod client;
 pub mod emulator;
 pub mod error;
 pub mod mapping;
+pub mod requests;
 pub mod zones;

@@ -772,6 +772,86 @@ async fn linking_checks_the_mailbox_and_shows_the_reason_in_japanese_and_english
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_in_any_case_is_one_mailbox_linked_to_one_user_and_synced_and_cleaned_as_one() {
+    let sb = sandbox("admin-mailbox-case").await;
+    let api = serve(&sb, |_| {}).await;
+    let t = tenant(&sb, "acme", |a| a, &[("taro", MailboxKind::Ok)]);
+    company(&api, "acme", "standard", &t).await;
+    let link = |user: &str, mailbox: String| {
+        let api = &api;
+        let path = format!("/v1/companies/acme/users/{user}");
+        async move {
+            api.call("PUT", &path, Some(json!({ "mailbox": mailbox })))
+                .await
+        }
+    };
+    let upper = t.upn("taro").to_uppercase();
+    let (status, u) = link("u-1", upper.clone()).await;
+    assert_eq!(
+        (status, u["status"].clone()),
+        (200, json!("authenticated")),
+        "{u}"
+    );
+    let linked_at = u["linked_at"].clone();
+    // Another spelling of the same mailbox is the same mailbox: not a second user.
+    let (status, v) = link("u-2", t.upn("Taro")).await;
+    assert_eq!(
+        (status, v["error"]["code"].clone()),
+        (409, json!("address_in_use")),
+        "{v}"
+    );
+    let csv = format!("cyzen_user_id,email\nu-3,{}\n", t.upn("tArO"));
+    let (status, report) = api
+        .csv("/v1/companies/acme/bulk-links?dry_run=true", csv)
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        report["results"][0]["reason"]["code"], "address_in_use",
+        "{report}"
+    );
+    // Full-width letters are not the ASCII address they look like: refused, in both languages.
+    let (status, v) = link("u-2", format!("ｔａｒｏ@{}", t.domain)).await;
+    assert_eq!(
+        (status, v["error"]["code"].clone()),
+        (422, json!("non_ascii_address")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message_ja"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("半角"),
+        "{v}"
+    );
+    // Linking u-1 again in lowercase is the same link, not a new one.
+    let (status, u) = link("u-1", t.upn("taro")).await;
+    assert_eq!((status, u["linked_at"].clone()), (200, linked_at), "{u}");
+
+    // The copy lands in the one mailbox, and a clean unlink finds and removes it.
+    let mut u = sb.directory.user("acme", "u-1").await.unwrap().unwrap();
+    u.linked_at = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
+    u.mailbox = upper;
+    sb.directory.put_user("acme", &u).await.unwrap();
+    let worker = sb.worker().await.unwrap();
+    sb.publish(&[Ev::created("acme", "s-1").people("u-1", &[]).wire()])
+        .await
+        .unwrap();
+    assert!(sb.wait_idle(Duration::from_secs(40)).await.unwrap());
+    worker.stop(Duration::from_secs(5)).await;
+    assert_eq!(tagged(&sb, &t.upn("taro")), 1);
+    let r = api
+        .ok(
+            "DELETE",
+            "/v1/companies/acme/users/u-1?delete_copies=true",
+            None,
+        )
+        .await;
+    assert_eq!(r["copies"]["deleted"], 1, "{r}");
+    assert_eq!(tagged(&sb, &t.upn("taro")), 0);
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bulk_preflight_says_what_each_row_would_do_and_the_real_run_does_it() {
     let sb = sandbox("admin-bulk").await;
     let api = serve(&sb, |_| {}).await;

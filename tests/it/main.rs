@@ -3,6 +3,7 @@
 
 mod admin;
 mod bad_input;
+mod case_ids;
 mod config;
 mod contract;
 mod convergence;

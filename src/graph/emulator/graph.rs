@@ -671,7 +671,10 @@ impl Emulator {
         let mbox = store.entry(ctx.user.mailbox_key()).or_default();
         if let Some(tx) = &draft.transaction_id {
             let mode = ctx.settings.transaction_id_mode;
-            let existing = mbox.transactions.get(tx).and_then(|id| mbox.events.get(id));
+            let existing = mbox
+                .transactions
+                .get(&tx.to_lowercase())
+                .and_then(|id| mbox.events.get(id));
             match (mode, existing) {
                 (TransactionIdMode::ReturnExisting, Some(ev)) => {
                     Counters::inc(&self.inner.counters.create_dedupes);
@@ -691,7 +694,7 @@ impl Emulator {
         let ev = StoredEvent::create(draft, ctx.user, seq, ctx.settings)?;
         mbox.next_seq = seq;
         if let Some(tx) = &ev.transaction_id {
-            mbox.transactions.insert(tx.clone(), ev.id.clone());
+            mbox.transactions.insert(tx.to_lowercase(), ev.id.clone());
         }
         let reply = ctx.written(&ev, 201);
         mbox.events.insert(ev.id.clone(), ev);
@@ -756,9 +759,9 @@ impl Emulator {
         self.check_if_match(ctx, ev)?;
         let ev = mbox.events.remove(id).expect("present");
         if let Some(tx) = &ev.transaction_id
-            && mbox.transactions.get(tx) == Some(&ev.id)
+            && mbox.transactions.get(&tx.to_lowercase()) == Some(&ev.id)
         {
-            mbox.transactions.remove(tx);
+            mbox.transactions.remove(&tx.to_lowercase());
         }
         Counters::inc(&self.inner.counters.events_deleted);
         Ok(Reply::empty(204))

@@ -173,7 +173,8 @@ pub(crate) type MailboxKey = (String, String);
 #[derive(Debug, Default)]
 pub(crate) struct Mailbox {
     pub events: HashMap<String, StoredEvent>,
-    /// transactionId → event id.
+    /// transactionId (lowercase: compared without regard to case, the conservative reading of
+    /// Exchange's string comparisons) → event id.
     pub transactions: HashMap<String, String>,
     pub next_seq: u64,
 }
