@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
-exec cargo test --locked "$@"
+exec cargo test --workspace --locked "$@"

@@ -14,11 +14,11 @@ use tokio::sync::watch;
 
 use crate::amqp::Topology;
 use crate::demo::{Ev, Sandbox, SandboxError};
-use crate::graph::emulator::{MailboxKind, Settings};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::tenants::Plan;
 use crate::window::{Staging, Windows};
+use graph_emulator::{MailboxKind, Settings};
 
 /// How big a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -507,7 +507,7 @@ struct MailboxUse {
 
 /// Per-mailbox use of Graph, from the emulator's request log (each entry is logged when its
 /// request ends, with how long it took).
-fn mailbox_use(log: &[crate::graph::emulator::LoggedRequest]) -> Vec<(String, MailboxUse)> {
+fn mailbox_use(log: &[graph_emulator::LoggedRequest]) -> Vec<(String, MailboxUse)> {
     use std::time::SystemTime;
     let mut by_mailbox: std::collections::BTreeMap<String, Vec<(SystemTime, SystemTime)>> =
         std::collections::BTreeMap::new();
@@ -981,7 +981,7 @@ mod tests {
 
     #[test]
     fn mailbox_use_splits_a_span_into_busy_and_idle_time() {
-        use crate::graph::emulator::LoggedRequest;
+        use graph_emulator::LoggedRequest;
         let t0 = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let ms = Duration::from_millis;
         // Logged at their end: two overlapping writes (0–50, 10–60 ms), a gap, one more

@@ -29,6 +29,7 @@ pub struct Cli {
 pub enum Command {
     /// Run a worker: ingest from RabbitMQ, stage windows in Redis, flush to Graph.
     Run,
+    #[cfg(feature = "emulator")]
     /// The demo: a realistic day of schedule events in, each user's Outlook calendar out (local
     /// RabbitMQ and Redis, the embedded Graph emulator).
     Demo {
@@ -44,6 +45,7 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    #[cfg(feature = "emulator")]
     /// Serve the Microsoft Graph emulator (token endpoint, events, $batch, throttling, faults).
     GraphEmulator {
         /// Address to listen on.
@@ -53,6 +55,7 @@ pub enum Command {
         #[arg(long)]
         seed: Option<PathBuf>,
     },
+    #[cfg(feature = "emulator")]
     /// Measure the pipeline against its targets (local RabbitMQ/Redis, the embedded emulator) and
     /// write BENCHMARKS.md. Build with --release.
     Bench {
@@ -135,12 +138,14 @@ pub async fn main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             crate::telemetry::init_logging(&cfg.log);
             publish(&cfg, &args).await
         }
+        #[cfg(feature = "emulator")]
         Command::GraphEmulator { listen, seed } => {
             crate::telemetry::init_logging(&crate::config::LogConfig::default());
-            let settings = crate::graph::emulator::Settings::default();
-            crate::graph::emulator::run_standalone(listen, seed, settings).await?;
+            let settings = graph_emulator::Settings::default();
+            graph_emulator::run_standalone(listen, seed, settings).await?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "emulator")]
         Command::Demo { window_seconds } => {
             let log = crate::config::LogConfig {
                 filter: "warn,lapin=off".into(),
@@ -154,6 +159,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             print!("{}", outcome.report);
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "emulator")]
         Command::Bench { size, out, only } => {
             let log = crate::config::LogConfig {
                 filter: "error,lapin=off".into(),

@@ -15,11 +15,11 @@ use redis::aio::ConnectionManager;
 use crate::amqp::{self, Publisher, Topology};
 use crate::config::Config;
 use crate::event::{EventType, Place, Visibility, WireEvent, WireSchedule};
-use crate::graph::emulator::{
-    Emulator, MailboxKind, RunningEmulator, Seed, SeedApp, SeedTenant, SeedUser, Settings,
-};
 use crate::tenants::{Company, Directory, LinkedUser, Plan, StoredCredentials, UserStatus};
 use crate::worker::Worker;
+use graph_emulator::{
+    Emulator, MailboxKind, RunningEmulator, Seed, SeedApp, SeedTenant, SeedUser, Settings,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {

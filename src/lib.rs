@@ -4,11 +4,13 @@
 pub mod admin;
 pub mod amqp;
 pub mod apply;
+#[cfg(feature = "emulator")]
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod deadletter;
+#[cfg(feature = "emulator")]
 pub mod demo;
 pub mod event;
 pub mod flush;

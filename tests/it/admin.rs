@@ -5,12 +5,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use graph_emulator::{
+    Consent, FaultKind, MailboxKind, ScriptedFault, SeedApp, SeedTenant, SeedUser, Settings,
+};
 use outlook_sync::admin::service::Admin;
 use outlook_sync::demo::{Ev, Sandbox};
 use outlook_sync::graph::client::GraphClient;
-use outlook_sync::graph::emulator::{
-    Consent, FaultKind, MailboxKind, ScriptedFault, SeedApp, SeedTenant, SeedUser, Settings,
-};
 use outlook_sync::metrics::Metrics;
 use outlook_sync::tenants::Plan;
 use redis::AsyncCommands;

@@ -14,11 +14,11 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use graph_emulator::{MailboxKind, Settings};
 use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, ShortString};
 use outlook_sync::amqp;
 use outlook_sync::demo::{Ev, Sandbox};
-use outlook_sync::graph::emulator::{MailboxKind, Settings};
 use outlook_sync::tenants::Plan;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
+use graph_emulator::{FaultKind, MailboxKind, ScriptedFault, Settings};
 use outlook_sync::deadletter::{Control, Dlq, Filter, ReplayRequest};
 use outlook_sync::demo::{Ev, Sandbox};
 use outlook_sync::event::{EventType, WireEvent};
-use outlook_sync::graph::emulator::{FaultKind, MailboxKind, ScriptedFault, Settings};
 use outlook_sync::graph::mapping;
 use outlook_sync::tenants::Plan;
 use redis::AsyncCommands;

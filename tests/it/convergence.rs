@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use graph_emulator::{FaultKind, Faults, MailboxKind, ScriptedFault, Settings, TransactionIdMode};
 use jiff::civil::Date;
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -45,9 +46,6 @@ use outlook_sync::amqp;
 use outlook_sync::deadletter::{Control, Dlq, Filter, ReplayRequest};
 use outlook_sync::demo::{Ev, Sandbox};
 use outlook_sync::event::WireEvent;
-use outlook_sync::graph::emulator::{
-    FaultKind, Faults, MailboxKind, ScriptedFault, Settings, TransactionIdMode,
-};
 use outlook_sync::graph::mapping::{TAG_PROPERTY_ID, parse_tag};
 use outlook_sync::ingest::REPLAY_HEADER;
 use outlook_sync::tenants::Plan;

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use graph_emulator::{MailboxKind, Settings};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
@@ -19,7 +20,6 @@ use outlook_sync::deadletter::{
     Control, DeadLetter, Dlq, DlqError, Filter, Progress, PurgeRequest, ReplayRequest, Source,
 };
 use outlook_sync::demo::{Ev, Sandbox};
-use outlook_sync::graph::emulator::{MailboxKind, Settings};
 use outlook_sync::tenants::{Plan, UserStatus};
 use redis::AsyncCommands;
 

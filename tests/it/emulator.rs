@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use outlook_sync::graph::emulator::{
+use graph_emulator::{
     Consent, Emulator, FaultKind, Faults, MailboxKind, RunningEmulator, ScriptedFault, Seed,
     SeedApp, SeedTenant, SeedUser, Settings, TransactionIdMode, wire,
 };

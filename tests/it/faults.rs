@@ -12,10 +12,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use graph_emulator::{MailboxKind, Settings};
 use outlook_sync::config::Config;
 use outlook_sync::demo::{Ev, Sandbox};
 use outlook_sync::event::WireEvent;
-use outlook_sync::graph::emulator::{MailboxKind, Settings};
 use outlook_sync::graph::mapping::{TAG_PROPERTY_ID, parse_tag};
 use outlook_sync::tenants::{Directory, Plan};
 use outlook_sync::worker::Worker;

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use graph_emulator::{MailboxKind, Settings};
 use outlook_sync::demo::{Ev, Sandbox};
-use outlook_sync::graph::emulator::{MailboxKind, Settings};
 use outlook_sync::ledger::{self, Entry, EntryFilter, Ledger, Outcome};
 use outlook_sync::metrics::Metrics;
 use outlook_sync::tenants::Plan;

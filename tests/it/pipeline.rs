@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use graph_emulator::{FaultKind, MailboxKind, ScriptedFault, Settings};
 use outlook_sync::demo::{Ev, Sandbox};
-use outlook_sync::graph::emulator::{FaultKind, MailboxKind, ScriptedFault, Settings};
 use outlook_sync::tenants::Plan;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -158,7 +158,7 @@ async fn a_create_that_timed_out_but_happened_is_not_duplicated() {
 async fn a_create_that_timed_out_is_not_duplicated_even_when_graph_ignores_the_transaction_id() {
     // GRAPH.md leaves Graph's transactionId dedupe unconfirmed: the retry must not rely on it.
     let settings = Settings {
-        transaction_id_mode: outlook_sync::graph::emulator::TransactionIdMode::CreateDuplicate,
+        transaction_id_mode: graph_emulator::TransactionIdMode::CreateDuplicate,
         ..Settings::default()
     };
     let sb = sandbox("timeout-no-dedupe", settings).await;

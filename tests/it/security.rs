@@ -20,9 +20,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use graph_emulator::{MailboxKind, SeedApp, SeedTenant, SeedUser, Settings};
 use lapin::options::BasicGetOptions;
 use outlook_sync::demo::{Ev, Sandbox};
-use outlook_sync::graph::emulator::{MailboxKind, SeedApp, SeedTenant, SeedUser, Settings};
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 

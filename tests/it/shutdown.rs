@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use graph_emulator::{MailboxKind, Settings};
 use outlook_sync::demo::{Ev, Sandbox};
-use outlook_sync::graph::emulator::{MailboxKind, Settings};
 use outlook_sync::tenants::Plan;
 use redis::AsyncCommands;
 

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use graph_emulator::{FaultKind, MailboxKind, ScriptedFault, Settings};
 use outlook_sync::config::Config;
 use outlook_sync::demo::{Ev, Sandbox};
-use outlook_sync::graph::emulator::{FaultKind, MailboxKind, ScriptedFault, Settings};
 use outlook_sync::tenants::Plan;
 use outlook_sync::worker::Worker;
 use serde_json::Value;

@@ -91,7 +91,7 @@ pub fn repo_path(rel: &str) -> std::path::PathBuf {
 /// A sandbox with one-second windows, or a test failure naming the missing service.
 pub async fn sandbox(
     name: &str,
-    settings: outlook_sync::graph::emulator::Settings,
+    settings: graph_emulator::Settings,
 ) -> outlook_sync::demo::Sandbox {
     match outlook_sync::demo::Sandbox::start(name, 1, settings).await {
         Ok(sb) => sb,

@@ -24,7 +24,7 @@
 //! # Use
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use outlook_sync::graph::emulator::{Emulator, Seed, Settings};
+//! use graph_emulator::{Emulator, Seed, Settings};
 //! let running = Emulator::start(Seed::example(), Settings::default()).await?;
 //! let token_url = format!("{}/contoso.onmicrosoft.com/oauth2/v2.0/token", running.login_url());
 //! let events_url = format!("{}/users/taro@contoso.onmicrosoft.com/events", running.graph_url());
@@ -43,7 +43,7 @@
 //! ([`ScriptedFault`]), `PUT /_emulator/latency` (`{"ms": 250}`).
 //!
 //! # Seed format
-//! JSON (or TOML with the same structure). Example (`src/graph/emulator/example-seed.json`):
+//! JSON (or TOML with the same structure). Example (`crates/graph-emulator/src/example-seed.json`):
 //! ```json
 //! { "tenants": [ {
 //!     "id": "8f2c5a1e-3b7d-4c9a-9e61-0d4f7b2a6c10",
@@ -118,6 +118,11 @@ pub enum EmulatorError {
     UnsupportedSeedFormat(String),
     #[error("invalid seed: {0}")]
     InvalidSeed(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// What a second POST with an already used `transactionId` does (GRAPH.md §2.5, UNCONFIRMED).
@@ -555,13 +560,19 @@ pub async fn run_standalone(
     listen: SocketAddr,
     seed: Option<PathBuf>,
     settings: Settings,
-) -> anyhow::Result<()> {
+) -> Result<(), EmulatorError> {
     let seed = match seed {
         Some(path) => Seed::from_file(&path)?,
         None => Seed::example(),
     };
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
+    let listen_err = |source| EmulatorError::Listen {
+        addr: listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(listen_err)?;
+    let addr = listener.local_addr().map_err(listen_err)?;
     println!("graph: http://{addr}/v1.0");
     println!("login: http://{addr}");
     for t in &seed.tenants {
@@ -585,6 +596,7 @@ pub async fn run_standalone(
         .serve(listener, async {
             let _ = tokio::signal::ctrl_c().await;
         })
-        .await?;
+        .await
+        .map_err(listen_err)?;
     Ok(())
 }

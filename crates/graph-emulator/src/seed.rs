@@ -138,10 +138,7 @@ impl Seed {
         let seed = match ext.as_str() {
             "json" => Seed::from_json_str(&text)?,
             "toml" => {
-                use figment::providers::{Format, Toml};
-                figment::Figment::from(Toml::string(&text))
-                    .extract::<Seed>()
-                    .map_err(|e| EmulatorError::Toml(e.to_string()))?
+                toml::from_str::<Seed>(&text).map_err(|e| EmulatorError::Toml(e.to_string()))?
             }
             other => return Err(EmulatorError::UnsupportedSeedFormat(other.to_string())),
         };
@@ -156,7 +153,7 @@ impl Seed {
         Ok(seed)
     }
 
-    /// The seed shipped as `src/graph/emulator/example-seed.json` (used by `graph-emulator`
+    /// The seed shipped as `crates/graph-emulator/src/example-seed.json` (used by `graph-emulator`
     /// when no seed file is given).
     pub fn example() -> Seed {
         Seed::from_json_str(EXAMPLE_SEED).expect("example-seed.json is valid")
