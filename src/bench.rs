@@ -193,7 +193,11 @@ async fn worker_ingest(
     sb.publish_bulk(&items).await?;
     broker_settle(n).await;
     let metrics = Metrics::new();
-    let windows = Windows::new(sb.redis.clone(), &sb.cfg.redis.key_prefix, sb.cfg.window());
+    let windows = Windows::new(
+        sb.redis.clone(),
+        crate::store::keys(&sb.cfg),
+        sb.cfg.window(),
+    );
     let ingest = Arc::new(Ingest::new(sb.cfg.clone(), windows, metrics.clone()));
     let (stop, rx) = watch::channel(false);
     let mut ready = ingest.ready();
@@ -343,7 +347,7 @@ async fn stage_backlog(
 ) -> Result<(), BenchError> {
     let windows = Windows::new(
         sb.redis.clone(),
-        &sb.cfg.redis.key_prefix,
+        crate::store::keys(&sb.cfg),
         Duration::from_secs(1),
     );
     let bodies: Vec<Vec<u8>> = (0..schedules)
@@ -580,7 +584,7 @@ pub async fn run(
         let decode_rate = n as f64 / t.elapsed().as_secs_f64();
         let windows = Windows::new(
             sb.redis.clone(),
-            &format!("{}:probe", sb.cfg.redis.key_prefix),
+            crate::store::Keys::new(&format!("{}:probe", sb.cfg.redis.key_prefix)),
             sb.cfg.window(),
         );
         let cpu = CpuSample::now();

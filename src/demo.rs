@@ -115,7 +115,7 @@ impl Sandbox {
         Topology::new(&cfg.amqp)
             .declare(publisher.channel())
             .await?;
-        let redis = crate::worker::redis(&cfg)
+        let redis = crate::store::connect(&cfg)
             .await
             .map_err(|source| SandboxError::Redis {
                 url: cfg.redis.url.clone(),

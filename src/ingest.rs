@@ -18,9 +18,10 @@ use tracing::{debug, info, warn};
 
 use crate::amqp::{self, Publisher, Topology};
 use crate::config::Config;
-use crate::deadletter::DeadLetter;
+use crate::deadletter::{DeadLetter, REPLAY_HEADER};
 use crate::event;
 use crate::metrics::Metrics;
+use crate::runtime::Backoff;
 use crate::window::{Staged, Staging, Windows};
 
 /// What one batch came to.
@@ -320,9 +321,6 @@ impl Stager {
     }
 }
 
-/// Header an operator's replay carries (`x-replay: true`); see `deadletter`.
-pub const REPLAY_HEADER: &str = "x-replay";
-
 fn is_replay(d: &lapin::message::Delivery) -> bool {
     use lapin::types::AMQPValue;
     let Some(h) = d.properties.headers() else {
@@ -354,40 +352,4 @@ fn check_delivery(
         }
     }
     event::decode(&d.data)
-}
-
-/// Exponential backoff with jitter for reconnect and hold-and-retry loops (backon's schedule,
-/// never giving up: these loops end on shutdown, not on a count).
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-    delays: backon::ExponentialBackoff,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, max: Duration) -> Self {
-        Self {
-            base,
-            max,
-            delays: Self::schedule(base, max),
-        }
-    }
-
-    fn schedule(base: Duration, max: Duration) -> backon::ExponentialBackoff {
-        use backon::BackoffBuilder;
-        backon::ExponentialBuilder::default()
-            .with_min_delay(base)
-            .with_max_delay(max)
-            .with_jitter()
-            .without_max_times()
-            .build()
-    }
-
-    pub fn delay(&mut self) -> Duration {
-        self.delays.next().unwrap_or(self.max)
-    }
-
-    pub fn reset(&mut self) {
-        self.delays = Self::schedule(self.base, self.max);
-    }
 }

@@ -3,7 +3,6 @@
 
 pub mod admin;
 pub mod amqp;
-pub mod apply;
 #[cfg(feature = "emulator")]
 pub mod bench;
 pub mod cli;
@@ -13,12 +12,14 @@ pub mod deadletter;
 #[cfg(feature = "emulator")]
 pub mod demo;
 pub mod event;
-pub mod flush;
 pub mod graph;
 pub mod ingest;
 pub mod ledger;
 pub mod metrics;
+pub mod runtime;
 pub mod secret;
+pub mod store;
+pub mod sync;
 pub mod telemetry;
 pub mod tenants;
 pub mod window;

@@ -1,7 +1,7 @@
 //! Staged windows in Redis: the dedupe (per schedule only the highest revision is kept), the due
 //! set (each staged schedule's window end), and claims on due schedules with a lease.
 //!
-//! Keys, all under `{prefix}:`:
+//! Keys (named in `store::keys`):
 //! - `s:{company}/{schedule}`: hash `rev`, `event` (the raw message), `kind`, `born` (a
 //!   `schedule.created` of this schedule was staged here, so every copy of it was created through
 //!   this Redis), `staged_at`, `replay` (the revision an operator's replay made due again, until
@@ -21,6 +21,7 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use crate::event::{EventType, ScheduleEvent};
+use crate::store::{Keys, Member};
 
 /// How long a schedule's staging record outlives its last change. Within it, a redelivered or
 /// replayed older revision is recognised as stale.
@@ -63,28 +64,6 @@ pub enum Staged {
     /// A replay of the staged revision or an older one: due again; the staged (newest)
     /// revision is re-applied only where a copy is behind.
     Replayed,
-}
-
-/// A claim on a due schedule, held until completed, released or expired.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Member {
-    pub company_id: String,
-    pub schedule_id: String,
-}
-
-impl Member {
-    pub fn encode(&self) -> String {
-        format!("{}/{}", self.company_id, self.schedule_id)
-    }
-
-    /// Ids never contain `/` (the contract allows `A-Z a-z 0-9 . _ : -`).
-    pub fn decode(s: &str) -> Option<Member> {
-        let (c, sch) = s.split_once('/')?;
-        Some(Member {
-            company_id: c.to_string(),
-            schedule_id: sch.to_string(),
-        })
-    }
 }
 
 /// The staged state of one schedule, as the flush reads it.
@@ -218,11 +197,43 @@ end
 return n
 "#;
 
+/// KEYS[1] = a schedule's staging hash; ARGV[1] = the replayed revision just applied.
+const CLEAR_REPLAY_LUA: &str = r#"
+if redis.call('HGET', KEYS[1], 'replay') == ARGV[1] then
+  return redis.call('HDEL', KEYS[1], 'replay')
+end
+return 0
+"#;
+
+/// `HMGET rev event kind staged_at replay` of one schedule.
+type InspectedFields = (
+    Option<u64>,
+    Option<Vec<u8>>,
+    Option<String>,
+    Option<u64>,
+    Option<u64>,
+);
+
+/// Everything staged about one schedule (see [`Windows::inspect`]).
+#[derive(Debug, Clone, Default)]
+pub struct Inspection {
+    /// The staged (newest) revision; `None` if nothing is staged (never, or past retention).
+    pub revision: Option<u64>,
+    pub raw: Option<Vec<u8>>,
+    pub kind: Option<EventType>,
+    pub staged_at: Option<jiff::Timestamp>,
+    /// The revision an operator's replay made due again, until applied.
+    pub replay: Option<u64>,
+    pub due_at: Option<jiff::Timestamp>,
+    /// The claim's lease expiry while a worker flushes it.
+    pub claimed_until: Option<jiff::Timestamp>,
+}
+
 /// The staging store.
 #[derive(Clone)]
 pub struct Windows {
     redis: ConnectionManager,
-    prefix: String,
+    keys: Keys,
     window_ms: u64,
     stage: std::sync::Arc<Script>,
     claim: std::sync::Arc<Script>,
@@ -235,10 +246,10 @@ pub fn now_ms() -> u64 {
 }
 
 impl Windows {
-    pub fn new(redis: ConnectionManager, prefix: &str, window: Duration) -> Self {
+    pub fn new(redis: ConnectionManager, keys: Keys, window: Duration) -> Self {
         Self {
             redis,
-            prefix: prefix.to_string(),
+            keys,
             window_ms: window.as_millis().max(1) as u64,
             stage: std::sync::Arc::new(Script::new(STAGE_LUA)),
             claim: std::sync::Arc::new(Script::new(CLAIM_LUA)),
@@ -247,12 +258,12 @@ impl Windows {
         }
     }
 
-    pub fn key(&self, suffix: &str) -> String {
-        format!("{}:{suffix}", self.prefix)
+    pub fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     fn schedule_key(&self, company: &str, schedule: &str) -> String {
-        format!("{}:s:{company}/{schedule}", self.prefix)
+        self.keys.staged(&Member::new(company, schedule))
     }
 
     /// The end of the aligned window containing `t_ms`.
@@ -267,7 +278,7 @@ impl Windows {
         }
         let now = now_ms();
         let mut inv = self.stage.prepare_invoke();
-        inv.key(self.key("due"));
+        inv.key(self.keys.due());
         for s in batch {
             inv.key(self.schedule_key(s.company_id, s.schedule_id));
         }
@@ -309,9 +320,9 @@ impl Windows {
         let mut r = self.redis.clone();
         let members: Vec<String> = self
             .claim
-            .key(self.key("due"))
-            .key(self.key("inflight"))
-            .key(self.key("owner"))
+            .key(self.keys.due())
+            .key(self.keys.inflight())
+            .key(self.keys.owner())
             .arg(now_ms())
             .arg(lease.as_millis() as u64)
             .arg(limit)
@@ -331,9 +342,9 @@ impl Windows {
             return Ok(0);
         }
         let mut inv = self.settle.prepare_invoke();
-        inv.key(self.key("inflight"))
-            .key(self.key("owner"))
-            .key(self.key("due"))
+        inv.key(self.keys.inflight())
+            .key(self.keys.owner())
+            .key(self.keys.due())
             .arg(token)
             .arg(if retry_at.is_some() {
                 "retry_at"
@@ -379,8 +390,8 @@ impl Windows {
             return Ok(0);
         }
         let mut inv = self.renew.prepare_invoke();
-        inv.key(self.key("inflight"))
-            .key(self.key("owner"))
+        inv.key(self.keys.inflight())
+            .key(self.keys.owner())
             .arg(token)
             .arg(now_ms() + lease.as_millis() as u64);
         for m in members {
@@ -418,10 +429,85 @@ impl Windows {
             .collect())
     }
 
+    /// Everything staged about one schedule, for the ledger's view (one round trip).
+    pub async fn inspect(&self, m: &Member) -> Result<Inspection, redis::RedisError> {
+        let mut r = self.redis.clone();
+        let encoded = m.encode();
+        let ((revision, raw, kind, staged_at, replay), due, inflight): (
+            InspectedFields,
+            Option<f64>,
+            Option<f64>,
+        ) = redis::pipe()
+            .cmd("HMGET")
+            .arg(self.keys.staged(m))
+            .arg(&["rev", "event", "kind", "staged_at", "replay"])
+            .cmd("ZSCORE")
+            .arg(self.keys.due())
+            .arg(&encoded)
+            .cmd("ZSCORE")
+            .arg(self.keys.inflight())
+            .arg(&encoded)
+            .query_async(&mut r)
+            .await?;
+        let ms = |v: f64| jiff::Timestamp::from_millisecond(v as i64).ok();
+        Ok(Inspection {
+            revision,
+            raw,
+            kind: kind.as_deref().map(|k| match k {
+                "c" => EventType::Created,
+                "d" => EventType::Deleted,
+                _ => EventType::Updated,
+            }),
+            staged_at: staged_at.and_then(|v| ms(v as f64)),
+            replay,
+            due_at: due.and_then(ms),
+            claimed_until: inflight.and_then(ms),
+        })
+    }
+
+    /// The revision an operator's replay made due again, per schedule, until applied.
+    pub async fn replay_marks(
+        &self,
+        members: &[&Member],
+    ) -> Result<Vec<Option<u64>>, redis::RedisError> {
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for m in members {
+            pipe.hget(self.keys.staged(m), "replay");
+        }
+        let mut r = self.redis.clone();
+        pipe.query_async(&mut r).await
+    }
+
+    /// Adds to `pipe` the clearing of a schedule's replay mark, if it still marks `revision`
+    /// (the ledger clears it in the same round trip as the entry that applied the replay).
+    pub fn clear_replay_mark(&self, pipe: &mut redis::Pipeline, m: &Member, revision: u64) {
+        pipe.cmd("EVAL")
+            .arg(CLEAR_REPLAY_LUA)
+            .arg(1)
+            .arg(self.keys.staged(m))
+            .arg(revision)
+            .ignore();
+    }
+
+    /// The schedules a worker's claim token holds.
+    pub async fn claimed_by(&self, token: &str) -> Result<Vec<Member>, redis::RedisError> {
+        let mut r = self.redis.clone();
+        let owners: std::collections::HashMap<String, String> =
+            r.hgetall(self.keys.owner()).await?;
+        Ok(owners
+            .iter()
+            .filter(|(_, t)| t.as_str() == token)
+            .filter_map(|(m, _)| Member::decode(m))
+            .collect())
+    }
+
     /// The due backlog: how many schedules wait and the due time of the oldest (ms).
     pub async fn backlog(&self) -> Result<(u64, Option<u64>), redis::RedisError> {
         let mut r = self.redis.clone();
-        let due = self.key("due");
+        let due = self.keys.due();
         let n: u64 = r.zcard(&due).await?;
         let first: Vec<(String, f64)> = r.zrange_withscores(&due, 0, 0).await?;
         Ok((n, first.first().map(|(_, s)| *s as u64)))

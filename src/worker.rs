@@ -18,37 +18,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::AsyncCommands;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::flush::Flusher;
 use crate::graph::client::GraphClient;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::store;
+use crate::sync::Flusher;
 use crate::window::Windows;
-
-/// Connects to Redis with the configured response timeout; the manager reconnects by itself.
-pub async fn redis(cfg: &Config) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
-    let client = redis::Client::open(cfg.redis.url.as_str())?;
-    let mcfg = redis::aio::ConnectionManagerConfig::new()
-        .set_response_timeout(Some(Duration::from_millis(cfg.redis.response_timeout_ms)))
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_max_delay(Duration::from_secs(5));
-    client.get_connection_manager_with_config(mcfg).await
-}
-
-/// A Redis connection manager that connects on first use (so a worker starts, not ready, while
-/// Redis is down) and reconnects by itself.
-pub fn redis_lazy(cfg: &Config) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
-    let client = redis::Client::open(cfg.redis.url.as_str())?;
-    let mcfg = redis::aio::ConnectionManagerConfig::new()
-        .set_response_timeout(Some(Duration::from_millis(cfg.redis.response_timeout_ms)))
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_max_delay(Duration::from_secs(5));
-    client.get_connection_manager_lazy(mcfg)
-}
 
 /// How a [`Worker::stop`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +46,6 @@ pub struct Worker {
     pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// `{prefix}:owner`: claimed member → claim token.
-    owner_key: String,
     mailbox_lease: Duration,
 }
 
@@ -88,10 +65,9 @@ impl Worker {
     pub async fn start(mut cfg: Config) -> Result<Worker, redis::RedisError> {
         cfg.amqp.url = cfg.amqp.connection_url();
         let cfg = Arc::new(cfg);
-        let redis = redis_lazy(&cfg)?;
+        let redis = store::connect_lazy(&cfg)?;
         let metrics = Metrics::new();
-        let windows = Windows::new(redis.clone(), &cfg.redis.key_prefix, cfg.window());
-        let owner_key = windows.key("owner");
+        let windows = Windows::new(redis.clone(), store::keys(&cfg), cfg.window());
         let ingest = Arc::new(Ingest::new((*cfg).clone(), windows, metrics.clone()));
         let flusher = Flusher::new(
             cfg.clone(),
@@ -99,7 +75,6 @@ impl Worker {
             GraphClient::new(&cfg.graph),
             metrics.clone(),
         );
-        crate::flush::announce(&cfg);
         let (shutdown, rx) = watch::channel(false);
         let tasks = vec![
             tokio::spawn({
@@ -119,7 +94,6 @@ impl Worker {
         ];
         Ok(Worker {
             ingest,
-            owner_key,
             mailbox_lease: Duration::from_secs(cfg.graph.mailbox_lease_seconds),
             redis,
             flusher,
@@ -154,7 +128,7 @@ impl Worker {
         }
         // Aborted tasks drop their claim and lease renewers at their next await.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let released = tokio::time::timeout(RELEASE_TIMEOUT, self.release_claims())
+        let released = tokio::time::timeout(RELEASE_TIMEOUT, self.flusher.release_claims())
             .await
             .unwrap_or_else(|_| Err(timeout_error()));
         let released_claims = match released {
@@ -177,19 +151,6 @@ impl Worker {
             drained: false,
             released_claims,
         }
-    }
-
-    /// Gives back every claim this worker's flusher holds (due again at once).
-    async fn release_claims(&self) -> Result<usize, redis::RedisError> {
-        let mut r = self.redis.clone();
-        let owners: std::collections::HashMap<String, String> = r.hgetall(&self.owner_key).await?;
-        let token = self.flusher.claim_token();
-        let mine: Vec<crate::window::Member> = owners
-            .iter()
-            .filter(|(_, t)| t.as_str() == token)
-            .filter_map(|(m, _)| crate::window::Member::decode(m))
-            .collect();
-        self.flusher.release_all(&mine).await
     }
 
     /// What `/healthz`, `/readyz` and `/metrics` serve.

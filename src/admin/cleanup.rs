@@ -7,16 +7,14 @@
 //! same discipline the flush keeps), retried after `Retry-After`. Copies carry no attendees, so
 //! deleting them sends no cancellation mail.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::service::{Admin, AdminError, CleanupFailure, CleanupReport, Progress, ProgressFn};
-use crate::flush::{AbortOnDrop, MailboxLeases};
 use crate::graph::client::{Credentials, GraphRequest, GraphResponse, MAX_BATCH};
 use crate::graph::error::{ErrorClass, GraphError, MailboxProblem};
 use crate::graph::requests::{self, LookupPage};
-use crate::window::Member;
+use crate::store::MailboxLeases;
+use crate::store::Member;
 
 const ROUNDS: u32 = 6;
 
@@ -31,30 +29,14 @@ pub(crate) async fn delete_copies(
 ) -> Result<CleanupReport, AdminError> {
     let mailbox = crate::tenants::mailbox_key(mailbox);
     // The mailbox's exclusive lease, the one the flush takes: no worker writes there meanwhile.
-    let deadline = tokio::time::Instant::now() + lease_wait;
-    let token = loop {
-        let taken = leases
-            .try_acquire_many(company, std::slice::from_ref(&mailbox))
-            .await?;
-        if let Some(Some(t)) = taken.into_iter().next() {
-            break t;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(AdminError::Unavailable {
-                message: format!("a worker kept writing to {mailbox}; try again"),
-                retry_after: Some(lease_wait),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(50 + rand::random::<u64>() % 50)).await;
+    let Some(lease) = leases.acquire(company, &mailbox, lease_wait).await? else {
+        return Err(AdminError::Unavailable {
+            message: format!("a worker kept writing to {mailbox}; try again"),
+            retry_after: Some(lease_wait),
+        });
     };
-    let held = Arc::new(std::sync::Mutex::new(BTreeMap::from([(
-        mailbox.clone(),
-        token.clone(),
-    )])));
-    let renewer = AbortOnDrop(leases.renew_all(company.to_string(), held));
     let result = run(admin, company, creds, &mailbox, progress).await;
-    drop(renewer);
-    leases.release_many(company, &[(mailbox, token)]).await;
+    lease.release().await;
     result
 }
 

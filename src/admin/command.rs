@@ -195,7 +195,7 @@ fn parse_expiry(s: &str) -> Result<jiff::Timestamp, CommandError> {
 /// Runs one admin command; exit 0 on success, 1 when the outcome is a failure (a verification
 /// that found a problem, a bulk file with skipped rows).
 pub async fn run(cfg: Config, cmd: AdminCommand) -> Result<ExitCode, CommandError> {
-    let redis = crate::worker::redis(&cfg)
+    let redis = crate::store::connect(&cfg)
         .await
         .map_err(|source| CommandError::Redis {
             url: cfg.redis.url.clone(),

@@ -17,11 +17,11 @@ use serde::Serialize;
 use super::messages::{self, Text};
 use crate::config::Config;
 use crate::crypto::CryptoError;
-use crate::flush::{Copies, MailboxLeases};
 use crate::graph::client::{Credentials, GraphClient, GraphRequest, path_segment};
 use crate::graph::error::{ErrorClass, GraphError, TokenProblem};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
+use crate::store::{Copies, MailboxLeases};
 use crate::tenants::{
     Company, ConsentRecord, Directory, DirectoryError, LinkedUser, Plan, StoredCredentials,
     UserStatus, VerificationRecord, mailbox_key,
@@ -332,13 +332,13 @@ impl Admin {
         graph: GraphClient,
         metrics: Arc<Metrics>,
     ) -> Admin {
-        let prefix = cfg.redis.key_prefix.clone();
+        let keys = crate::store::keys(&cfg);
         Admin {
             directory: Directory::from_config(redis.clone(), &cfg),
-            copies: Copies::new(redis.clone(), &prefix),
+            copies: Copies::new(redis.clone(), keys.clone()),
             leases: MailboxLeases::new(
                 redis.clone(),
-                &prefix,
+                keys,
                 Duration::from_secs(cfg.graph.mailbox_lease_seconds),
             ),
             graph,
@@ -902,7 +902,7 @@ impl Admin {
             report.users_unlinked += 1;
         }
         if let Some(creds) = creds {
-            let mailboxes = self.mailboxes_with_copies(company).await?;
+            let mailboxes = self.copies.mailboxes_with_copies(company).await?;
             report.mailboxes = mailboxes.len();
             let mut totals = Vec::with_capacity(mailboxes.len());
             for m in &mailboxes {
@@ -938,38 +938,6 @@ impl Admin {
             "admin: integration removed"
         );
         Ok(report)
-    }
-
-    /// Mailboxes (lowercase) in which the company has copies recorded.
-    async fn mailboxes_with_copies(&self, company: &str) -> Result<Vec<String>, AdminError> {
-        let prefix = format!("{}:copies-of:{company}:", self.cfg.redis.key_prefix);
-        let mut r = self.redis.clone();
-        let mut cursor: u64 = 0;
-        let mut out = Vec::new();
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{prefix}*"))
-                .arg("COUNT")
-                .arg(500)
-                .query_async(&mut r)
-                .await?;
-            for k in keys {
-                if let Some(m) = k.strip_prefix(&prefix)
-                    && !m.contains(':')
-                {
-                    out.push(m.to_string());
-                }
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        out.sort();
-        out.dedup();
-        Ok(out)
     }
 
     /// Deletes exactly the copies this service created in one mailbox: the events the mapping

@@ -177,7 +177,7 @@ pub enum CommandError {
 }
 
 async fn redis(cfg: &Config) -> Result<redis::aio::ConnectionManager, CommandError> {
-    crate::worker::redis(cfg)
+    crate::store::connect(cfg)
         .await
         .map_err(|source| CommandError::Redis {
             url: cfg.redis.url.clone(),

@@ -27,6 +27,10 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use crate::amqp::{AmqpError, Publisher, long_str};
 
+/// Header an operator's replay carries (`x-replay: true`): ingest stages the event as a replay
+/// (the staged revision is applied again where a copy is behind).
+pub const REPLAY_HEADER: &str = "x-replay";
+
 pub use ops::{Dlq, DlqError, PurgeReport, PurgeRequest, ReplayReport, ReplayRequest, Summary};
 pub use queue::{Control, Progress};
 pub use record::{Death, Filter, Record, Source};

@@ -39,11 +39,11 @@ use lapin::{BasicProperties, Channel};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
+use super::REPLAY_HEADER;
 use super::ops::DlqError;
 use super::record::{Record, header_map};
 use super::{DEAD_LETTER_ID, ORIGINAL_ROUTING_KEY, REPLAY_COUNT, REPLAYED_AT, REPLAYED_FROM};
 use crate::amqp::long_str;
-use crate::ingest::REPLAY_HEADER;
 
 /// The most messages one batch handles. RabbitMQ settles each message taken with `basic.get`
 /// from a quorum queue with a command of its own, and a channel with more than 32 commands in

@@ -1109,8 +1109,9 @@ async fn unlinking_with_delete_copies_removes_exactly_the_copies_this_service_cr
         )
         .await
         .unwrap();
-    let copies = outlook_sync::flush::Copies::new(sb.redis.clone(), &sb.cfg.redis.key_prefix);
-    let m = outlook_sync::window::Member {
+    let copies =
+        outlook_sync::store::Copies::new(sb.redis.clone(), outlook_sync::store::keys(&sb.cfg));
+    let m = outlook_sync::store::Member {
         company_id: "acme".into(),
         schedule_id: "s-3".into(),
     };

@@ -461,7 +461,7 @@ async fn the_probed_paths_answer_without_the_services() {
     let health = outlook_sync::admin::Health {
         metrics,
         consumer_ready: rx,
-        redis: outlook_sync::worker::redis_lazy(&cfg).unwrap(),
+        redis: outlook_sync::store::connect_lazy(&cfg).unwrap(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

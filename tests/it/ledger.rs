@@ -8,8 +8,9 @@ use graph_emulator::{MailboxKind, Settings};
 use outlook_sync::demo::{Ev, Sandbox};
 use outlook_sync::ledger::{self, Entry, EntryFilter, Ledger, Outcome};
 use outlook_sync::metrics::Metrics;
+use outlook_sync::store::{Keys, Member};
 use outlook_sync::tenants::Plan;
-use outlook_sync::window::{Member, Staging, Windows};
+use outlook_sync::window::{Staging, Windows};
 use redis::AsyncCommands;
 
 use crate::support;
@@ -186,10 +187,15 @@ async fn an_applied_replay_is_marked_once_in_the_ledger_and_counted() {
     let cfg = support::config("ledger-replay");
     let redis = support::redis().await;
     let prefix = &cfg.redis.key_prefix;
-    let windows = Windows::new(redis.clone(), prefix, Duration::from_secs(1));
+    let windows = Windows::new(redis.clone(), Keys::new(prefix), Duration::from_secs(1));
     let metrics = Metrics::new();
-    let ledger = Ledger::new(redis.clone(), prefix, Duration::from_secs(3600), 50)
-        .with_metrics(metrics.clone());
+    let ledger = Ledger::new(
+        redis.clone(),
+        windows.clone(),
+        Duration::from_secs(3600),
+        50,
+    )
+    .with_metrics(metrics.clone());
     let member = Member {
         company_id: "acme".into(),
         schedule_id: "s-1".into(),
@@ -240,7 +246,7 @@ async fn an_applied_replay_is_marked_once_in_the_ledger_and_counted() {
         .unwrap();
     assert_eq!(n, 1);
     assert_eq!(metrics.replays_succeeded.get(), 1);
-    let entries = ledger.show("acme", "s-1").await.unwrap();
+    let entries = ledger.show(&member).await.unwrap();
     let marked: Vec<(&str, bool)> = entries
         .iter()
         .map(|e| (e.target.as_str(), e.replay))

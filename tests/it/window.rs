@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use outlook_sync::demo::Ev;
 use outlook_sync::event::{ScheduleEvent, decode};
-use outlook_sync::window::{Member, Staged, Staging, Windows};
+use outlook_sync::store::{Keys, Member};
+use outlook_sync::window::{Staged, Staging, Windows};
 use redis::AsyncCommands;
 
 use crate::support;
@@ -23,7 +24,7 @@ impl Fixture {
         let redis = support::redis().await;
         let prefix = cfg.redis.key_prefix.clone();
         Fixture {
-            windows: Windows::new(redis.clone(), &prefix, Duration::from_secs(300)),
+            windows: Windows::new(redis.clone(), Keys::new(&prefix), Duration::from_secs(300)),
             redis,
             prefix,
         }

@@ -1,0 +1,265 @@
+//! The one lease implementation: an exclusive, expiring hold on a Redis key. Taken with
+//! `SET key token NX PX ttl`, renewed and given back only by its holder (compare the token, then
+//! `PEXPIRE` or `DEL`, in Lua). A holder that dies stops renewing, and its lease runs out.
+//!
+//! Used for the per-mailbox write lease ([`MailboxLeases`]: writes to one mailbox are
+//! serialised across all workers, so Graph's 4-in-flight limit holds across pods) and for the
+//! dead-letter operations' lock.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tracing::warn;
+
+use super::keys::Keys;
+use crate::runtime::AbortOnDrop;
+
+const RELEASE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+const EXTEND_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"#;
+
+/// Held leases as a renewer reads them: key → token. The holder adds and removes entries.
+pub type Held = Arc<std::sync::Mutex<BTreeMap<String, String>>>;
+
+/// Leases of one length on any keys.
+#[derive(Clone)]
+pub struct Leases {
+    redis: ConnectionManager,
+    ttl: Duration,
+    release: Arc<redis::Script>,
+    extend: Arc<redis::Script>,
+}
+
+impl Leases {
+    pub fn new(redis: ConnectionManager, ttl: Duration) -> Leases {
+        Leases {
+            redis,
+            ttl,
+            release: Arc::new(redis::Script::new(RELEASE_LUA)),
+            extend: Arc::new(redis::Script::new(EXTEND_LUA)),
+        }
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Tries to take each `(key, token)` (one round trip); true for each taken.
+    pub async fn try_take(
+        &self,
+        wanted: &[(String, String)],
+    ) -> Result<Vec<bool>, redis::RedisError> {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for (key, token) in wanted {
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(token)
+                .arg("NX")
+                .arg("PX")
+                .arg(self.ttl.as_millis() as u64);
+        }
+        let mut r = self.redis.clone();
+        let ok: Vec<Option<String>> = pipe.query_async(&mut r).await?;
+        Ok(ok.into_iter().map(|v| v.is_some()).collect())
+    }
+
+    /// Gives leases back (best effort: a lease not given back runs out).
+    pub async fn give_back(&self, held: &[(String, String)]) {
+        if held.is_empty() {
+            return;
+        }
+        let mut r = self.redis.clone();
+        if let Err(e) = self
+            .invoke_all::<()>(&self.release, held, &[], &mut r)
+            .await
+        {
+            warn!(error = %e, leases = held.len(), "leases not given back; they run out by themselves");
+        }
+    }
+
+    /// Extends each `(key, token)` still held by that token; true for each still held.
+    pub async fn renew(&self, held: &[(String, String)]) -> Result<Vec<bool>, redis::RedisError> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut r = self.redis.clone();
+        let ttl = self.ttl.as_millis() as u64;
+        let out: Vec<i64> = self.invoke_all(&self.extend, held, &[ttl], &mut r).await?;
+        Ok(out.into_iter().map(|n| n == 1).collect())
+    }
+
+    /// One script call per lease in one pipeline (loading the script once if the server does
+    /// not know it yet).
+    async fn invoke_all<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        held: &[(String, String)],
+        extra: &[u64],
+        r: &mut ConnectionManager,
+    ) -> Result<T, redis::RedisError> {
+        let mut pipe = redis::pipe();
+        for (key, token) in held {
+            let mut inv = script.key(key);
+            inv.arg(token);
+            for a in extra {
+                inv.arg(*a);
+            }
+            pipe.invoke_script(&inv);
+        }
+        match pipe.query_async(r).await {
+            // NOSCRIPT on a fresh (or restarted) server: load once and try again.
+            Err(_) => {
+                let _: String = script.prepare_invoke().load_async(r).await?;
+                pipe.query_async(r).await
+            }
+            ok => ok,
+        }
+    }
+
+    /// Renews every lease in `held` each third of the lease time until the returned handle is
+    /// dropped. A lease found taken by someone else (it ran out meanwhile) sets `lost`, if given.
+    pub fn keep_renewed(&self, held: Held, lost: Option<Arc<AtomicBool>>) -> AbortOnDrop {
+        let this = self.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(this.ttl / 3).await;
+                let now: Vec<(String, String)> = held
+                    .lock()
+                    .expect("lease map")
+                    .iter()
+                    .map(|(k, t)| (k.clone(), t.clone()))
+                    .collect();
+                match this.renew(&now).await {
+                    Ok(still) if still.iter().any(|s| !s) => {
+                        if let Some(lost) = &lost {
+                            lost.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "leases not renewed this time; retried"),
+                }
+            }
+        }))
+    }
+}
+
+/// A new random lease token.
+pub fn token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The exclusive, expiring lease on one mailbox, shared by all workers.
+#[derive(Clone)]
+pub struct MailboxLeases {
+    leases: Leases,
+    keys: Keys,
+}
+
+/// A held mailbox lease (see [`MailboxLeases::acquire`]), renewed until released or dropped.
+pub struct LeaseGuard {
+    leases: Leases,
+    key: String,
+    token: String,
+    _renewer: AbortOnDrop,
+}
+
+impl LeaseGuard {
+    pub async fn release(self) {
+        self.leases
+            .give_back(&[(self.key.clone(), self.token.clone())])
+            .await;
+    }
+}
+
+impl MailboxLeases {
+    pub fn new(redis: ConnectionManager, keys: Keys, ttl: Duration) -> Self {
+        Self {
+            leases: Leases::new(redis, ttl),
+            keys,
+        }
+    }
+
+    /// The lease key of a mailbox (a `tenants::mailbox_key`).
+    pub fn key(&self, company: &str, mailbox: &str) -> String {
+        self.keys.mailbox_lease(company, mailbox)
+    }
+
+    pub fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    /// Takes one mailbox's lease, trying for up to `wait`; `None` if another worker held it
+    /// throughout. The guard renews it until released (or dropped: then it runs out).
+    pub async fn acquire(
+        &self,
+        company: &str,
+        mailbox: &str,
+        wait: Duration,
+    ) -> Result<Option<LeaseGuard>, redis::RedisError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let key = self.key(company, mailbox);
+        loop {
+            let token = token();
+            if self
+                .leases
+                .try_take(&[(key.clone(), token.clone())])
+                .await?
+                == [true]
+            {
+                let held: Held = Arc::new(std::sync::Mutex::new(BTreeMap::from([(
+                    key.clone(),
+                    token.clone(),
+                )])));
+                return Ok(Some(LeaseGuard {
+                    leases: self.leases.clone(),
+                    key,
+                    token,
+                    _renewer: self.leases.keep_renewed(held, None),
+                }));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            let jitter = rand::random::<u64>() % 40;
+            tokio::time::sleep(Duration::from_millis(30 + jitter)).await;
+        }
+    }
+
+    /// Tries to take several mailboxes' leases at once (one round trip); a token for each taken.
+    pub async fn try_acquire_many(
+        &self,
+        company: &str,
+        mailboxes: &[String],
+    ) -> Result<Vec<Option<String>>, redis::RedisError> {
+        let wanted: Vec<(String, String)> = mailboxes
+            .iter()
+            .map(|m| (self.key(company, m), token()))
+            .collect();
+        let taken = self.leases.try_take(&wanted).await?;
+        Ok(wanted
+            .into_iter()
+            .zip(taken)
+            .map(|((_, t), ok)| ok.then_some(t))
+            .collect())
+    }
+
+    /// Gives mailbox leases back: `(mailbox, token)`.
+    pub async fn release_many(&self, company: &str, held: &[(String, String)]) {
+        let held: Vec<(String, String)> = held
+            .iter()
+            .map(|(m, t)| (self.key(company, m), t.clone()))
+            .collect();
+        self.leases.give_back(&held).await;
+    }
+}
