@@ -20,6 +20,9 @@ use crate::amqp::{self, Publisher, Topology};
 use crate::config::Config;
 use crate::deadletter::{DeadLetter, REPLAY_HEADER};
 use crate::event;
+use crate::internal_events::{
+    BatchStaged, ConsumerLost, InternalEvent, InvalidEventDeadLettered, ReplayStaged,
+};
 use crate::metrics::Metrics;
 use crate::runtime::Backoff;
 use crate::window::{Staged, Staging, Windows};
@@ -84,9 +87,12 @@ impl Ingest {
                 Ok(()) => backoff.reset(),
                 Err(e) => {
                     self.ready.send_replace(false);
-                    self.metrics.ingest_reconnects.inc();
                     let wait = backoff.delay();
-                    warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "ingest: consumer lost; reconnecting");
+                    ConsumerLost {
+                        error: &e,
+                        retry_in: wait,
+                    }
+                    .emit(&self.metrics);
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.changed() => {}
@@ -201,7 +207,6 @@ impl Stager {
         batch: Vec<lapin::message::Delivery>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<BatchReport, amqp::AmqpError> {
-        let publisher = &*publisher;
         self.metrics.events_consumed.inc_by(batch.len() as u64);
         let mut report = BatchReport::default();
         let mut valid = Vec::with_capacity(batch.len());
@@ -214,109 +219,118 @@ impl Stager {
         }
         // Dead letters first: each is confirmed before the batch is acked.
         for (e, d) in &invalid {
-            let dl = DeadLetter {
-                stage: "ingest",
-                reason: e.reason.code().to_string(),
-                error: e.to_string(),
-                attempts: 1,
-                ..DeadLetter::default()
-            };
-            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-            loop {
-                match dl
-                    .publish(
-                        publisher,
-                        &self.cfg.amqp.dead_letter_exchange,
-                        d.routing_key.as_str(),
-                        &d.properties,
-                        &d.data,
-                    )
-                    .await
-                {
-                    Ok(()) => break,
-                    Err(err) if *shutdown.borrow() => return Err(err),
-                    Err(err) => {
-                        warn!(error = %err, "ingest: dead-letter publish failed; retrying");
-                        tokio::time::sleep(backoff.delay()).await;
-                        if !ch.status().connected() {
-                            return Err(err);
-                        }
-                    }
-                }
-            }
-            warn!(reason = e.reason.code(), field = %e.field, problem = %e.problem, message_id = ?d.properties.message_id(), "ingest: invalid event dead-lettered");
-            self.metrics
-                .events_invalid
-                .get_or_create(&Metrics::label("reason", e.reason.code()))
-                .inc();
-            self.metrics
-                .dead_letters
-                .get_or_create(&vec![
-                    ("stage", "ingest".into()),
-                    ("reason", e.reason.code().into()),
-                ])
-                .inc();
+            self.dead_letter(&ch, &publisher, e, d, &shutdown).await?;
             report.invalid += 1;
         }
         if !valid.is_empty() {
-            let staging: Vec<Staging<'_>> = valid
-                .iter()
-                .map(|(ev, d)| Staging {
-                    replay: is_replay(d),
-                    ..Staging::new(ev, &d.data)
-                })
-                .collect();
-            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-            let outcomes = loop {
-                match self.windows.stage(&staging).await {
-                    Ok(o) => break o,
-                    Err(e) => {
-                        if *shutdown.borrow() || !ch.status().connected() {
-                            // Unacked: the broker redelivers them to whoever consumes next.
-                            return Err(amqp::AmqpError::Interrupted(format!(
-                                "staging failed ({e}) and the channel is closing"
-                            )));
-                        }
-                        let wait = backoff.delay();
-                        warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "ingest: staging in Redis failed; holding the batch unacked and retrying");
-                        tokio::time::sleep(wait).await;
+            let staged = self.stage(&ch, &valid, &shutdown).await?;
+            report = BatchReport {
+                invalid: report.invalid,
+                ..staged
+            };
+        }
+        Ok(report)
+    }
+
+    /// Publishes an invalid message to the dead-letter exchange with its reason, retrying until
+    /// the broker confirms it (or the channel closes: then the batch is redelivered).
+    async fn dead_letter(
+        &self,
+        ch: &lapin::Channel,
+        publisher: &Publisher,
+        e: &event::ContractError,
+        d: &lapin::message::Delivery,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), amqp::AmqpError> {
+        let dl = DeadLetter {
+            stage: "ingest",
+            reason: e.reason.code().to_string(),
+            error: e.to_string(),
+            attempts: 1,
+            ..DeadLetter::default()
+        };
+        let exchange = &self.cfg.amqp.dead_letter_exchange;
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            let key = d.routing_key.as_str();
+            match dl
+                .publish(publisher, exchange, key, &d.properties, &d.data)
+                .await
+            {
+                Ok(()) => break,
+                Err(err) if *shutdown.borrow() => return Err(err),
+                Err(err) => {
+                    warn!(error = %err, "ingest: dead-letter publish failed; retrying");
+                    tokio::time::sleep(backoff.delay()).await;
+                    if !ch.status().connected() {
+                        return Err(err);
                     }
                 }
-            };
-            for (o, s) in outcomes.iter().zip(&staging) {
-                match o {
-                    Staged::Newest | Staged::Replayed => report.staged += 1,
-                    Staged::Duplicate => report.duplicates += 1,
-                    Staged::Stale => report.stale += 1,
-                }
-                if s.replay {
-                    // An operator's replay of a dead letter (`outlook-sync dlq replay`).
-                    let outcome = match o {
-                        Staged::Replayed => "restaged",
-                        Staged::Newest => "newest",
-                        Staged::Duplicate => "duplicate",
-                        Staged::Stale => "stale",
-                    };
-                    self.metrics
-                        .dead_letters_replayed
-                        .get_or_create(&Metrics::label("outcome", outcome))
-                        .inc();
-                }
-            }
-            self.metrics.events_staged.inc_by(report.staged as u64);
-            if report.duplicates > 0 {
-                self.metrics
-                    .events_deduplicated
-                    .get_or_create(&Metrics::label("kind", "duplicate"))
-                    .inc_by(report.duplicates as u64);
-            }
-            if report.stale > 0 {
-                self.metrics
-                    .events_deduplicated
-                    .get_or_create(&Metrics::label("kind", "stale"))
-                    .inc_by(report.stale as u64);
             }
         }
+        InvalidEventDeadLettered {
+            error: e,
+            message_id: d.properties.message_id().as_ref().map(|m| m.as_str()),
+        }
+        .emit(&self.metrics);
+        Ok(())
+    }
+
+    /// Stages the valid events with one round trip, holding the batch unacked and retrying
+    /// while Redis fails (unless the channel is closing: then the broker redelivers them).
+    async fn stage(
+        &self,
+        ch: &lapin::Channel,
+        valid: &[(event::ScheduleEvent, &lapin::message::Delivery)],
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<BatchReport, amqp::AmqpError> {
+        let staging: Vec<Staging<'_>> = valid
+            .iter()
+            .map(|(ev, d)| Staging {
+                replay: is_replay(d),
+                ..Staging::new(ev, &d.data)
+            })
+            .collect();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let outcomes = loop {
+            match self.windows.stage(&staging).await {
+                Ok(o) => break o,
+                Err(e) if *shutdown.borrow() || !ch.status().connected() => {
+                    return Err(amqp::AmqpError::Interrupted(format!(
+                        "staging failed ({e}) and the channel is closing"
+                    )));
+                }
+                Err(e) => {
+                    let wait = backoff.delay();
+                    warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "ingest: staging in Redis failed; holding the batch unacked and retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        };
+        let mut report = BatchReport::default();
+        for (o, s) in outcomes.iter().zip(&staging) {
+            match o {
+                Staged::Newest | Staged::Replayed => report.staged += 1,
+                Staged::Duplicate => report.duplicates += 1,
+                Staged::Stale => report.stale += 1,
+            }
+            if s.replay {
+                // An operator's replay of a dead letter (`outlook-sync dlq replay`).
+                let outcome = match o {
+                    Staged::Replayed => "restaged",
+                    Staged::Newest => "newest",
+                    Staged::Duplicate => "duplicate",
+                    Staged::Stale => "stale",
+                };
+                ReplayStaged { outcome }.emit(&self.metrics);
+            }
+        }
+        BatchStaged {
+            staged: report.staged,
+            duplicates: report.duplicates,
+            stale: report.stale,
+        }
+        .emit(&self.metrics);
         Ok(report)
     }
 }

@@ -1,5 +1,6 @@
 //! cyzen → Outlook calendar sync. See ARCHITECTURE.md for the codemap.
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 pub mod admin;
 pub mod amqp;
@@ -14,6 +15,7 @@ pub mod demo;
 pub mod event;
 pub mod graph;
 pub mod ingest;
+pub mod internal_events;
 pub mod ledger;
 pub mod metrics;
 pub mod runtime;

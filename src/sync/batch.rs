@@ -6,6 +6,7 @@
 //! queues of the same company, so the request count stays near ⌈writes / 20⌉.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -15,7 +16,8 @@ use crate::event::ScheduleEvent;
 use crate::graph::client::GraphRequest;
 use crate::graph::mapping::MappingOptions;
 use crate::graph::requests;
-use crate::store::CopyRecord;
+use crate::store::lease::Held as HeldLeases;
+use crate::store::{CopyRecord, MailboxLeases};
 
 /// A request a change can send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,6 +255,268 @@ pub fn next_batch(
         }
     }
     Some((company, items))
+}
+
+/// Every mailbox this worker has changes for, and the mailbox leases it holds.
+pub struct Queues {
+    boxes: BTreeMap<MailboxKey, Mailbox>,
+    /// The leases held (lease key → token), renewed by the flush's renewer.
+    held: HeldLeases,
+}
+
+impl Default for Queues {
+    fn default() -> Self {
+        Queues {
+            boxes: BTreeMap::new(),
+            held: Arc::new(std::sync::Mutex::new(BTreeMap::new())),
+        }
+    }
+}
+
+impl Queues {
+    /// The held leases, for the renewer.
+    pub fn held_leases(&self) -> HeldLeases {
+        self.held.clone()
+    }
+
+    /// Queues a new change, to be re-read under the mailbox's next lease.
+    pub fn enqueue(
+        &mut self,
+        key: MailboxKey,
+        id: u64,
+        now: Instant,
+        backoff: impl FnOnce() -> backon::ExponentialBackoff,
+    ) {
+        let b = self
+            .boxes
+            .entry(key)
+            .or_insert_with(|| Mailbox::new(now, backoff()));
+        if b.queued() == 0 {
+            b.oldest = now;
+        }
+        b.unprepared.push(id);
+    }
+
+    /// The unleased mailboxes worth leasing now: as many as `free` batch slots can send at
+    /// once (a full queue takes a slot; short queues that have lingered share one), in random
+    /// order so workers sharing mailboxes spread over them. A lease is never taken just to sit
+    /// on it.
+    pub fn to_lease(
+        &self,
+        free: usize,
+        batch_size: usize,
+        linger: Duration,
+        now: Instant,
+    ) -> Vec<MailboxKey> {
+        let mut open: Vec<(&MailboxKey, usize, bool)> = self
+            .boxes
+            .iter()
+            .filter(|(_, b)| {
+                b.lease.is_none() && !b.busy && b.next_lease_try <= now && b.not_before <= now
+            })
+            .map(|(k, b)| (k, b.queued(), now >= b.oldest + linger))
+            .filter(|(_, q, _)| *q > 0)
+            .collect();
+        {
+            use rand::seq::SliceRandom;
+            open.shuffle(&mut rand::rng());
+        }
+        let mut picked: Vec<MailboxKey> = open
+            .iter()
+            .filter(|(_, q, _)| *q >= batch_size)
+            .take(free)
+            .map(|(k, _, _)| (*k).clone())
+            .collect();
+        let mut room = (free - picked.len()) * batch_size;
+        let short = || open.iter().filter(|(_, q, _)| *q < batch_size);
+        let short_total: usize = short().map(|(_, q, _)| q).sum();
+        for (k, q, lingered) in short() {
+            if room == 0 {
+                break;
+            }
+            if *lingered || short_total >= batch_size {
+                picked.push((*k).clone());
+                room = room.saturating_sub(*q);
+            }
+        }
+        picked
+    }
+
+    /// Tries to lease `candidates` (one round trip per company); a leased mailbox's queue is
+    /// re-read under the new lease. Returns how many were leased.
+    pub async fn lease(
+        &mut self,
+        leases: &MailboxLeases,
+        candidates: &[MailboxKey],
+    ) -> Result<usize, redis::RedisError> {
+        let mut by_company: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for (c, m) in candidates {
+            by_company.entry(c).or_default().push(m.clone());
+        }
+        let now = Instant::now();
+        let mut leased = 0;
+        for (company, mailboxes) in by_company {
+            let tokens = leases.try_acquire_many(company, &mailboxes).await?;
+            for (m, t) in mailboxes.into_iter().zip(tokens) {
+                let lease_key = leases.key(company, &m);
+                let Some(b) = self.boxes.get_mut(&(company.to_string(), m)) else {
+                    continue;
+                };
+                match t {
+                    Some(t) => {
+                        leased += 1;
+                        self.held
+                            .lock()
+                            .expect("leases")
+                            .insert(lease_key, t.clone());
+                        b.lease = Some(t);
+                        // Everything queued is re-read under this lease.
+                        let queued: Vec<u64> = b.pending.drain(..).collect();
+                        b.unprepared.extend(queued);
+                    }
+                    None => {
+                        let jitter = rand::random::<u64>() % 50;
+                        b.next_lease_try = now + Duration::from_millis(50 + jitter);
+                    }
+                }
+            }
+        }
+        Ok(leased)
+    }
+
+    /// The changes of leased mailboxes that are still to be re-read under the lease.
+    pub fn take_unprepared(&mut self) -> Vec<u64> {
+        self.boxes
+            .values_mut()
+            .filter(|b| b.lease.is_some() && !b.unprepared.is_empty())
+            .flat_map(|b| std::mem::take(&mut b.unprepared))
+            .collect()
+    }
+
+    /// Gives a change back to be re-read under a later lease.
+    pub fn unprepare(&mut self, key: &MailboxKey, id: u64) {
+        if let Some(b) = self.boxes.get_mut(key) {
+            b.unprepared.push(id);
+        }
+    }
+
+    /// Queues a re-read change to go out.
+    pub fn push(&mut self, key: &MailboxKey, id: u64) {
+        if let Some(b) = self.boxes.get_mut(key) {
+            b.pending.push_back(id);
+        }
+    }
+
+    /// Puts a change back at the front of its mailbox's queue.
+    pub fn push_front(&mut self, key: &MailboxKey, id: u64) {
+        if let Some(b) = self.boxes.get_mut(key) {
+            b.pending.push_front(id);
+            b.oldest = b.oldest.min(Instant::now());
+        }
+    }
+
+    /// The change was re-read under its mailbox's current lease and waits to go out.
+    pub fn is_pending_under_lease(&self, key: &MailboxKey, id: u64) -> bool {
+        self.boxes
+            .get(key)
+            .is_some_and(|b| b.lease.is_some() && b.pending.contains(&id))
+    }
+
+    /// See [`next_batch`].
+    pub fn next_batch(
+        &mut self,
+        batch_size: usize,
+        linger: Duration,
+        sendable: &dyn Fn(u64) -> bool,
+    ) -> Option<(String, Vec<u64>)> {
+        next_batch(&mut self.boxes, batch_size, linger, sendable)
+    }
+
+    /// Frees the mailboxes of a finished batch. Those in `waits` wait out their `Retry-After`
+    /// (capped at `cap`), else their backoff, before sending again; returns the waits taken.
+    pub fn free(
+        &mut self,
+        touched: impl IntoIterator<Item = MailboxKey>,
+        waits: &BTreeMap<MailboxKey, Option<Duration>>,
+        cap: Duration,
+    ) -> Vec<(MailboxKey, Duration)> {
+        let now = Instant::now();
+        let mut waited = Vec::new();
+        for key in touched {
+            let Some(b) = self.boxes.get_mut(&key) else {
+                continue;
+            };
+            b.busy = false;
+            b.oldest = now;
+            if let Some(wait) = waits.get(&key) {
+                // Honour Retry-After (never retry sooner); else backoff with jitter.
+                let d = wait
+                    .map(|d| d.min(cap))
+                    .unwrap_or_else(|| b.backoff.next().unwrap_or(cap));
+                b.not_before = now + d;
+                waited.push((key, d));
+            }
+        }
+        waited
+    }
+
+    /// Gives back the leases of mailboxes with nothing in flight and no Retry-After to wait out
+    /// (what they still have queued is re-read under their next lease), and forgets idle
+    /// mailboxes. Returns how many leases were given back.
+    pub async fn release_idle(&mut self, leases: &MailboxLeases) -> usize {
+        let mut release: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        let now = Instant::now();
+        for ((company, mailbox), b) in self.boxes.iter_mut() {
+            if !b.busy
+                && b.not_before <= now
+                && let Some(t) = b.lease.take()
+            {
+                release
+                    .entry(company.clone())
+                    .or_default()
+                    .push((mailbox.clone(), t));
+            }
+        }
+        let mut n = 0;
+        for (company, given) in release {
+            {
+                let mut held = self.held.lock().expect("leases");
+                for (m, _) in &given {
+                    held.remove(&leases.key(&company, m));
+                }
+            }
+            n += given.len();
+            leases.release_many(&company, &given).await;
+        }
+        self.boxes.retain(|_, b| !b.is_idle());
+        n
+    }
+
+    /// When a queue may next be ready (no later than `wake`).
+    pub fn next_wake(&self, mut wake: Instant, linger: Duration) -> Instant {
+        for b in self.boxes.values().filter(|b| !b.busy) {
+            if b.lease.is_none() && b.queued() > 0 {
+                wake = wake.min(b.next_lease_try);
+            } else if !b.pending.is_empty() {
+                wake = wake.min(b.not_before.max(b.oldest + linger));
+            }
+        }
+        wake
+    }
+
+    /// Every queued change of mailboxes with nothing in flight (to give them back).
+    pub fn drain_waiting(&mut self) -> Vec<u64> {
+        self.boxes
+            .values_mut()
+            .filter(|b| !b.busy)
+            .flat_map(|b| {
+                b.pending
+                    .drain(..)
+                    .chain(b.unprepared.drain(..))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

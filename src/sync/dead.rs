@@ -5,12 +5,30 @@ use jiff::Timestamp;
 use tracing::warn;
 
 use super::Shared;
-use super::engine::Settlement;
 use super::intake::Claimed;
 use crate::amqp;
 use crate::deadletter::DeadLetter;
-use crate::graph::error::{ErrorClass, GraphError};
-use crate::metrics::Metrics;
+use crate::graph::error::GraphError;
+use crate::internal_events::{ChangeDeadLettered, InternalEvent};
+
+/// How a claimed schedule ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Applied, already applied, or dead-lettered: the claim is completed.
+    Settled,
+    /// Interrupted (Redis or RabbitMQ failed): the claim is released and retried shortly.
+    Unsettled,
+}
+
+impl Settlement {
+    /// Unsettled if either is.
+    pub fn worst(self, other: Settlement) -> Settlement {
+        match (self, other) {
+            (Settlement::Settled, Settlement::Settled) => Settlement::Settled,
+            _ => Settlement::Unsettled,
+        }
+    }
+}
 
 /// Publishes the dead letter of a change; `Unsettled` if the publish failed (the schedule is
 /// then retried, nothing is lost).
@@ -53,65 +71,18 @@ pub async fn publish(
     };
     match published {
         Ok(()) => {
-            warn!(company = %company, schedule = %ev.schedule_id, mailbox, revision = ev.revision, reason, status = ?e.status, code = %e.code, request_id = ?e.request_id, "flush: change dead-lettered");
-            let m = &s.metrics;
-            m.dead_letters
-                .get_or_create(&vec![("stage", "flush".into()), ("reason", reason.into())])
-                .inc();
-            m.company_failures
-                .get_or_create(&vec![
-                    ("company", company.clone()),
-                    ("kind", failure_kind(&e.class).into()),
-                ])
-                .inc();
+            ChangeDeadLettered {
+                event: ev,
+                mailbox,
+                reason,
+                error: e,
+            }
+            .emit(&s.metrics);
             Settlement::Settled
         }
         Err(err) => {
             warn!(company = %company, schedule = %ev.schedule_id, mailbox, error = %err, "flush: dead-letter publish failed; the schedule will be retried");
             Settlement::Unsettled
         }
-    }
-}
-
-/// The `kind` label of `outlook_sync_company_failures_total`.
-fn failure_kind(class: &ErrorClass) -> &'static str {
-    match class {
-        ErrorClass::Credentials(_) => "credentials",
-        ErrorClass::Mailbox(_) => "mailbox",
-        ErrorClass::Retryable { .. } | ErrorClass::RefreshToken => "retries_exhausted",
-        _ => "rejected",
-    }
-}
-
-impl Shared {
-    /// A copy was written: counted, its sync latency observed, and a debug line for tracing a
-    /// schedule's sync.
-    pub fn written(&self, op: &'static str, ev: &crate::event::ScheduleEvent, mailbox: &str) {
-        self.metrics
-            .graph_writes
-            .get_or_create(&Metrics::label("op", op))
-            .inc();
-        let latency = Timestamp::now().as_millisecond() - ev.occurred_at.as_millisecond();
-        self.metrics
-            .sync_latency_seconds
-            .observe(latency.max(0) as f64 / 1000.0);
-        tracing::debug!(
-            company = %ev.company_id,
-            schedule = %ev.schedule_id,
-            mailbox,
-            revision = ev.revision,
-            op,
-            latency_ms = latency.max(0),
-            "flush: copy written"
-        );
-    }
-
-    /// A change not synced by a product rule (counted, in the ledger; never an error).
-    pub fn skipped(&self, report: &mut super::FlushReport, reason: &str) {
-        report.skipped += 1;
-        self.metrics
-            .events_skipped
-            .get_or_create(&Metrics::label("reason", reason))
-            .inc();
     }
 }

@@ -9,17 +9,19 @@ use std::time::Duration;
 use futures_util::stream::FuturesUnordered;
 use jiff::Timestamp;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use super::Shared;
-use super::batch::{self, Mailbox, MailboxKey, Request, Step};
-use super::intake::{Claimed, FlushReport, Intake};
+use super::batch::{self, MailboxKey, Queues, Request, Step};
+pub use super::dead::Settlement;
+use super::intake::{FlushReport, Intake};
 use super::outcome::{self, CopyFate, Transition};
-use super::plan::OpKind;
+use super::work::{Held, Work, graph_entry};
 use crate::graph::client::{Credentials, GraphRequest, GraphResponse};
 use crate::graph::error::{ErrorClass, GraphError};
 use crate::graph::mapping::{self, MappingOptions};
 use crate::graph::requests;
+use crate::internal_events::{CopyWritten, GraphAnswered, InternalEvent, MailboxWaits};
 use crate::ledger::{self, Entry};
 use crate::metrics::GaugeGuard;
 use crate::store::lease::Held as HeldLeases;
@@ -29,57 +31,6 @@ use crate::store::{CopyChange, CopyRecord, Member};
 const LINGER: Duration = Duration::from_millis(50);
 /// How long it may wait while more work is known to be coming (a backlog being claimed).
 const MAX_LINGER: Duration = Duration::from_millis(500);
-
-/// How a claimed schedule ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settlement {
-    /// Applied, already applied, or dead-lettered: the claim is completed.
-    Settled,
-    /// Interrupted (Redis or RabbitMQ failed): the claim is released and retried shortly.
-    Unsettled,
-}
-
-impl Settlement {
-    fn worst(self, other: Settlement) -> Settlement {
-        match (self, other) {
-            (Settlement::Settled, Settlement::Settled) => Settlement::Settled,
-            _ => Settlement::Unsettled,
-        }
-    }
-}
-
-/// A claimed schedule and how many of its changes are still open.
-struct Held {
-    member: Member,
-    open: usize,
-    settlement: Settlement,
-}
-
-/// A change in flight through the scheduler.
-struct Work {
-    claimed: Arc<Claimed>,
-    /// The id of its claim in `held`.
-    claim: u64,
-    company: String,
-    mailbox: String,
-    user: String,
-    kind: OpKind,
-    step: Step,
-    /// Attempts of the current request.
-    attempts: u32,
-    first_failure: Option<Timestamp>,
-    last_failure: Option<Timestamp>,
-}
-
-impl Work {
-    fn key(&self) -> MailboxKey {
-        (self.company.clone(), self.mailbox.clone())
-    }
-
-    fn revision(&self) -> u64 {
-        self.claimed.event.revision
-    }
-}
 
 /// What one answered request comes to, once decided.
 enum Answered {
@@ -104,10 +55,8 @@ pub struct Engine<'a> {
     next_id: u64,
     held: HashMap<u64, Held>,
     work: HashMap<u64, Work>,
-    boxes: BTreeMap<MailboxKey, Mailbox>,
+    queues: Queues,
     credentials: HashMap<String, Credentials>,
-    /// The mailbox leases held (lease key → token), renewed by the flush's renewer.
-    leases: HeldLeases,
     claims: Arc<std::sync::Mutex<HashSet<Member>>>,
     pub inflight: FuturesUnordered<BatchFuture>,
     slots: Arc<tokio::sync::Semaphore>,
@@ -137,9 +86,8 @@ impl<'a> Engine<'a> {
             next_id: 0,
             held: HashMap::new(),
             work: HashMap::new(),
-            boxes: BTreeMap::new(),
+            queues: Queues::default(),
             credentials: HashMap::new(),
-            leases: Arc::new(std::sync::Mutex::new(BTreeMap::new())),
             claims: Arc::new(std::sync::Mutex::new(HashSet::new())),
             inflight: FuturesUnordered::new(),
             slots: Arc::new(tokio::sync::Semaphore::new(slots)),
@@ -161,7 +109,7 @@ impl<'a> Engine<'a> {
     }
 
     pub fn leases(&self) -> HeldLeases {
-        self.leases.clone()
+        self.queues.held_leases()
     }
 
     /// Nothing in flight.
@@ -237,15 +185,9 @@ impl<'a> Engine<'a> {
                 h.open += 1;
             }
             let company = job.claimed.member.company_id.clone();
-            let backoff = self.s.backoff_schedule();
-            let b = self
-                .boxes
-                .entry((company.clone(), job.mailbox.clone()))
-                .or_insert_with(|| Mailbox::new(now, backoff));
-            if b.queued() == 0 {
-                b.oldest = now;
-            }
-            b.unprepared.push(wid);
+            let key = (company.clone(), job.mailbox.clone());
+            self.queues
+                .enqueue(key, wid, now, || self.s.backoff_schedule());
             let work = Work {
                 claimed: job.claimed,
                 claim,
@@ -286,8 +228,12 @@ impl<'a> Engine<'a> {
         self.send();
         let free = self.slots.available_permits();
         if free > 0 {
-            let candidates = self.sendable(free, Instant::now());
-            self.acquire(&candidates).await?;
+            let batch_size = self.s.cfg.graph.batch_size;
+            let candidates = self
+                .queues
+                .to_lease(free, batch_size, self.linger(), Instant::now());
+            let leased = self.queues.lease(&self.s.leases, &candidates).await?;
+            self.s.metrics.graph_mailboxes_leased.inc_by(leased as i64);
         }
         self.prepare().await?;
         self.record_intents().await?;
@@ -295,92 +241,12 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    /// The unleased mailboxes worth leasing now: as many as `free` batch slots can send at once
-    /// (a full queue takes a slot; short queues that have lingered share one), in random order
-    /// so workers sharing mailboxes spread over them. A lease is never taken just to sit on it.
-    fn sendable(&self, free: usize, now: Instant) -> Vec<MailboxKey> {
-        let batch_size = self.s.cfg.graph.batch_size;
-        let linger = self.linger();
-        let mut open: Vec<(&MailboxKey, usize, bool)> = self
-            .boxes
-            .iter()
-            .filter(|(_, b)| {
-                b.lease.is_none() && !b.busy && b.next_lease_try <= now && b.not_before <= now
-            })
-            .map(|(k, b)| (k, b.queued(), now >= b.oldest + linger))
-            .filter(|(_, q, _)| *q > 0)
-            .collect();
-        {
-            use rand::seq::SliceRandom;
-            open.shuffle(&mut rand::rng());
-        }
-        let full: Vec<MailboxKey> = open
-            .iter()
-            .filter(|(_, q, _)| *q >= batch_size)
-            .take(free)
-            .map(|(k, _, _)| (*k).clone())
-            .collect();
-        let mut room = (free - full.len()) * batch_size;
-        let short_total: usize = open
-            .iter()
-            .filter(|(_, q, _)| *q < batch_size)
-            .map(|(_, q, _)| q)
-            .sum();
-        let mut picked = full;
-        for (k, q, lingered) in open.iter().filter(|(_, q, _)| *q < batch_size) {
-            if room == 0 {
-                break;
-            }
-            if *lingered || short_total >= batch_size {
-                picked.push((*k).clone());
-                room = room.saturating_sub(*q);
-            }
-        }
-        picked
-    }
-
-    async fn acquire(&mut self, candidates: &[MailboxKey]) -> Result<(), redis::RedisError> {
-        let mut by_company: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        for (c, m) in candidates {
-            by_company.entry(c).or_default().push(m.clone());
-        }
-        let now = Instant::now();
-        for (company, mailboxes) in by_company {
-            let tokens = self.s.leases.try_acquire_many(company, &mailboxes).await?;
-            for (m, t) in mailboxes.into_iter().zip(tokens) {
-                let lease_key = self.s.leases.key(company, &m);
-                let Some(b) = self.boxes.get_mut(&(company.to_string(), m)) else {
-                    continue;
-                };
-                match t {
-                    Some(t) => {
-                        self.s.metrics.graph_mailboxes_leased.inc();
-                        self.leases
-                            .lock()
-                            .expect("leases")
-                            .insert(lease_key, t.clone());
-                        b.lease = Some(t);
-                        // Everything queued is re-read under this lease.
-                        let queued: Vec<u64> = b.pending.drain(..).collect();
-                        b.unprepared.extend(queued);
-                    }
-                    None => {
-                        let jitter = rand::random::<u64>() % 50;
-                        b.next_lease_try = now + Duration::from_millis(50 + jitter);
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Re-reads the copies of every change of a newly leased mailbox and decides its step.
     async fn prepare(&mut self) -> Result<(), redis::RedisError> {
         let ids: Vec<u64> = self
-            .boxes
-            .values_mut()
-            .filter(|b| b.lease.is_some() && !b.unprepared.is_empty())
-            .flat_map(|b| std::mem::take(&mut b.unprepared))
+            .queues
+            .take_unprepared()
+            .into_iter()
             .filter(|id| self.work.contains_key(id))
             .collect();
         if ids.is_empty() {
@@ -396,8 +262,8 @@ impl<'a> Engine<'a> {
             Err(e) => {
                 // Put them back; they are prepared under a later lease.
                 for id in &ids {
-                    if let Some(b) = self.work.get(id).and_then(|w| self.boxes.get_mut(&w.key())) {
-                        b.unprepared.push(*id);
+                    if let Some(w) = self.work.get(id) {
+                        self.queues.unprepare(&w.key(), *id);
                     }
                 }
                 return Err(e);
@@ -421,9 +287,7 @@ impl<'a> Engine<'a> {
                         self.unrecorded.push(id);
                     }
                     w.step = step;
-                    if let Some(b) = self.boxes.get_mut(&w.key()) {
-                        b.pending.push_back(id);
-                    }
+                    self.queues.push(&w.key(), id);
                 }
                 None => self.finish(id, Settlement::Settled),
             }
@@ -448,10 +312,7 @@ impl<'a> Engine<'a> {
             };
             // Only a change re-read under its mailbox's current lease is ready to send; one whose
             // lease was given back is queued again (and listed again) under the next.
-            let under_lease = self
-                .boxes
-                .get(&w.key())
-                .is_some_and(|b| b.lease.is_some() && b.pending.contains(&id));
+            let under_lease = self.queues.is_pending_under_lease(&w.key(), id);
             if w.step != Step::NeedsIntent || !under_lease {
                 continue;
             }
@@ -494,8 +355,7 @@ impl<'a> Engine<'a> {
                 work.get(&id)
                     .is_some_and(|w| matches!(w.step, Step::Ready(_)))
             };
-            let Some((company, items)) =
-                batch::next_batch(&mut self.boxes, batch_size, linger, &sendable)
+            let Some((company, items)) = self.queues.next_batch(batch_size, linger, &sendable)
             else {
                 return;
             };
@@ -579,14 +439,7 @@ impl<'a> Engine<'a> {
         if let Some(c) = next_claim {
             wake = wake.min(c);
         }
-        for b in self.boxes.values().filter(|b| !b.busy) {
-            if b.lease.is_none() && b.queued() > 0 {
-                wake = wake.min(b.next_lease_try);
-            } else if !b.pending.is_empty() {
-                wake = wake.min(b.not_before.max(b.oldest + LINGER));
-            }
-        }
-        wake
+        self.queues.next_wake(wake, LINGER)
     }
 
     /// Handles one finished batch: each answer through `outcome::decide`, then the dead
@@ -642,24 +495,15 @@ impl<'a> Engine<'a> {
             return Answered::Done; // only ready changes are sent
         };
         w.attempts += 1;
-        let status = match &res {
-            Ok(r) => r.status,
-            Err(e) => e.status.unwrap_or(0),
+        let (status, throttled) = match &res {
+            Ok(r) => (r.status, false),
+            Err(e) => (e.status.unwrap_or(0), e.status == Some(429)),
         };
-        s.metrics
-            .graph_requests
-            .get_or_create(&crate::metrics::Metrics::label(
-                "status",
-                status.to_string(),
-            ))
-            .inc();
-        if let Err(e) = &res {
+        GraphAnswered { status, throttled }.emit(&s.metrics);
+        if res.is_err() {
             let now = Timestamp::now();
             w.first_failure.get_or_insert(now);
             w.last_failure = Some(now);
-            if e.status == Some(429) {
-                s.metrics.graph_throttled.inc();
-            }
         } else if request.op() == "lookup" {
             self.report.lookups += 1;
         }
@@ -683,34 +527,7 @@ impl<'a> Engine<'a> {
                 reason,
                 written,
             } => {
-                let record = match copy {
-                    CopyFate::Put { event_id, tx } => Some(CopyRecord {
-                        user: w.user.clone(),
-                        event_id,
-                        rev: ev.revision,
-                        tx,
-                    }),
-                    CopyFate::Remove => None,
-                };
-                self.writes
-                    .push((w.mailbox.clone(), w.claimed.member.clone(), record));
-                if written {
-                    match op {
-                        "create" => self.report.creates += 1,
-                        "update" => self.report.updates += 1,
-                        _ => self.report.deletes += 1,
-                    }
-                    s.written(op, ev, &w.mailbox);
-                }
-                let entry = Entry::new(
-                    ev.revision,
-                    &w.mailbox,
-                    op,
-                    ledger::Outcome::Applied,
-                    reason,
-                );
-                self.notes.push((w.claimed.member.clone(), entry));
-                self.written.push(id);
+                self.finished(id, copy, op, reason, written);
                 Answered::Done
             }
             Transition::Retry {
@@ -741,6 +558,48 @@ impl<'a> Engine<'a> {
                 Ok(_) => Answered::Done, // decide gives up on failures only
             },
         }
+    }
+
+    /// A change finished: its copy is recorded in `settle` (then it is over), the write is
+    /// counted, and the ledger notes it.
+    fn finished(&mut self, id: u64, copy: CopyFate, op: &'static str, reason: &str, written: bool) {
+        let Some(w) = self.work.get(&id) else {
+            return;
+        };
+        let ev = &w.claimed.event;
+        let record = match copy {
+            CopyFate::Put { event_id, tx } => Some(CopyRecord {
+                user: w.user.clone(),
+                event_id,
+                rev: ev.revision,
+                tx,
+            }),
+            CopyFate::Remove => None,
+        };
+        self.writes
+            .push((w.mailbox.clone(), w.claimed.member.clone(), record));
+        if written {
+            match op {
+                "create" => self.report.creates += 1,
+                "update" => self.report.updates += 1,
+                _ => self.report.deletes += 1,
+            }
+            CopyWritten {
+                op,
+                event: ev,
+                mailbox: &w.mailbox,
+            }
+            .emit(&self.s.metrics);
+        }
+        let entry = Entry::new(
+            ev.revision,
+            &w.mailbox,
+            op,
+            ledger::Outcome::Applied,
+            reason,
+        );
+        self.notes.push((w.claimed.member.clone(), entry));
+        self.written.push(id);
     }
 
     /// Dead-letters a change given up on (with Graph's words), notes it in the ledger, and
@@ -793,25 +652,13 @@ impl<'a> Engine<'a> {
             .chain(waits.keys().cloned())
             .collect();
         let cap = Duration::from_secs(self.s.cfg.retry.max_retry_after_seconds);
-        let now = Instant::now();
-        for key in touched {
-            let Some(b) = self.boxes.get_mut(&key) else {
-                continue;
-            };
-            b.busy = false;
-            b.oldest = now;
-            if let Some(wait) = waits.get(&key) {
-                // Honour Retry-After (never retry sooner); else backoff with jitter.
-                let d = wait
-                    .map(|d| d.min(cap))
-                    .unwrap_or_else(|| b.backoff.next().unwrap_or(cap));
-                self.s
-                    .metrics
-                    .retry_after_wait_seconds
-                    .inc_by(d.as_secs_f64());
-                debug!(company = %key.0, mailbox = %key.1, wait_ms = d.as_millis() as u64, "flush: mailbox waits before retrying");
-                b.not_before = now + d;
+        for ((company, mailbox), wait) in self.queues.free(touched, waits, cap) {
+            MailboxWaits {
+                company: &company,
+                mailbox: &mailbox,
+                wait,
             }
+            .emit(&self.s.metrics);
         }
     }
 
@@ -823,42 +670,7 @@ impl<'a> Engine<'a> {
         if w.step == Step::NeedsIntent {
             self.unrecorded.push(id);
         }
-        if let Some(b) = self.boxes.get_mut(&w.key()) {
-            b.pending.push_front(id);
-            b.oldest = b.oldest.min(Instant::now());
-        }
-    }
-
-    /// Gives back the leases of mailboxes with nothing in flight and no Retry-After to wait
-    /// out; what they still have queued is re-read under their next lease.
-    async fn release_idle(&mut self) {
-        let mut release: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-        let now = Instant::now();
-        for ((company, mailbox), b) in self.boxes.iter_mut() {
-            if !b.busy
-                && b.not_before <= now
-                && let Some(t) = b.lease.take()
-            {
-                release
-                    .entry(company.clone())
-                    .or_default()
-                    .push((mailbox.clone(), t));
-            }
-        }
-        for (company, held) in release {
-            {
-                let mut leases = self.leases.lock().expect("leases");
-                for (m, _) in &held {
-                    leases.remove(&self.s.leases.key(&company, m));
-                }
-            }
-            self.s
-                .metrics
-                .graph_mailboxes_leased
-                .dec_by(held.len() as i64);
-            self.s.leases.release_many(&company, &held).await;
-        }
-        self.boxes.retain(|_, b| !b.is_idle());
+        self.queues.push_front(&w.key(), id);
     }
 
     /// A change is over; its schedule settles when its last change is.
@@ -889,18 +701,7 @@ impl<'a> Engine<'a> {
 
     /// Gives every open change back (Redis failed, or shutdown): their schedules are due again.
     pub fn abandon(&mut self) {
-        let ids: Vec<u64> = self
-            .boxes
-            .values_mut()
-            .filter(|b| !b.busy)
-            .flat_map(|b| {
-                b.pending
-                    .drain(..)
-                    .chain(b.unprepared.drain(..))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        for id in ids {
+        for id in self.queues.drain_waiting() {
             self.finish(id, Settlement::Unsettled);
         }
     }
@@ -935,7 +736,8 @@ impl<'a> Engine<'a> {
                 warn!(error = %e, "flush: the sync ledger could not be written");
             }
         }
-        self.release_idle().await;
+        let released = self.queues.release_idle(&s.leases).await;
+        s.metrics.graph_mailboxes_leased.dec_by(released as i64);
     }
 
     /// Writes the finished changes' copies in one round trip, then finishes them; notes the
@@ -973,24 +775,5 @@ impl<'a> Engine<'a> {
                 self.synced_at.insert(key, now);
             }
         }
-    }
-}
-
-/// A ledger entry for a Graph failure.
-fn graph_entry(
-    revision: u64,
-    mailbox: &str,
-    op: &str,
-    outcome: ledger::Outcome,
-    reason: &str,
-    e: &GraphError,
-    attempt: u32,
-) -> Entry {
-    Entry {
-        graph_status: e.status,
-        graph_code: Some(e.code.clone()),
-        request_id: e.request_id.clone(),
-        attempt,
-        ..Entry::new(revision, mailbox, op, outcome, reason)
     }
 }

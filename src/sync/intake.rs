@@ -9,6 +9,7 @@ use tracing::warn;
 use super::Shared;
 use super::plan::{Op, plan};
 use crate::event::{self, ScheduleEvent};
+use crate::internal_events::{ChangeSkipped, InternalEvent};
 use crate::ledger::{self, Entry};
 use crate::store::Member;
 use crate::tenants::{Company, LinkedUser, NotSyncing};
@@ -181,7 +182,8 @@ fn plan_one(
                 _ => NotSyncing::UnknownCompany,
             }
             .code();
-            s.skipped(&mut intake.report, why);
+            intake.report.skipped += 1;
+            ChangeSkipped { reason: why }.emit(&s.metrics);
             let note = Entry::new(ev.revision, "-", "plan", ledger::Outcome::Skipped, why);
             intake.notes.push((member.clone(), note));
             return Vec::new();
@@ -189,7 +191,8 @@ fn plan_one(
     };
     let (report, notes) = (&mut intake.report, &mut intake.notes);
     let mut on_skip = |reason: &'static str, user: &str| {
-        s.skipped(report, reason);
+        report.skipped += 1;
+        ChangeSkipped { reason }.emit(&s.metrics);
         let target = format!("user {user}");
         let note = Entry::new(
             ev.revision,

@@ -22,6 +22,7 @@ mod engine;
 pub mod intake;
 pub mod outcome;
 pub mod plan;
+mod work;
 
 use std::collections::HashSet;
 use std::sync::Arc;
