@@ -125,12 +125,18 @@ pub async fn main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::CheckConfig => {
             let cfg = load_config(cli.config.as_deref())?;
-            let mut shown = cfg.clone();
-            shown.amqp.url = amqp::redacted(&shown.amqp.url);
-            // A Redis URL can hold a password too (redis://:password@host).
-            shown.redis.url = amqp::redacted(&shown.redis.url);
-            shown.admin.tokens = shown.admin.tokens.iter().map(|_| "***".into()).collect();
-            println!("configuration is valid:\n{shown:#?}");
+            for warning in cfg.warnings() {
+                eprintln!("warning: {warning}");
+            }
+            let from = match cli.config.as_deref() {
+                Some(path) => format!("the defaults, then {}, then", path.display()),
+                None => "the defaults, then".into(),
+            };
+            println!(
+                "# The configuration is valid. Effective values ({from} OUTLOOK_SYNC__* \
+                 variables), secrets redacted:\n"
+            );
+            print!("{}", cfg.to_redacted_toml());
             Ok(ExitCode::SUCCESS)
         }
         Command::Publish(args) => {
@@ -187,6 +193,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Run => {
             let cfg = load_config(cli.config.as_deref())?;
             crate::telemetry::init_logging(&cfg.log);
+            for warning in cfg.warnings() {
+                tracing::warn!("INSECURE CONFIGURATION: {warning}");
+            }
             run(cfg).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -254,8 +263,15 @@ fn quiet_log(cfg: &Config) -> crate::config::LogConfig {
     }
 }
 
+/// The configuration, or an error naming where and which key is wrong (never a secret's value)
+/// and how to check a fix.
 pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
-    Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+    Config::load(path).map_err(|e| {
+        anyhow::anyhow!(
+            "the configuration cannot be used: {e}\n(fix it, then check it with `outlook-sync \
+             check-config`; every key and its default: `outlook-sync config-defaults`)"
+        )
+    })
 }
 
 /// Reads a file holding one JSON message, a JSON array of messages, or JSON lines, and returns

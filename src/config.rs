@@ -1,13 +1,18 @@
 //! One typed, validated configuration, loaded from a TOML file and `OUTLOOK_SYNC__*` environment
 //! variables (`OUTLOOK_SYNC__AMQP__URL` sets `amqp.url`). Every key and its default is documented
-//! in `config/default.toml`; an invalid setting stops the process with the key and the problem.
+//! in `config/default.toml`; an invalid setting stops the process with where it was set (file and
+//! line, or variable), the key and the problem. The value of a key that holds a secret is never
+//! shown (`redact`); `source` loads the layers and places errors; `checks` holds the value checks
+//! [`Config::validate`] applies key by key.
+
+mod checks;
+mod redact;
+mod source;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 /// The commented defaults file, shipped in the binary so `outlook-sync config-defaults` can print it.
@@ -202,6 +207,10 @@ pub struct GraphConfig {
     pub request_timeout_ms: u64,
     /// A token is renewed this many seconds before it expires.
     pub token_refresh_margin_seconds: u64,
+    /// Allows `http://` `base_url` and `login_url` to a host other than this machine (a Graph
+    /// emulator in a compose network). The client secret then travels unencrypted: never in
+    /// production; a worker logs a warning at start while it is on.
+    pub allow_insecure_http: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -301,6 +310,7 @@ impl Default for GraphConfig {
             batch_size: 20,
             request_timeout_ms: 30_000,
             token_refresh_margin_seconds: 300,
+            allow_insecure_http: false,
         }
     }
 }
@@ -339,78 +349,111 @@ impl Default for LogConfig {
     }
 }
 
-/// A setting that cannot be used: the key and what is wrong with it.
+/// A configuration that cannot be used: where it was set, which key, and what is wrong. It never
+/// holds the value of a key that bears a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("configuration file {path}: {message}")]
-    File { path: String, message: String },
-    #[error("configuration key `{key}`: {message}")]
-    Key { key: String, message: String },
+    /// The file is missing, unreadable or not TOML (then where the parser stopped).
+    #[error(
+        "{path}{}{}: {message}",
+        line.map(|l| format!(", line {l}")).unwrap_or_default(),
+        column.map(|c| format!(", column {c}")).unwrap_or_default()
+    )]
+    File {
+        path: String,
+        line: Option<usize>,
+        column: Option<usize>,
+        message: String,
+    },
+    /// A key whose value cannot be used.
+    #[error("{place}configuration key `{key}`: {message}")]
+    Key {
+        key: String,
+        message: String,
+        place: Place,
+    },
 }
 
-const ENV_PREFIX: &str = "OUTLOOK_SYNC__";
+/// Where a key was set: the file and line, or the environment variable (nothing for a default,
+/// or for a configuration built in code).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Place {
+    #[default]
+    Unknown,
+    File {
+        path: String,
+        line: Option<usize>,
+    },
+    Env {
+        var: String,
+    },
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Unknown => Ok(()),
+            Place::File {
+                path,
+                line: Some(l),
+            } => write!(f, "{path}, line {l}: "),
+            Place::File { path, line: None } => write!(f, "{path}: "),
+            Place::Env { var } => write!(f, "environment variable {var}: "),
+        }
+    }
+}
 
 impl Config {
     /// Defaults, then the TOML file (if given), then `OUTLOOK_SYNC__SECTION__KEY` variables.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = file {
-            if !path.exists() {
-                return Err(ConfigError::File {
-                    path: path.display().to_string(),
-                    message: "does not exist (copy config/default.toml and edit it)".into(),
-                });
-            }
-            fig = fig.merge(Toml::file_exact(path));
-        }
-        fig = fig.merge(Env::prefixed(ENV_PREFIX).split("__"));
-        Self::from_figment(fig)
+        let toml = file.map(source::TomlLayer::read).transpose()?;
+        source::load(toml, true)
     }
 
     /// Loads from TOML text only (no environment), for tests and tools.
     pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-        Self::from_figment(
-            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
-        )
+        let toml = source::TomlLayer::parse("TOML text".into(), text.into())?;
+        source::load(Some(toml), false)
     }
 
-    fn from_figment(fig: Figment) -> Result<Config, ConfigError> {
-        let cfg: Config = fig.extract().map_err(|e| {
-            let e = e
-                .into_iter()
-                .next()
-                .expect("figment errors are never empty");
-            let key = if e.path.is_empty() {
-                "(top level)".to_string()
-            } else {
-                e.path.join(".")
-            };
-            let source = e
-                .metadata
-                .as_ref()
-                .map(|m| format!(" (from {})", m.name))
-                .unwrap_or_default();
-            ConfigError::Key {
-                key,
-                message: format!("{}{source}", e.kind),
-            }
-        })?;
-        cfg.validate()?;
-        Ok(cfg)
+    /// The configuration as TOML, every secret redacted (a URL keeps all but its password), for
+    /// `outlook-sync check-config`.
+    pub fn to_redacted_toml(&self) -> String {
+        redact::redacted_toml(self)
     }
 
-    /// Checks every rule a type cannot express.
+    /// What a valid configuration allows that an operator must hear about: plain `http://` to
+    /// Graph off this machine under `graph.allow_insecure_http`.
+    pub fn warnings(&self) -> Vec<String> {
+        let g = &self.graph;
+        [
+            ("graph.base_url", &g.base_url),
+            ("graph.login_url", &g.login_url),
+        ]
+        .into_iter()
+        .filter_map(|(key, v)| {
+            let host = checks::insecure_remote_host(v)?;
+            Some(format!(
+                "{key} is plain http:// to {host} (allowed by graph.allow_insecure_http): \
+                     client secrets and tokens travel unencrypted; only for a test emulator, \
+                     never in production"
+            ))
+        })
+        .collect()
+    }
+
+    /// Checks every rule a type cannot express: anything that could never work is refused here,
+    /// with its key. No message shows the value of a key that bears a secret.
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn bad(key: &str, message: impl Into<String>) -> ConfigError {
             ConfigError::Key {
                 key: key.into(),
                 message: message.into(),
+                place: Place::Unknown,
             }
         }
         let a = &self.amqp;
-        if !(a.url.starts_with("amqp://") || a.url.starts_with("amqps://")) {
-            return Err(bad("amqp.url", "must start with amqp:// or amqps://"));
-        }
+        checks::amqp_url(&a.url).map_err(|m| bad("amqp.url", m))?;
         for (key, v) in [
             ("amqp.exchange", &a.exchange),
             ("amqp.queue", &a.queue),
@@ -447,15 +490,7 @@ impl Config {
                 ),
             ));
         }
-        if !(self.redis.url.starts_with("redis://")
-            || self.redis.url.starts_with("rediss://")
-            || self.redis.url.starts_with("unix://"))
-        {
-            return Err(bad(
-                "redis.url",
-                "must start with redis://, rediss:// or unix://",
-            ));
-        }
+        checks::redis_url(&self.redis.url).map_err(|m| bad("redis.url", m))?;
         if self.redis.response_timeout_ms < 100 {
             return Err(bad("redis.response_timeout_ms", "must be at least 100"));
         }
@@ -480,11 +515,7 @@ impl Config {
             ("graph.base_url", &g.base_url),
             ("graph.login_url", &g.login_url),
         ] {
-            match url::Url::parse(v) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-                Ok(_) => return Err(bad(key, "must be an http(s) URL")),
-                Err(e) => return Err(bad(key, format!("{v:?} is not a URL: {e}"))),
-            }
+            checks::graph_url(v, g.allow_insecure_http).map_err(|m| bad(key, m))?;
         }
         if jiff::tz::TimeZone::get(&g.default_time_zone).is_err() {
             return Err(bad(
@@ -538,18 +569,15 @@ impl Config {
                 ),
             ));
         }
-        if self.admin.tokens.iter().any(|t| t.len() < 16) {
-            return Err(bad(
-                "admin.tokens",
-                "every token must be at least 16 characters",
-            ));
+        for (i, token) in self.admin.tokens.iter().enumerate() {
+            checks::admin_token(token).map_err(|m| bad(&format!("admin.tokens[{i}]"), m))?;
         }
         match url::Url::parse(&self.admin.public_url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
             _ => {
                 return Err(bad(
                     "admin.public_url",
-                    format!("{:?} is not an http(s) URL", self.admin.public_url),
+                    "is not an http(s) URL such as https://outlook-sync.example.com",
                 ));
             }
         }
@@ -607,9 +635,12 @@ impl Config {
     }
 
     fn validate_secrets(&self) -> Result<(), ConfigError> {
-        use base64::Engine;
         let s = &self.secrets;
-        let bad = |key: String, message: String| ConfigError::Key { key, message };
+        let bad = |key: String, message: String| ConfigError::Key {
+            key,
+            message,
+            place: Place::Unknown,
+        };
         for (i, k) in s.keys.iter().enumerate() {
             if k.id.trim().is_empty() || k.id.contains(char::is_whitespace) {
                 return Err(bad(
@@ -623,21 +654,17 @@ impl Config {
                     format!("{:?} is used twice", k.id),
                 ));
             }
-            let len = base64::engine::general_purpose::STANDARD
-                .decode(k.key_base64.trim())
-                .map(|b| b.len());
-            if len != Ok(32) {
-                return Err(bad(
-                    format!("secrets.keys[{i}].key_base64"),
-                    "must be 32 bytes in standard base64 (e.g. `openssl rand -base64 32`)".into(),
-                ));
-            }
+            checks::aes_key(&k.key_base64)
+                .map_err(|m| bad(format!("secrets.keys[{i}].key_base64"), m))?;
         }
         match (s.keys.is_empty(), s.active_key.is_empty()) {
             (true, true) => Ok(()),
+            // The value is not repeated: it may be a key pasted where its id belongs.
             (true, false) => Err(bad(
                 "secrets.active_key".into(),
-                format!("{:?} is not in secrets.keys (which is empty)", s.active_key),
+                "names a key, but secrets.keys is empty (active_key is the id of one of \
+                 secrets.keys, such as 2026-01, not a key)"
+                    .into(),
             )),
             (false, true) => Err(bad(
                 "secrets.active_key".into(),
@@ -645,7 +672,14 @@ impl Config {
             )),
             (false, false) if !s.keys.iter().any(|k| k.id == s.active_key) => Err(bad(
                 "secrets.active_key".into(),
-                format!("{:?} is not one of secrets.keys", s.active_key),
+                format!(
+                    "is not the id of one of secrets.keys (their ids: {})",
+                    s.keys
+                        .iter()
+                        .map(|k| k.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             )),
             _ => Ok(()),
         }

@@ -16,7 +16,7 @@ use outlook_sync::tenants::Plan;
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 
-const TOKEN: &str = "test-admin-token-0123456789";
+const TOKEN: &str = "test-token-Vq3xN8kR2mT7wZ5pL9cY4hB6";
 const ALL_ROLES: [&str; 3] = ["Calendars.ReadWrite", "User.Read.All", "Contacts.Read"];
 
 async fn sandbox(name: &str) -> Sandbox {

@@ -515,7 +515,7 @@ fn fill(value: &str) -> String {
             "vhost" => "cyzen",
             "redis password" => "redis-placeholder-password",
             "redis host" => "redis.internal",
-            "admin token" => "0123456789abcdef-admin",
+            "admin token" => "Vq3xN8kR2mT7wZ5pL9cY4hB6-admin",
             "key id" => "k2026",
             "32 random bytes, base64" => "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
             other => {
@@ -565,7 +565,7 @@ fn the_secret_template_holds_no_real_value_and_sets_real_configuration_keys() {
     for secret in [
         "amqp-placeholder-password",
         "redis-placeholder-password",
-        "0123456789abcdef-admin",
+        "Vq3xN8kR2mT7wZ5pL9cY4hB6-admin",
         "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
     ] {
         assert!(
