@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
+bash scripts/tools/python-jsonschema.sh   # the contract test compares the schema with Python's jsonschema
 exec cargo test --workspace --locked "$@"

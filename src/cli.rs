@@ -44,6 +44,10 @@ pub enum Command {
         /// Files holding one event each (an array or JSON lines are checked item by item).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Also check each message against the AMQP routing key it would be published with, as
+        /// the worker does: it must be the message's event_type.
+        #[arg(long, value_name = "KEY")]
+        routing_key: Option<String>,
     },
     #[cfg(feature = "emulator")]
     /// Serve the Microsoft Graph emulator (token endpoint, events, $batch, throttling, faults).
@@ -112,7 +116,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             print!("{}", crate::config::DEFAULTS_TOML);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Validate { files } => validate(&files),
+        Command::Validate { files, routing_key } => validate(&files, routing_key.as_deref()),
         Command::Dlq { command } => {
             let cfg = load_config(cli.config.as_deref())?;
             crate::telemetry::init_logging(&quiet_log(&cfg));
@@ -280,21 +284,16 @@ pub fn read_messages(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let name = path.display().to_string();
     let trimmed = bytes.trim_ascii_start();
+    // Each item of an array keeps its own bytes, exactly as written (a re-serialized value would
+    // have lost, for one, a member named twice).
     if trimmed.first() == Some(&b'[')
-        && let Ok(items) = serde_json::from_slice::<Vec<serde_json::Value>>(&bytes)
+        && let Ok(items) = serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(&bytes)
     {
-        {
-            return Ok(items
-                .iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    (
-                        format!("{name}[{i}]"),
-                        serde_json::to_vec(v).expect("value"),
-                    )
-                })
-                .collect());
-        }
+        return Ok(items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("{name}[{i}]"), v.get().as_bytes().to_vec()))
+            .collect());
     }
     let lines: Vec<&[u8]> = bytes
         .split(|b| *b == b'\n')
@@ -314,14 +313,21 @@ pub fn read_messages(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     Ok(vec![(name, bytes)])
 }
 
-fn validate(files: &[PathBuf]) -> anyhow::Result<std::process::ExitCode> {
+fn validate(
+    files: &[PathBuf],
+    routing_key: Option<&str>,
+) -> anyhow::Result<std::process::ExitCode> {
     let mut invalid = 0usize;
     let mut total = 0usize;
     let mut out = std::io::stdout().lock();
     for path in files {
         for (label, body) in read_messages(path)? {
             total += 1;
-            match event::decode(&body) {
+            let decoded = match routing_key {
+                Some(key) => event::decode_delivery(&body, key),
+                None => event::decode(&body),
+            };
+            match decoded {
                 Ok(ev) => writeln!(
                     out,
                     "valid    {label}: {} {} revision {}",

@@ -348,7 +348,8 @@ fn is_replay(d: &lapin::message::Delivery) -> bool {
 }
 
 /// The content-type check and the contract. A message published with another content type is
-/// refused before it is parsed (publishers must send `application/json`).
+/// refused before it is parsed (publishers must send `application/json`); a valid body whose
+/// `event_type` is not the delivery's routing key is refused too (`routing_key_mismatch`).
 fn check_delivery(
     d: &lapin::message::Delivery,
 ) -> Result<event::ScheduleEvent, event::ContractError> {
@@ -365,5 +366,5 @@ fn check_delivery(
             });
         }
     }
-    event::decode(&d.data)
+    event::decode_delivery(&d.data, d.routing_key.as_str())
 }

@@ -17,9 +17,23 @@ fn tokyo() -> &'static jiff::tz::TimeZone {
     ZONE.get_or_init(|| jiff::tz::TimeZone::get("Asia/Tokyo").expect("bundled tzdb"))
 }
 
+/// True for a character that must never reach Outlook (see `event::text`): controls (tab and
+/// line feed only in `multi_line` text), bidi embeddings, overrides and isolates, and invisible
+/// format characters. `char::is_control` is exactly C0, DEL and C1.
+fn hidden(c: char, multi_line: bool) -> bool {
+    (c.is_control() && !(multi_line && matches!(c, '\t' | '\n')))
+        || matches!(
+            c,
+            '\u{200b}' | '\u{202a}'..='\u{202e}' | '\u{2028}' | '\u{2029}'
+        )
+        || matches!(c, '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}' | '\u{feff}')
+        || matches!(c, '\u{fff9}'..='\u{fffb}' | '\u{e0000}'..='\u{e007f}')
+}
+
 /// An event body: the whole v1 contract ([`event::decode`]) and, for a valid event, what the
-/// flush does next with it: the Graph create and update bodies, the tag (which must parse back
-/// to the same company and schedule), the transactionId and the tag filter.
+/// flush does next with it: the Graph create and update bodies (whose subject, location and body
+/// hold no hidden character), the tag (which must parse back to the same company and schedule),
+/// the transactionId and the tag filter; and its own event type as a routing key is accepted.
 pub fn decode_event(data: &[u8]) {
     let structure = event::decode_structure(data);
     match event::decode(data) {
@@ -38,6 +52,10 @@ pub fn decode_event(data: &[u8]) {
                 Some((ev.company_id.clone(), ev.schedule_id.clone())),
                 "the tag of a valid event does not parse back"
             );
+            assert!(
+                event::check_routing_key(ev.event_type, ev.event_type.routing_key()).is_ok(),
+                "an event's own type is refused as its routing key"
+            );
             let tx = mapping::transaction_id(&ev.company_id, &ev.schedule_id, "a@b.c", ev.revision);
             let _ = mapping::tag_filter(&ev.company_id, &ev.schedule_id);
             if let Some(s) = &ev.schedule {
@@ -47,6 +65,22 @@ pub fn decode_event(data: &[u8]) {
                 };
                 let create = mapping::create_body(s, &ev.company_id, &ev.schedule_id, &tx, &opts);
                 let update = mapping::update_body(s, &ev.company_id, &ev.schedule_id, &opts);
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                for (what, value, multi_line) in [
+                    ("subject", text(&create["subject"]), false),
+                    ("location", text(&create["location"]["displayName"]), false),
+                    (
+                        "address",
+                        text(&create["location"]["address"]["street"]),
+                        false,
+                    ),
+                    ("body", text(&create["body"]["content"]), true),
+                ] {
+                    assert!(
+                        !value.chars().any(|c| hidden(c, multi_line)),
+                        "a hidden character reached the copy's {what}: {value:?}"
+                    );
+                }
                 let _ = serde_json::to_vec(&create).expect("a create body serializes");
                 let _ = serde_json::to_vec(&update).expect("an update body serializes");
             }

@@ -1,21 +1,31 @@
 //! The v1 event contract that cyzen services publish (`schemas/schedule-event.v1.schema.json`).
 //!
 //! Decoding has two phases, both pure (no I/O):
-//! 1. [`decode`] checks what the JSON Schema checks (shape, types, lengths, patterns), so the
-//!    schema and this decoder agree on every example in `schemas/examples/` (a test pins it);
+//! 1. [`decode_structure`] reads the body as JSON (UTF-8, one value, no object naming a member
+//!    twice: `json`), then checks what the JSON Schema checks (shape, types, lengths, patterns,
+//!    the supported years), member by member in one fixed order, so the schema and this decoder
+//!    agree on every input (a test compares them on thousands of generated events);
 //! 2. then the rules a JSON Schema cannot express (`x-semantic-rules` in the schema): size, end
-//!    after start, known zone, bounded duration.
+//!    after start, known zone, bounded duration; and the text that reaches Outlook loses its
+//!    control and invisible formatting characters (`text`).
+//!
+//! [`decode_delivery`] adds the AMQP side: the routing key must be the body's `event_type`.
 //!
 //! Every rejection is a [`ContractError`] naming the field and what is wrong, with a stable
 //! [`Reason`] code that travels on the dead letter.
 
+mod json;
+mod text;
 mod validate;
 
 use jiff::Timestamp;
 use jiff::civil::Date;
 use serde::{Deserialize, Serialize};
 
-pub use validate::{ContractError, MAX_MESSAGE_BYTES, Reason, decode, decode_structure};
+pub use validate::{
+    ContractError, FIRST_YEAR, LAST_YEAR, MAX_MESSAGE_BYTES, Reason, check_routing_key, decode,
+    decode_delivery, decode_structure,
+};
 
 /// The contract version this service understands.
 pub const SCHEMA_VERSION: u64 = 1;

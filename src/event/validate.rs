@@ -5,10 +5,13 @@ use std::fmt;
 use jiff::Timestamp;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
+use super::json::{self, ParseError};
+use super::text;
 use super::{
-    EventType, Place, SCHEMA_VERSION, Schedule, ScheduleEvent, Timing, WireEvent, WireSchedule,
+    EventType, Place, SCHEMA_VERSION, Schedule, ScheduleEvent, Timing, Visibility, WireEvent,
+    WireSchedule,
 };
 
 /// The largest message accepted, in bytes (256 KiB). A schedule's longest fields (memo 20,000
@@ -16,6 +19,15 @@ use super::{
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 const MAX_TIMED_DAYS: i64 = 31;
 const MAX_ALL_DAY_DAYS: i32 = 366;
+const MAX_REVISION: i128 = 9_007_199_254_740_991;
+
+/// The years every date and time of a message must be written in, both included. Outlook on the
+/// desktop shows 1601-04-01 to 4500-08-31 and treats dates outside 1601–4500 as invalid
+/// (MS-OXCICAL §2.2.31); Graph documents no range at all; Pocket Outlook's calendar ran from
+/// 1899-12-30 to 2999-12-31. 1900–2999 lies inside all of them with more than a day to spare on
+/// each side (a time zone moves a date by at most one), and holds every real schedule.
+pub const FIRST_YEAR: u16 = 1900;
+pub const LAST_YEAR: u16 = 2999;
 
 /// Why a message was rejected, as a stable code (it travels on dead letters as `x-reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -23,42 +35,80 @@ pub enum Reason {
     TooLarge,
     NotUtf8,
     MalformedJson,
+    DuplicateKey,
     UnknownVersion,
     MissingField,
     WrongType,
     TooLong,
     InvalidValue,
+    OutOfRange,
     EndBeforeStart,
     AllDayWithTimes,
     TimedWithDates,
     UnknownZone,
     SpanTooLong,
+    RoutingKeyMismatch,
 }
 
 impl Reason {
+    /// Every reason, in the order schemas/README.md lists them.
+    pub const ALL: [Reason; 16] = [
+        Reason::TooLarge,
+        Reason::NotUtf8,
+        Reason::MalformedJson,
+        Reason::DuplicateKey,
+        Reason::UnknownVersion,
+        Reason::MissingField,
+        Reason::WrongType,
+        Reason::TooLong,
+        Reason::InvalidValue,
+        Reason::OutOfRange,
+        Reason::EndBeforeStart,
+        Reason::AllDayWithTimes,
+        Reason::TimedWithDates,
+        Reason::UnknownZone,
+        Reason::SpanTooLong,
+        Reason::RoutingKeyMismatch,
+    ];
+
     pub fn code(self) -> &'static str {
         match self {
             Reason::TooLarge => "too_large",
             Reason::NotUtf8 => "not_utf8",
             Reason::MalformedJson => "malformed_json",
+            Reason::DuplicateKey => "duplicate_key",
             Reason::UnknownVersion => "unknown_schema_version",
             Reason::MissingField => "missing_field",
             Reason::WrongType => "wrong_type",
             Reason::TooLong => "too_long",
             Reason::InvalidValue => "invalid_value",
+            Reason::OutOfRange => "out_of_range",
             Reason::EndBeforeStart => "end_before_start",
             Reason::AllDayWithTimes => "all_day_with_times",
             Reason::TimedWithDates => "timed_with_dates",
             Reason::UnknownZone => "unknown_time_zone",
             Reason::SpanTooLong => "span_too_long",
+            Reason::RoutingKeyMismatch => "routing_key_mismatch",
         }
     }
 
-    /// True for the rules the JSON Schema cannot express (see `x-semantic-rules`).
+    /// The reason with this code, if there is one.
+    pub fn from_code(code: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// True for the rules the JSON Schema cannot express (see `x-semantic-rules`): a message
+    /// refused for one of these may pass a schema validator. Duplicate member names are among
+    /// them: a parsed document keeps one value per name, so no validator ever sees the other.
     pub fn is_semantic(self) -> bool {
         matches!(
             self,
-            Reason::TooLarge | Reason::EndBeforeStart | Reason::UnknownZone | Reason::SpanTooLong
+            Reason::TooLarge
+                | Reason::DuplicateKey
+                | Reason::EndBeforeStart
+                | Reason::UnknownZone
+                | Reason::SpanTooLong
+                | Reason::RoutingKeyMismatch
         )
     }
 }
@@ -67,7 +117,8 @@ impl Reason {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ContractError {
     pub reason: Reason,
-    /// A JSON path such as `schedule.end`; `$` for the message as a whole.
+    /// A JSON path such as `schedule.end`; `$` for the message as a whole; `routing_key` and
+    /// `content_type` for the AMQP properties.
     pub field: String,
     pub problem: String,
 }
@@ -92,6 +143,16 @@ fn err(reason: Reason, field: impl Into<String>, problem: impl Into<String>) -> 
     }
 }
 
+/// A value quoted in a problem: whole when short, else its first 40 characters and its length,
+/// so a dead letter's `x-error` stays small whatever a publisher sent.
+fn shown(v: &str) -> String {
+    const KEEP: usize = 40;
+    match v.char_indices().nth(KEEP) {
+        None => format!("{v:?}"),
+        Some((cut, _)) => format!("{:?}… ({} characters)", &v[..cut], v.chars().count()),
+    }
+}
+
 /// Decodes and validates one message body: the whole v1 contract.
 pub fn decode(body: &[u8]) -> Result<ScheduleEvent, ContractError> {
     if body.len() > MAX_MESSAGE_BYTES {
@@ -108,7 +169,40 @@ pub fn decode(body: &[u8]) -> Result<ScheduleEvent, ContractError> {
     check_semantics(wire)
 }
 
-/// Phase 1: what the JSON Schema checks, and nothing more. Exposed for the schema-agreement test.
+/// Decodes a delivery: its body ([`decode`]), then its routing key, which must be the body's
+/// `event_type` (a body that breaks the contract is refused for that first).
+pub fn decode_delivery(body: &[u8], routing_key: &str) -> Result<ScheduleEvent, ContractError> {
+    let event = decode(body)?;
+    check_routing_key(event.event_type, routing_key)?;
+    Ok(event)
+}
+
+/// The routing key an event of this type must be published with is its `event_type`: bindings
+/// and operators filter by it, so a key that says another type (or none of the three) is refused
+/// rather than taken by the body.
+pub fn check_routing_key(event_type: EventType, routing_key: &str) -> Result<(), ContractError> {
+    let want = event_type.routing_key();
+    if routing_key == want {
+        return Ok(());
+    }
+    Err(err(
+        Reason::RoutingKeyMismatch,
+        "routing_key",
+        format!(
+            "the message was published with routing key {} but its event_type is {want:?}; publish each event with its event_type as the routing key",
+            shown(routing_key)
+        ),
+    ))
+}
+
+/// Phase 1: the body as JSON (UTF-8, one value, no member named twice), then what the JSON
+/// Schema checks, and nothing more. Exposed for the schema-agreement test.
+///
+/// Each member is read for what the schema says of it, in one fixed order (the order of the
+/// schema's `properties`), so a message's first problem does not depend on how its publisher
+/// ordered the members: present means present (a `null` is a value of the wrong type, not an
+/// absent member), an integer is any number without a fraction (`1.0` is 1), an object is an
+/// object (never an array of its values).
 pub fn decode_structure(body: &[u8]) -> Result<WireEvent, ContractError> {
     let text = std::str::from_utf8(body).map_err(|e| {
         err(
@@ -120,95 +214,188 @@ pub fn decode_structure(body: &[u8]) -> Result<WireEvent, ContractError> {
             ),
         )
     })?;
-    // Fast path: a well-formed v1 object decodes in one pass; anything else takes the slow
-    // path below, which names the exact problem.
-    if text.trim_start().starts_with('{')
-        && let Ok(wire) = serde_json::from_str::<WireEvent>(text)
-        && wire.schema_version == SCHEMA_VERSION
-    {
-        check_structure(&wire)?;
-        return Ok(wire);
-    }
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        err(
+    let value = json::parse(text).map_err(|e| match e {
+        ParseError::Syntax(e) => err(
             Reason::MalformedJson,
             "$",
-            format!(
-                "not valid JSON: {e} (line {}, column {})",
-                e.line(),
-                e.column()
-            ),
-        )
+            format!("not valid JSON: {e}; publish one JSON object per message"),
+        ),
+        ParseError::Duplicate { path } => err(
+            Reason::DuplicateKey,
+            path,
+            "this member is named twice in its object; parsers disagree on which one counts, so send it once",
+        ),
     })?;
-    let Value::Object(obj) = &value else {
+    wire_event(&value)
+}
+
+/// One JSON object of the message, with the path that names its members in errors.
+struct Obj<'a> {
+    path: &'static str,
+    map: &'a Map<String, Value>,
+}
+
+impl<'a> Obj<'a> {
+    fn field(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key)
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.map.contains_key(key)
+    }
+
+    fn required(&self, key: &str, hint: &str) -> Result<&'a Value, ContractError> {
+        self.get(key).ok_or_else(|| {
+            err(
+                Reason::MissingField,
+                self.field(key),
+                format!("missing; {hint}"),
+            )
+        })
+    }
+
+    fn string(&self, key: &str, hint: &str) -> Result<&'a str, ContractError> {
+        as_str(&self.field(key), self.required(key, hint)?)
+    }
+
+    fn optional_string(&self, key: &str) -> Result<Option<&'a str>, ContractError> {
+        self.get(key)
+            .map(|v| as_str(&self.field(key), v))
+            .transpose()
+    }
+
+    fn id(&self, key: &str) -> Result<String, ContractError> {
+        let v = self.string(key, "an id is 1 to 64 of A-Z a-z 0-9 . _ : -")?;
+        check_id(&self.field(key), v)?;
+        Ok(v.to_string())
+    }
+
+    fn timestamp(&self, key: &str, hint: &str) -> Result<String, ContractError> {
+        let v = self.string(key, hint)?;
+        check_timestamp(&self.field(key), v)?;
+        Ok(v.to_string())
+    }
+
+    fn date(&self, key: &str, hint: &str) -> Result<String, ContractError> {
+        let v = self.string(key, hint)?;
+        check_date(&self.field(key), v)?;
+        Ok(v.to_string())
+    }
+}
+
+/// What a value is, in words: "must be a string, not an array".
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn wrong_type(field: &str, want: &str, got: &Value) -> ContractError {
+    err(
+        Reason::WrongType,
+        field,
+        format!("must be {want}, not {}", kind(got)),
+    )
+}
+
+fn as_str<'v>(field: &str, v: &'v Value) -> Result<&'v str, ContractError> {
+    v.as_str().ok_or_else(|| wrong_type(field, "a string", v))
+}
+
+/// A JSON Schema integer: a number without a fractional part, `1.0` included. Floats beyond
+/// the i128 range saturate (they are out of every range the contract allows anyway).
+fn as_integer(field: &str, v: &Value) -> Result<i128, ContractError> {
+    let Value::Number(n) = v else {
+        return Err(wrong_type(field, "an integer", v));
+    };
+    if let Some(u) = n.as_u64() {
+        return Ok(i128::from(u));
+    }
+    if let Some(i) = n.as_i64() {
+        return Ok(i128::from(i));
+    }
+    let f = n.as_f64().unwrap_or(f64::NAN);
+    if f.is_finite() && f.fract() == 0.0 {
+        Ok(f as i128)
+    } else {
+        Err(err(
+            Reason::WrongType,
+            field,
+            format!("must be an integer, not {n}"),
+        ))
+    }
+}
+
+fn wire_event(value: &Value) -> Result<WireEvent, ContractError> {
+    let Value::Object(map) = value else {
         return Err(err(
             Reason::WrongType,
             "$",
-            "a message must be a JSON object",
+            format!("a message must be a JSON object, not {}", kind(value)),
         ));
     };
-    match obj.get("schema_version") {
-        None => {
+    let o = Obj { path: "", map };
+    let version = o.required("schema_version", "set it to 1")?;
+    if as_integer("schema_version", version).ok() != Some(i128::from(SCHEMA_VERSION)) {
+        return Err(err(
+            Reason::UnknownVersion,
+            "schema_version",
+            format!(
+                "version {} is unknown; this service understands version {SCHEMA_VERSION}",
+                shown(&version.to_string())
+            ),
+        ));
+    }
+    let event_id = o.id("event_id")?;
+    let event_type = match o.string(
+        "event_type",
+        "schedule.created, schedule.updated or schedule.deleted",
+    )? {
+        "schedule.created" => EventType::Created,
+        "schedule.updated" => EventType::Updated,
+        "schedule.deleted" => EventType::Deleted,
+        other => {
             return Err(err(
-                Reason::MissingField,
-                "schema_version",
-                "missing; set it to 1",
-            ));
-        }
-        Some(v) if v.as_u64() == Some(SCHEMA_VERSION) && !v.is_f64() => {}
-        Some(v) => {
-            return Err(err(
-                Reason::UnknownVersion,
-                "schema_version",
+                Reason::InvalidValue,
+                "event_type",
                 format!(
-                    "version {v} is unknown; this service understands version {SCHEMA_VERSION}"
+                    "{} is not an event type; use schedule.created, schedule.updated or schedule.deleted",
+                    shown(other)
                 ),
             ));
         }
-    }
-    let wire: WireEvent = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        let (reason, field, problem) = if let Some(name) = missing_field_name(&inner) {
-            let field = if path == "." || path.is_empty() {
-                name.to_string()
-            } else {
-                format!("{path}.{name}")
-            };
-            (Reason::MissingField, field, "missing".to_string())
-        } else {
-            let field = if path == "." { "$".into() } else { path };
-            let reason = if inner.starts_with("unknown variant") {
-                Reason::InvalidValue
-            } else {
-                Reason::WrongType
-            };
-            (reason, field, inner)
-        };
-        err(reason, field, problem)
-    })?;
-    check_structure(&wire)?;
-    Ok(wire)
-}
-
-fn missing_field_name(serde_message: &str) -> Option<&str> {
-    let rest = serde_message.strip_prefix("missing field `")?;
-    rest.split('`').next()
-}
-
-fn check_structure(w: &WireEvent) -> Result<(), ContractError> {
-    check_id("event_id", &w.event_id)?;
-    check_timestamp_shape("occurred_at", &w.occurred_at)?;
-    check_id("company_id", &w.company_id)?;
-    check_id("schedule_id", &w.schedule_id)?;
-    if w.revision == 0 || w.revision > 9_007_199_254_740_991 {
+    };
+    let occurred_at = o.timestamp(
+        "occurred_at",
+        "when the change happened, RFC 3339 with an offset",
+    )?;
+    let company_id = o.id("company_id")?;
+    let schedule_id = o.id("schedule_id")?;
+    let revision = as_integer(
+        "revision",
+        o.required("revision", "an integer that increases with every change")?,
+    )?;
+    if !(1..=MAX_REVISION).contains(&revision) {
         return Err(err(
             Reason::InvalidValue,
             "revision",
             "must be an integer from 1 to 2^53-1",
         ));
     }
-    match (&w.schedule, w.event_type) {
+    let schedule = match (o.get("schedule"), event_type) {
         (None, EventType::Created | EventType::Updated) => {
             return Err(err(
                 Reason::MissingField,
@@ -216,75 +403,77 @@ fn check_structure(w: &WireEvent) -> Result<(), ContractError> {
                 "missing; created and updated events carry the schedule's whole current state",
             ));
         }
-        (Some(s), _) => check_schedule_structure(s)?,
-        (None, EventType::Deleted) => {}
-    }
-    Ok(())
+        (None, EventType::Deleted) => None,
+        (Some(Value::Object(map)), _) => Some(wire_schedule(&Obj {
+            path: "schedule",
+            map,
+        })?),
+        (Some(other), _) => {
+            return Err(wrong_type(
+                "schedule",
+                "an object (the schedule's whole state; leave it out of a delete that has none)",
+                other,
+            ));
+        }
+    };
+    Ok(WireEvent {
+        schema_version: SCHEMA_VERSION,
+        event_id,
+        event_type,
+        occurred_at,
+        company_id,
+        schedule_id,
+        revision: revision as u64,
+        schedule,
+    })
 }
 
-fn check_schedule_structure(s: &WireSchedule) -> Result<(), ContractError> {
-    let chars = s.title.chars().count();
-    if chars == 0 {
+fn wire_schedule(o: &Obj<'_>) -> Result<WireSchedule, ContractError> {
+    let title = o.string("title", "the schedule's title, 1 to 255 characters")?;
+    if title.is_empty() {
         return Err(err(
             Reason::InvalidValue,
             "schedule.title",
             "must not be empty",
         ));
     }
-    check_len("schedule.title", &s.title, 255)?;
-    check_len("schedule.memo", &s.memo, 20_000)?;
-    if s.all_day {
-        if s.start.is_some() || s.end.is_some() {
+    check_len("schedule.title", title, 255)?;
+    let memo = o.optional_string("memo")?.unwrap_or_default();
+    check_len("schedule.memo", memo, 20_000)?;
+    let all_day = match o.required("all_day", "true for an all-day schedule, else false")? {
+        Value::Bool(b) => *b,
+        other => return Err(wrong_type("schedule.all_day", "true or false", other)),
+    };
+    let (mut start, mut end, mut first_date, mut last_date) = (None, None, None, None);
+    if all_day {
+        if let Some(key) = ["start", "end"].into_iter().find(|k| o.has(k)) {
             return Err(err(
                 Reason::AllDayWithTimes,
-                "schedule.start",
+                o.field(key),
                 "an all-day schedule carries first_date and last_date, not start/end times",
             ));
         }
-        for (field, v) in [
-            ("schedule.first_date", &s.first_date),
-            ("schedule.last_date", &s.last_date),
-        ] {
-            match v {
-                None => {
-                    return Err(err(
-                        Reason::MissingField,
-                        field,
-                        "missing; an all-day schedule needs first_date and last_date (YYYY-MM-DD)",
-                    ));
-                }
-                Some(d) => check_date_shape(field, d)?,
-            }
-        }
+        let hint = "an all-day schedule needs first_date and last_date (YYYY-MM-DD)";
+        first_date = Some(o.date("first_date", hint)?);
+        last_date = Some(o.date("last_date", hint)?);
     } else {
-        if s.first_date.is_some() || s.last_date.is_some() {
+        if let Some(key) = ["first_date", "last_date"].into_iter().find(|k| o.has(k)) {
             return Err(err(
                 Reason::TimedWithDates,
-                "schedule.first_date",
+                o.field(key),
                 "a timed schedule (all_day: false) carries start, end and time_zone, not dates",
             ));
         }
-        for (field, v) in [("schedule.start", &s.start), ("schedule.end", &s.end)] {
-            match v {
-                None => {
-                    return Err(err(
-                        Reason::MissingField,
-                        field,
-                        "missing; a timed schedule needs start and end as RFC 3339 with an offset",
-                    ));
-                }
-                Some(t) => check_timestamp_shape(field, t)?,
-            }
-        }
-        if s.time_zone.is_none() {
-            return Err(err(
-                Reason::MissingField,
-                "schedule.time_zone",
-                "missing; a timed schedule needs the IANA zone it is shown in, e.g. Asia/Tokyo",
-            ));
-        }
+        let hint = "a timed schedule needs start and end as RFC 3339 with an offset";
+        start = Some(o.timestamp("start", hint)?);
+        end = Some(o.timestamp("end", hint)?);
+        o.required(
+            "time_zone",
+            "a timed schedule needs the IANA zone it is shown in, e.g. Asia/Tokyo",
+        )?;
     }
-    if let Some(tz) = &s.time_zone {
+    let time_zone = o.optional_string("time_zone")?;
+    if let Some(tz) = time_zone {
         if tz.is_empty() {
             return Err(err(
                 Reason::InvalidValue,
@@ -294,35 +483,110 @@ fn check_schedule_structure(s: &WireSchedule) -> Result<(), ContractError> {
         }
         check_len("schedule.time_zone", tz, 64)?;
     }
-    if let Some(p) = &s.place {
-        check_len("schedule.place.name", &p.name, 255)?;
-        check_len("schedule.place.address", &p.address, 1000)?;
-    }
-    check_id("schedule.owner_user_id", &s.owner_user_id)?;
-    if s.participant_user_ids.len() > 500 {
+    let place = match o.get("place") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(map)) => {
+            let p = Obj {
+                path: "schedule.place",
+                map,
+            };
+            let name = p.optional_string("name")?.unwrap_or_default();
+            check_len("schedule.place.name", name, 255)?;
+            let address = p.optional_string("address")?.unwrap_or_default();
+            check_len("schedule.place.address", address, 1000)?;
+            Some(Place {
+                name: name.to_string(),
+                address: address.to_string(),
+            })
+        }
+        Some(other) => {
+            return Err(wrong_type(
+                "schedule.place",
+                "an object with name and address, or null",
+                other,
+            ));
+        }
+    };
+    let owner_user_id = o.id("owner_user_id")?;
+    let participants = match o.required(
+        "participant_user_ids",
+        "the participants' cyzen user ids (an empty array if there are none)",
+    )? {
+        Value::Array(items) => items,
+        other => {
+            return Err(wrong_type(
+                "schedule.participant_user_ids",
+                "an array of user ids",
+                other,
+            ));
+        }
+    };
+    if participants.len() > 500 {
         return Err(err(
             Reason::TooLong,
             "schedule.participant_user_ids",
-            format!("{} participants; at most 500", s.participant_user_ids.len()),
+            format!("{} participants; at most 500", participants.len()),
         ));
     }
-    for (i, p) in s.participant_user_ids.iter().enumerate() {
-        check_id(&format!("schedule.participant_user_ids[{i}]"), p)?;
-    }
-    if s.url.is_empty() || !(s.url.starts_with("http://") || s.url.starts_with("https://")) {
+    let participant_user_ids = participants
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let field = format!("schedule.participant_user_ids[{i}]");
+            let id = as_str(&field, v)?;
+            check_id(&field, id)?;
+            Ok(id.to_string())
+        })
+        .collect::<Result<Vec<String>, ContractError>>()?;
+    let visibility = match o.string("visibility", "public or private")? {
+        "public" => Visibility::Public,
+        "private" => Visibility::Private,
+        other => {
+            return Err(err(
+                Reason::InvalidValue,
+                "schedule.visibility",
+                format!(
+                    "{} is not a visibility; use public or private",
+                    shown(other)
+                ),
+            ));
+        }
+    };
+    let url = o.string("url", "the schedule's http(s) link in cyzen")?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(err(
             Reason::InvalidValue,
             "schedule.url",
             "must be the schedule's http(s) link in cyzen",
         ));
     }
-    check_len("schedule.url", &s.url, 2048)?;
-    check_timestamp_shape("schedule.created_at", &s.created_at)?;
-    check_timestamp_shape("schedule.updated_at", &s.updated_at)?;
-    Ok(())
+    check_len("schedule.url", url, 2048)?;
+    let created_at = o.timestamp("created_at", "RFC 3339 with an offset")?;
+    let updated_at = o.timestamp("updated_at", "RFC 3339 with an offset")?;
+    Ok(WireSchedule {
+        title: title.to_string(),
+        memo: memo.to_string(),
+        all_day,
+        start,
+        end,
+        time_zone: time_zone.map(str::to_string),
+        first_date,
+        last_date,
+        place,
+        owner_user_id,
+        participant_user_ids,
+        visibility,
+        url: url.to_string(),
+        created_at,
+        updated_at,
+    })
 }
 
 fn check_len(field: &str, value: &str, max: usize) -> Result<(), ContractError> {
+    // Cheap first: a string of at most `max` bytes has at most `max` characters.
+    if value.len() <= max {
+        return Ok(());
+    }
     let n = value.chars().count();
     if n > max {
         return Err(err(
@@ -341,49 +605,95 @@ fn check_id(field: &str, value: &str) -> Result<(), ContractError> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
     if ok {
-        Ok(())
-    } else if value.len() > 64 {
+        return Ok(());
+    }
+    let n = value.chars().count();
+    if n > 64 {
         Err(err(
             Reason::TooLong,
             field,
-            format!("{} characters; an id has at most 64", value.len()),
+            format!("{n} characters; an id has at most 64"),
         ))
     } else {
         Err(err(
             Reason::InvalidValue,
             field,
-            format!("{value:?} is not an id (1 to 64 of A-Z a-z 0-9 . _ : -)"),
+            format!(
+                "{} is not an id (1 to 64 of A-Z a-z 0-9 . _ : -)",
+                shown(value)
+            ),
         ))
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, as the schema's pattern, and a real instant.
-fn check_timestamp_shape(field: &str, v: &str) -> Result<(), ContractError> {
+/// A value that starts with a year (`YYYY-`) outside [`FIRST_YEAR`]..=[`LAST_YEAR`] is out of
+/// range, whatever follows: the year is checked first.
+fn check_year(field: &str, v: &str) -> Result<(), ContractError> {
+    let b = v.as_bytes();
+    if b.len() < 5 || !b[..4].iter().all(u8::is_ascii_digit) || b[4] != b'-' {
+        return Ok(());
+    }
+    let year: u16 = v[..4].parse().unwrap_or(0);
+    if (FIRST_YEAR..=LAST_YEAR).contains(&year) {
+        return Ok(());
+    }
+    Err(err(
+        Reason::OutOfRange,
+        field,
+        format!(
+            "{} is in the year {year}; dates and times from {FIRST_YEAR} to {LAST_YEAR} are supported (the range every Outlook calendar shows)",
+            shown(v)
+        ),
+    ))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, as the schema's pattern, in the supported years,
+/// and a real instant.
+fn check_timestamp(field: &str, v: &str) -> Result<(), ContractError> {
+    check_year(field, v)?;
     parse_timestamp(v).map(|_| ()).ok_or_else(|| {
         err(
             Reason::InvalidValue,
             field,
-            format!("{v:?} is not an RFC 3339 time with an offset, e.g. 2026-11-27T09:00:00+09:00"),
+            format!(
+                "{} is not an RFC 3339 time with an offset, e.g. 2026-11-27T09:00:00+09:00",
+                shown(v)
+            ),
         )
     })
 }
 
+fn two_digits(b: &[u8], at: usize, max: u8) -> bool {
+    match b.get(at..at + 2) {
+        Some([t, u]) if t.is_ascii_digit() && u.is_ascii_digit() => {
+            (t - b'0') * 10 + (u - b'0') <= max
+        }
+        _ => false,
+    }
+}
+
+/// `YYYY-MM-DD` with a month 01–12 and a day 01–31 (the calendar decides the rest).
+fn date_shape(b: &[u8]) -> bool {
+    b.len() >= 10
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && two_digits(b, 5, 12)
+        && &b[5..7] != b"00"
+        && b[7] == b'-'
+        && two_digits(b, 8, 31)
+        && &b[8..10] != b"00"
+}
+
 pub(crate) fn parse_timestamp(v: &str) -> Option<Timestamp> {
     let b = v.as_bytes();
-    let digits =
-        |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
     let shape = b.len() >= 20
-        && digits(0..4)
-        && b[4] == b'-'
-        && digits(5..7)
-        && b[7] == b'-'
-        && digits(8..10)
+        && date_shape(b)
         && b[10] == b'T'
-        && digits(11..13)
+        && two_digits(b, 11, 23)
         && b[13] == b':'
-        && digits(14..16)
+        && two_digits(b, 14, 59)
         && b[16] == b':'
-        && digits(17..19);
+        && two_digits(b, 17, 59);
     if !shape {
         return None;
     }
@@ -400,11 +710,7 @@ pub(crate) fn parse_timestamp(v: &str) -> Option<Timestamp> {
     }
     let offset_ok = match &b[i..] {
         [b'Z'] => true,
-        [sign, rest @ ..] if matches!(sign, b'+' | b'-') && rest.len() == 5 => {
-            rest[..2].iter().all(u8::is_ascii_digit)
-                && rest[2] == b':'
-                && rest[3..].iter().all(u8::is_ascii_digit)
-        }
+        [b'+' | b'-', _, _, b':', _, _] => two_digits(b, i + 1, 23) && two_digits(b, i + 4, 59),
         _ => false,
     };
     if !offset_ok {
@@ -413,25 +719,19 @@ pub(crate) fn parse_timestamp(v: &str) -> Option<Timestamp> {
     v.parse::<Timestamp>().ok()
 }
 
-fn check_date_shape(field: &str, v: &str) -> Result<(), ContractError> {
+fn check_date(field: &str, v: &str) -> Result<(), ContractError> {
+    check_year(field, v)?;
     parse_date(v).map(|_| ()).ok_or_else(|| {
         err(
             Reason::InvalidValue,
             field,
-            format!("{v:?} is not a date in the form YYYY-MM-DD"),
+            format!("{} is not a date in the form YYYY-MM-DD", shown(v)),
         )
     })
 }
 
 fn parse_date(v: &str) -> Option<Date> {
-    let b = v.as_bytes();
-    let ok = b.len() == 10
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b.iter()
-            .enumerate()
-            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
-    if !ok {
+    if v.len() != 10 || !date_shape(v.as_bytes()) {
         return None;
     }
     v.parse::<Date>().ok()
@@ -459,7 +759,10 @@ fn zone(name: &str) -> Result<TimeZone, ContractError> {
         err(
             Reason::UnknownZone,
             "schedule.time_zone",
-            format!("{name:?} is not a known IANA time zone (e.g. Asia/Tokyo, America/New_York)"),
+            format!(
+                "{} is not a known IANA time zone (e.g. Asia/Tokyo, America/New_York)",
+                shown(name)
+            ),
         )
     })
 }
@@ -518,17 +821,23 @@ fn schedule_semantics(s: WireSchedule) -> Result<Schedule, ContractError> {
             time_zone,
         }
     };
+    // What reaches Outlook holds no control or invisible formatting character (see `text`).
+    let place = s
+        .place
+        .map(|p| Place {
+            name: text::one_line(p.name),
+            address: text::one_line(p.address),
+        })
+        .filter(|p| !(p.name.is_empty() && p.address.is_empty()));
     Ok(Schedule {
-        title: s.title,
-        memo: s.memo,
+        title: text::one_line(s.title),
+        memo: text::multi_line(s.memo),
         timing,
-        place: s
-            .place
-            .filter(|p: &Place| !(p.name.is_empty() && p.address.is_empty())),
+        place,
         owner_user_id: s.owner_user_id,
         participant_user_ids: s.participant_user_ids,
         visibility: s.visibility,
-        url: s.url,
+        url: text::one_line(s.url),
         created_at: parse_timestamp(&s.created_at).expect("phase 1"),
         updated_at: parse_timestamp(&s.updated_at).expect("phase 1"),
     })

@@ -4,6 +4,10 @@
 //!   type, an unknown schema version) published between valid events: each hostile one becomes a
 //!   dead letter with its reason, the worker keeps running, and the valid ones are synced as if
 //!   nothing had happened.
+//! - A routing key that is not the body's event_type: a dead letter (`routing_key_mismatch`),
+//!   never taken by its body; a replay republishes with the key the event came with, so a flush
+//!   dead letter is taken again and a mismatched one is refused again. Hostile text (NUL, ESC,
+//!   bidi overrides, tag characters) reaches Outlook cleaned.
 //! - The fuzz targets' harness (`fuzz/src/lib.rs`, the very functions `cargo fuzz` runs) fed a
 //!   seeded corpus of 100,000 random and structure-aware mutations on stable Rust: no panic,
 //!   bounded time per input, and no single call allocating more than a bounded multiple of its
@@ -14,10 +18,11 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use graph_emulator::{MailboxKind, Settings};
+use graph_emulator::{FaultKind, MailboxKind, ScriptedFault, Settings};
 use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, ShortString};
 use outlook_sync::amqp;
+use outlook_sync::deadletter::{Control, Dlq, Filter, ReplayRequest};
 use outlook_sync::demo::{Ev, Sandbox};
 use outlook_sync::tenants::Plan;
 use rand::rngs::StdRng;
@@ -315,6 +320,245 @@ async fn hostile_messages_become_dead_letters_with_their_reason_and_hold_nothing
 }
 
 // ---------------------------------------------------------------------------------------------
+// Routing keys and hostile text, end to end
+
+/// The dead letters in the queue now (the queue is left as it was).
+async fn dead_letters(dlq: &Dlq) -> Vec<outlook_sync::deadletter::Record> {
+    dlq.list(&Filter::default()).await.unwrap().records
+}
+
+/// Waits until the dead-letter queue holds `n` messages.
+async fn wait_dead_letters(dlq: &Dlq, n: usize) -> Vec<outlook_sync::deadletter::Record> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = dead_letters(dlq).await;
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {n} dead letters after 30 s: {got:?}",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "not within 30 s: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routing_key_that_is_not_the_event_type_is_a_dead_letter_and_a_replay_keeps_a_matching_key()
+ {
+    let mut sb = match Sandbox::start("routing-key", 1, Settings::default()).await {
+        Ok(sb) => sb,
+        Err(e) => panic!("this test needs the local RabbitMQ and Redis: {e}"),
+    };
+    // One attempt: a 504 on an update dead-letters it at the flush.
+    sb.cfg.retry.max_attempts = 1;
+    let c = "acme";
+    sb.company(c, Plan::Standard, &[("u-1", "taro", MailboxKind::Ok)])
+        .await
+        .unwrap();
+    let taro = format!("taro@{c}.onmicrosoft.com");
+    let worker = sb.worker().await.unwrap();
+    let dlq = Dlq::new(&sb.cfg, sb.redis.clone());
+    let created = |s: &str| {
+        Ev::created(c, s)
+            .title(&format!("{s} created"))
+            .people("u-1", &[])
+            .wire()
+    };
+    let subjects = |sb: &Sandbox| crate::support::subjects(sb, &taro);
+
+    // Valid bodies under keys that are not their event_type: the body used to win.
+    let wrong: [(&str, &str, Vec<u8>); 3] = [
+        (
+            "as-deleted",
+            "schedule.deleted",
+            serde_json::to_vec(&created("s-1")).unwrap(),
+        ),
+        (
+            "as-weird",
+            "schedule.weird",
+            serde_json::to_vec(&created("s-2")).unwrap(),
+        ),
+        (
+            "delete-as-created",
+            "schedule.created",
+            serde_json::to_vec(&Ev::deleted(c, "s-9", 3).wire()).unwrap(),
+        ),
+    ];
+    for (id, key, body) in &wrong {
+        sb.publish_raw(id, key, body).await.unwrap();
+    }
+    // Hostile text under the right key: synced, cleaned.
+    let hostile = Ev::created(c, "s-3")
+        .title("Visit\u{0}: \u{1b}[1mTanaka\u{202e}gnp.exe\r\nHQ\u{e0041}")
+        .memo("Line 1\r\n\tLine 2\u{7}\u{2066}")
+        .place("Room\t3\u{feff}", "1-2-3\u{2028}Marunouchi\u{0}")
+        .people("u-1", &[])
+        .wire();
+    sb.publish(&[hostile]).await.unwrap();
+
+    let got = wait_dead_letters(&dlq, wrong.len()).await;
+    wait_for("the hostile title's copy", || !subjects(&sb).is_empty()).await;
+    assert!(sb.wait_idle(Duration::from_secs(30)).await.unwrap());
+    for (id, key, body) in &wrong {
+        let r = got
+            .iter()
+            .find(|r| r.message_id.as_deref() == Some(*id))
+            .unwrap_or_else(|| panic!("no dead letter for {id}: {got:?}"));
+        assert_eq!(
+            (r.stage.as_str(), r.reason.as_str()),
+            ("ingest", "routing_key_mismatch"),
+            "{id}"
+        );
+        assert_eq!(
+            r.routing_key.as_deref(),
+            Some(*key),
+            "{id}: the key it came with"
+        );
+        let error = r.error.clone().unwrap_or_default();
+        assert!(
+            error.contains(&format!("{key:?}")) && error.contains("routing key"),
+            "{id}: {error}"
+        );
+        assert!(!body.is_empty());
+    }
+    assert_eq!(got.len(), wrong.len(), "{got:?}");
+    let copies = sb.emulator.emulator.calendar(&taro);
+    assert_eq!(
+        subjects(&sb),
+        vec!["Visit: [1mTanakagnp.exe HQ".to_string()],
+        "only the hostile-text event reached Outlook, with its subject cleaned"
+    );
+    // Graph answers with the body as HTML; the memo's tab and lines are there, its BEL and
+    // bidi isolate are not.
+    let content = copies[0]["body"]["content"].as_str().unwrap_or_default();
+    assert!(
+        content.contains("Line 1") && content.contains("\tLine 2"),
+        "{content:?}"
+    );
+    assert!(
+        !content
+            .chars()
+            .any(|ch| (ch.is_control() && !"\r\n\t".contains(ch)) || ch == '\u{2066}'),
+        "{content:?}"
+    );
+    assert_eq!(copies[0]["location"]["displayName"], "Room 3");
+    assert_eq!(
+        copies[0]["location"]["address"]["street"],
+        "1-2-3 Marunouchi"
+    );
+
+    // Published with its event_type as the key, the same event syncs.
+    sb.publish(&[created("s-1")]).await.unwrap();
+    wait_for("s-1's copy", || subjects(&sb).len() == 2).await;
+
+    // A flush dead letter (a 504 on the update's PATCH, one attempt) is replayed with the key
+    // it was published with, which matches its body: it is taken, not refused.
+    sb.emulator
+        .emulator
+        .script_fault(ScriptedFault::new(FaultKind::Gateway504).method("PATCH"));
+    sb.publish(&[Ev::updated(c, "s-1", 2)
+        .title("s-1 revision 2")
+        .people("u-1", &[])
+        .wire()])
+        .await
+        .unwrap();
+    let got = wait_dead_letters(&dlq, wrong.len() + 1).await;
+    let flushed = got
+        .iter()
+        .find(|r| r.stage == "flush")
+        .unwrap_or_else(|| panic!("no flush dead letter: {got:?}"));
+    assert_eq!(flushed.routing_key.as_deref(), Some("schedule.updated"));
+    let report = dlq
+        .replay(
+            &ReplayRequest {
+                filter: Filter {
+                    stage: Some("flush".into()),
+                    ..Filter::default()
+                },
+                ..ReplayRequest::default()
+            },
+            &Control::new(),
+            &mut |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.replayed, 1);
+    wait_for("s-1 at revision 2", || {
+        subjects(&sb).contains(&"s-1 revision 2".to_string())
+    })
+    .await;
+    assert!(sb.wait_idle(Duration::from_secs(30)).await.unwrap());
+
+    // Replayed on purpose, the mismatched ones keep their key, so they are refused again.
+    let report = dlq
+        .replay(
+            &ReplayRequest {
+                filter: Filter {
+                    reason: Some("routing_key_mismatch".into()),
+                    ..Filter::default()
+                },
+                include_invalid: true,
+                ..ReplayRequest::default()
+            },
+            &Control::new(),
+            &mut |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.replayed, wrong.len());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let again = loop {
+        let got = dead_letters(&dlq).await;
+        if got.len() == wrong.len() && got.iter().all(|r| r.replays == 1) {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "replays not back: {got:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        again.iter().all(|r| r.reason == "routing_key_mismatch"),
+        "{again:?}"
+    );
+    assert_eq!(
+        subjects(&sb),
+        vec![
+            "Visit: [1mTanakagnp.exe HQ".to_string(),
+            "s-1 revision 2".to_string()
+        ]
+    );
+    let mismatches: f64 = worker
+        .metrics
+        .render()
+        .lines()
+        .filter(|l| {
+            l.starts_with("outlook_sync_events_invalid") && l.contains("routing_key_mismatch")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(mismatches as usize, 2 * wrong.len(), "counted by reason");
+    println!(
+        "RELIABILITY routing_keys mismatched={} dead_letters={} reason=routing_key_mismatch \
+         replayed_flush_dead_letter_synced=true replayed_mismatches_refused_again={} \
+         hostile_text_cleaned=true",
+        wrong.len(),
+        wrong.len(),
+        again.len()
+    );
+    worker.stop(Duration::from_secs(5)).await;
+    sb.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // The fuzz targets without libFuzzer
 
 /// The seeds a mutation starts from: every example event (valid and invalid) and typical Graph
@@ -389,6 +633,12 @@ const NASTY_STRINGS: &[&str] = &[
     " ",
     "\u{0}",
     "\u{feff}",
+    "\u{1b}[31mred",
+    "a\u{202e}fdp.exe",
+    "\u{2066}x\u{2069}\u{200b}",
+    "tag\u{e0041}\u{e0042}",
+    "two\r\nlines\u{85}\u{2028}",
+    "\u{7f}\u{9b}\t",
     "🗓️",
     "9999-12-31",
     "0000-01-01",
