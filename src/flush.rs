@@ -609,6 +609,7 @@ impl Flusher {
             if !companies.contains_key(id) {
                 let company = self.directory.company(id).await.map_err(redis_err)?;
                 if company.is_some() {
+                    self.metrics.company_loaded(id);
                     users.insert(
                         id.clone(),
                         self.directory.users(id).await.map_err(redis_err)?,
