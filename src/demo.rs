@@ -24,14 +24,14 @@ use graph_emulator::{
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error(
-        "RabbitMQ is not reachable at {url} ({source}); start it with `rabbitmq-server -detached` or `docker compose -f deploy/compose.yaml up -d rabbitmq`"
+        "RabbitMQ is not reachable at {url} ({source}); run scripts/services.sh (it installs and starts RabbitMQ, Redis and PostgreSQL) or `docker compose -f deploy/compose.yaml up -d rabbitmq`"
     )]
     RabbitMq {
         url: String,
         source: amqp::AmqpError,
     },
     #[error(
-        "Redis is not reachable at {url} ({source}); start it with `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" --appendonly no`"
+        "Redis is not reachable at {url} ({source}); run scripts/services.sh (it installs and starts RabbitMQ, Redis and PostgreSQL) or `docker compose -f deploy/compose.yaml up -d redis`"
     )]
     Redis {
         url: String,

@@ -1,5 +1,11 @@
 //! Prometheus metrics (OpenMetrics text at `/metrics`). One place declares every metric, so the
 //! dashboards and alert rules in `deploy/` can be checked against this list.
+//!
+//! Every series whose labels are known in advance exists from the start at 0: the label values
+//! of [`known`] when the registry is built, and a company's series when the company is loaded
+//! ([`Metrics::company_loaded`]). A counter born at its first increment would hide that
+//! increment from `increase()` and `rate()` (a company that fails twice would never alert), and
+//! a metric absent until first used leaves dashboards empty instead of showing 0.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -45,7 +51,8 @@ pub struct Metrics {
     pub ingest_reconnects: Counter,
     pub shutdown_released_claims: Counter,
     // The admin API (issue 5).
-    pub secret_expires_in_days: Family<Labels, Gauge>,
+    /// When a company's recorded client secret expires (Unix time, seconds; base unit).
+    pub secret_expiry_timestamp_seconds: Family<Labels, Gauge>,
     pub companies_secret_expiring: Gauge,
 }
 
@@ -82,7 +89,7 @@ impl Metrics {
             redis_reachable: Gauge::default(),
             ingest_reconnects: Counter::default(),
             shutdown_released_claims: Counter::default(),
-            secret_expires_in_days: Family::default(),
+            secret_expiry_timestamp_seconds: Family::default(),
             companies_secret_expiring: Gauge::default(),
             registry: Registry::default(),
         };
@@ -189,7 +196,7 @@ impl Metrics {
         );
         registry.register(
             "company_failures",
-            "Changes that failed for good, by company and kind (credentials, mailbox, rejected, retries_exhausted); one series per company that has failed",
+            "Changes that failed for good, by company and kind (credentials, mailbox, rejected, retries_exhausted); every kind at 0 from when the company is loaded",
             m.company_failures.clone(),
         );
         registry.register(
@@ -213,9 +220,9 @@ impl Metrics {
             m.shutdown_released_claims.clone(),
         );
         registry.register(
-            "secret_expires_in_days",
-            "Days until a company's recorded client-secret expiry (label company; negative when past)",
-            m.secret_expires_in_days.clone(),
+            "secret_expiry_timestamp_seconds",
+            "When a company's recorded client secret expires, as a Unix timestamp in seconds (label company)",
+            m.secret_expiry_timestamp_seconds.clone(),
         );
         registry.register(
             "companies_secret_expiring",
@@ -224,7 +231,52 @@ impl Metrics {
         );
         let mut m = m;
         m.registry = registry;
+        m.start_known_series_at_zero();
         Arc::new(m)
+    }
+
+    /// Creates, at 0, every series whose label values are known before anything happens.
+    fn start_known_series_at_zero(&self) {
+        let touch = |f: &Family<Labels, Counter>, labels: Labels| {
+            let _created = f.get_or_create(&labels);
+        };
+        for kind in known::DEDUPLICATED_KINDS {
+            touch(&self.events_deduplicated, Self::label("kind", *kind));
+        }
+        for reason in known::invalid_reasons() {
+            touch(&self.events_invalid, Self::label("reason", reason));
+            touch(&self.dead_letters, dead_letter_labels("ingest", reason));
+        }
+        for reason in known::flush_dead_letter_reasons() {
+            touch(&self.dead_letters, dead_letter_labels("flush", reason));
+        }
+        for reason in known::skip_reasons() {
+            touch(&self.events_skipped, Self::label("reason", reason));
+        }
+        for status in known::GRAPH_STATUSES {
+            touch(&self.graph_requests, Self::label("status", *status));
+        }
+        for op in known::WRITE_OPS {
+            touch(&self.graph_writes, Self::label("op", *op));
+        }
+        for outcome in known::REPLAY_OUTCOMES {
+            touch(
+                &self.dead_letters_replayed,
+                Self::label("outcome", *outcome),
+            );
+        }
+    }
+
+    /// A company is known to this worker (the flush or the admin read it from the directory):
+    /// its failure counters exist from now on, at 0 until its first failure, so the first
+    /// failure shows in `increase()` and the per-company alerts can fire on it.
+    pub fn company_loaded(&self, company: &str) {
+        for kind in known::COMPANY_FAILURE_KINDS {
+            let _created = self.company_failures.get_or_create(&vec![
+                ("company", company.to_string()),
+                ("kind", (*kind).to_string()),
+            ]);
+        }
     }
 
     /// The OpenMetrics text exposition.
@@ -287,6 +339,145 @@ impl Metrics {
             })
         });
         out.extend(exact);
+        out
+    }
+}
+
+fn dead_letter_labels(stage: &str, reason: &str) -> Labels {
+    vec![("stage", stage.to_string()), ("reason", reason.to_string())]
+}
+
+/// The label values each labelled metric can take, where they are known in advance. A value
+/// missing here still works (its series is created at its first use); it only loses the
+/// start at 0. The lists built from enums name every variant in an exhaustive `match`, so a new
+/// variant does not compile until it is listed.
+pub mod known {
+    use crate::event::Reason;
+    use crate::graph::error::{MailboxProblem, TokenProblem};
+    use crate::tenants::NotSyncing;
+
+    /// `events_deduplicated{kind}`: staging dropped a duplicate or an older revision.
+    pub const DEDUPLICATED_KINDS: &[&str] = &["duplicate", "stale"];
+    /// `graph_writes{op}`.
+    pub const WRITE_OPS: &[&str] = &["create", "update", "delete"];
+    /// `dead_letters_replayed{outcome}`: what staging made of a replayed dead letter.
+    pub const REPLAY_OUTCOMES: &[&str] = &["restaged", "newest", "duplicate", "stale"];
+    /// `company_failures{kind}`, per company.
+    pub const COMPANY_FAILURE_KINDS: &[&str] =
+        &["credentials", "mailbox", "rejected", "retries_exhausted"];
+    /// `graph_requests{status}` is open-ended (any HTTP status, 0 for no answer); these are the
+    /// answers of a healthy flush (200 read or update, 201 create, 204 delete) and the one the
+    /// throttling alert watches (429).
+    pub const GRAPH_STATUSES: &[&str] = &["200", "201", "204", "429"];
+    /// `events_skipped{reason}` of the flush's per-participant rules (`flush::plan`).
+    const PARTICIPANT_SKIPS: &[&str] = &[
+        "participant_not_linked",
+        "change_before_link",
+        "user_auth_failed",
+    ];
+
+    /// `events_invalid{reason}` and `dead_letters{stage="ingest",reason}`: the contract's reasons.
+    pub fn invalid_reasons() -> Vec<&'static str> {
+        let all = [
+            Reason::TooLarge,
+            Reason::NotUtf8,
+            Reason::MalformedJson,
+            Reason::UnknownVersion,
+            Reason::MissingField,
+            Reason::WrongType,
+            Reason::TooLong,
+            Reason::InvalidValue,
+            Reason::EndBeforeStart,
+            Reason::AllDayWithTimes,
+            Reason::TimedWithDates,
+            Reason::UnknownZone,
+            Reason::SpanTooLong,
+            Reason::DuplicateKey,
+            Reason::OutOfRange,
+            Reason::RoutingKeyMismatch,
+        ];
+        // Exhaustive: a new reason must be added above.
+        let _listed = |r: Reason| match r {
+            Reason::TooLarge
+            | Reason::NotUtf8
+            | Reason::MalformedJson
+            | Reason::UnknownVersion
+            | Reason::MissingField
+            | Reason::WrongType
+            | Reason::TooLong
+            | Reason::InvalidValue
+            | Reason::EndBeforeStart
+            | Reason::AllDayWithTimes
+            | Reason::TimedWithDates
+            | Reason::UnknownZone
+            | Reason::SpanTooLong
+            | Reason::DuplicateKey
+            | Reason::OutOfRange
+            | Reason::RoutingKeyMismatch => (),
+        };
+        all.iter().map(|r| r.code()).collect()
+    }
+
+    /// `dead_letters{stage="flush",reason}`: a mailbox problem, a credentials problem, Graph
+    /// refusing the write, or the retry budget spent (`apply`).
+    pub fn flush_dead_letter_reasons() -> Vec<&'static str> {
+        let mailbox = [
+            MailboxProblem::UnknownUser,
+            MailboxProblem::NoMailbox,
+            MailboxProblem::PolicyDenied,
+            MailboxProblem::AccessDenied,
+        ];
+        let _listed = |p: MailboxProblem| match p {
+            MailboxProblem::UnknownUser
+            | MailboxProblem::NoMailbox
+            | MailboxProblem::PolicyDenied
+            | MailboxProblem::AccessDenied => (),
+        };
+        let token = [
+            TokenProblem::InvalidSecret,
+            TokenProblem::ExpiredSecret,
+            TokenProblem::AppNotInTenant,
+            TokenProblem::TenantNotFound,
+            TokenProblem::InvalidScope,
+            TokenProblem::Other {
+                code: None,
+                error: String::new(),
+            },
+        ];
+        let _listed = |p: TokenProblem| match p {
+            TokenProblem::InvalidSecret
+            | TokenProblem::ExpiredSecret
+            | TokenProblem::AppNotInTenant
+            | TokenProblem::TenantNotFound
+            | TokenProblem::InvalidScope
+            | TokenProblem::Other { .. } => (),
+        };
+        let mut out: Vec<&'static str> = mailbox.iter().map(|p| p.code()).collect();
+        out.extend(token.iter().map(|p| p.code()));
+        out.extend(["graph_rejected", "retries_exhausted"]);
+        out
+    }
+
+    /// `events_skipped{reason}`: why a company does not sync, and the per-participant rules.
+    pub fn skip_reasons() -> Vec<&'static str> {
+        let company = [
+            NotSyncing::PlanExcludesIntegration,
+            NotSyncing::LitePlusWithoutScheduleOption,
+            NotSyncing::Disabled,
+            NotSyncing::NoCredentials,
+            NotSyncing::CredentialsUnreadable,
+            NotSyncing::UnknownCompany,
+        ];
+        let _listed = |n: NotSyncing| match n {
+            NotSyncing::PlanExcludesIntegration
+            | NotSyncing::LitePlusWithoutScheduleOption
+            | NotSyncing::Disabled
+            | NotSyncing::NoCredentials
+            | NotSyncing::CredentialsUnreadable
+            | NotSyncing::UnknownCompany => (),
+        };
+        let mut out: Vec<&'static str> = company.iter().map(|n| n.code()).collect();
+        out.extend(PARTICIPANT_SKIPS);
         out
     }
 }

@@ -645,13 +645,15 @@ impl Admin {
 
     // ---- the secret expiry warning ----
 
-    /// Sets `outlook_sync_secret_expires_in_days{company}` for every company with a recorded
-    /// expiry and `outlook_sync_companies_secret_expiring`. Returns the expiring companies.
+    /// Sets `outlook_sync_secret_expiry_timestamp_seconds{company}` for every company with a
+    /// recorded expiry and `outlook_sync_companies_secret_expiring`, and starts every company's
+    /// per-company counters at 0. Returns the expiring companies.
     pub async fn refresh_secret_expiry_metrics(&self) -> Result<Vec<String>, AdminError> {
         let now = Timestamp::now();
         let warn = i64::from(self.cfg.admin.secret_expiry_warning_days);
         let mut expiring = Vec::new();
         for id in self.directory.company_ids().await? {
+            self.metrics.company_loaded(&id);
             let labels = Metrics::label("company", id.clone());
             let expiry = self
                 .directory
@@ -663,15 +665,15 @@ impl Admin {
                 Some(e) => {
                     let days = days_until(now, e);
                     self.metrics
-                        .secret_expires_in_days
+                        .secret_expiry_timestamp_seconds
                         .get_or_create(&labels)
-                        .set(days);
+                        .set(e.as_second());
                     if days <= warn {
                         expiring.push(id);
                     }
                 }
                 None => {
-                    self.metrics.secret_expires_in_days.remove(&labels);
+                    self.metrics.secret_expiry_timestamp_seconds.remove(&labels);
                 }
             }
         }

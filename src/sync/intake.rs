@@ -153,6 +153,7 @@ async fn read_directory(
         }
         let entry = match s.directory.company(id).await.map_err(redis_err)? {
             Some(company) => {
+                s.metrics.company_loaded(id);
                 let users = s.directory.users(id).await.map_err(redis_err)?;
                 Some((company, users))
             }

@@ -233,6 +233,22 @@ mod tests {
     }
 
     #[test]
+    fn every_reason_a_change_is_given_up_for_is_a_metric_label_from_the_start() {
+        let known = crate::metrics::known::flush_dead_letter_reasons();
+        for class in [
+            ErrorClass::Retryable { after: None },
+            ErrorClass::RefreshToken,
+            ErrorClass::ItemGone,
+            ErrorClass::Permanent,
+            ErrorClass::Mailbox(MailboxProblem::PolicyDenied),
+            ErrorClass::Credentials(TokenProblem::ExpiredSecret),
+        ] {
+            let reason = give_up_reason(&class);
+            assert!(known.contains(&reason), "{reason} is not pre-registered");
+        }
+    }
+
+    #[test]
     fn a_lookup_updates_its_exact_copy_pages_on_or_creates_with_its_transaction_id() {
         let hit = json!({"value": [tagged("E-lower", "casex"), tagged("E-own", "CaseX")]});
         let miss_more = json!({"value": [tagged("E-lower", "casex")],

@@ -32,6 +32,13 @@ pub struct Op {
 /// Why a participant gets no copy (a ledger entry and a count, never an error).
 pub type Skip<'a> = &'a mut dyn FnMut(&'static str, &str);
 
+/// Every reason [`targets`] skips a participant for.
+pub const SKIP_REASONS: [&str; 3] = [
+    "participant_not_linked",
+    "change_before_link",
+    "user_auth_failed",
+];
+
 /// The changes per mailbox (lowercase) for a schedule's staged event, given its recorded copies
 /// and the company's linked users. `skip(reason, user)` hears of each participant left out.
 pub fn plan(
@@ -171,6 +178,34 @@ mod tests {
             .collect();
         let want: Vec<(String, &str)> = expected.iter().map(|(m, k)| (m.to_string(), *k)).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn every_skip_reason_is_a_metric_label_from_the_start() {
+        let known = crate::metrics::known::skip_reasons();
+        for reason in SKIP_REASONS {
+            assert!(known.contains(&reason), "{reason} is not pre-registered");
+        }
+        // And each one the rules can produce is listed here.
+        let mut seen = Vec::new();
+        let users = [
+            user("u-late", "l@x.com", "2030-01-01T00:00:00Z"),
+            (
+                "u-failed".to_string(),
+                LinkedUser {
+                    status: UserStatus::AuthFailed,
+                    ..user("u-failed", "f@x.com", "2026-01-01T00:00:00Z").1
+                },
+            ),
+        ];
+        let users: HashMap<String, LinkedUser> = users.into_iter().collect();
+        let ev = event(&["u-none", "u-late", "u-failed"], false);
+        let s = ev.schedule.as_ref().unwrap();
+        targets(&ev, s, &users, &mut |reason, _| seen.push(reason));
+        seen.sort();
+        let mut want = SKIP_REASONS.to_vec();
+        want.sort();
+        assert_eq!(seen, want);
     }
 
     #[test]

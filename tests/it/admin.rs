@@ -1245,9 +1245,19 @@ async fn a_secret_expiring_within_the_warning_days_is_flagged_and_counted() {
         metrics.contains("outlook_sync_companies_secret_expiring 2"),
         "{metrics}"
     );
+    let soon_at = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 10 + 1);
+    let exported: i64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("outlook_sync_secret_expiry_timestamp_seconds{company=\"soon\"} ")
+        })
+        .unwrap_or_else(|| panic!("no expiry timestamp for soon: {metrics}"))
+        .parse()
+        .unwrap();
     assert!(
-        metrics.contains("outlook_sync_secret_expires_in_days{company=\"soon\"} 10"),
-        "{metrics}"
+        (exported - soon_at.as_second()).abs() < 120,
+        "soon's secret expires at {exported}, about {}: {metrics}",
+        soon_at.as_second()
     );
     sb.cleanup().await;
 }

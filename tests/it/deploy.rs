@@ -1,7 +1,12 @@
 //! `deploy/`: every manifest parses, and wherever it describes what the code also describes
 //! (queue names and arguments, the admin port, the probes, the configuration keys, the metric
-//! names), the two agree. Docker and Kubernetes cannot run here, so these checks are static,
-//! except that configurations are loaded by the real binary (`check-config`).
+//! names), the two agree. Docker and Kubernetes cannot run here; what can runs for real:
+//! configurations are loaded by the real binary (`check-config`), the Kubernetes manifests are
+//! rendered by kustomize and checked against the Kubernetes, KEDA and Prometheus Operator
+//! schemas, the alert rules go through `promtool check rules` and their unit tests, a real
+//! redis-server starts on `redis.conf`, a real worker's `/metrics` is read, and
+//! `scripts/services.sh` brings private RabbitMQ, Redis and PostgreSQL instances up and down.
+//! The tools come from `scripts/tools/*.sh` (run by `scripts/test.sh`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -21,15 +26,70 @@ fn read(rel: &str) -> String {
 
 /// Every YAML document of a file (manifests may hold several, separated by `---`), as JSON.
 fn yaml_docs(rel: &str) -> Vec<Value> {
-    let text = read(rel);
-    serde_yaml_ng::Deserializer::from_str(&text)
+    yaml_docs_of(rel, &read(rel))
+}
+
+fn yaml_docs_of(what: &str, text: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
         .map(|doc| {
             let v = serde_yaml_ng::Value::deserialize(doc)
-                .unwrap_or_else(|e| panic!("{rel} is not valid YAML: {e}"));
-            serde_json::to_value(v).unwrap_or_else(|e| panic!("{rel}: {e}"))
+                .unwrap_or_else(|e| panic!("{what} is not valid YAML: {e}"));
+            serde_json::to_value(v).unwrap_or_else(|e| panic!("{what}: {e}"))
         })
         .filter(|v| !v.is_null())
         .collect()
+}
+
+/// A tool installed by `scripts/tools/{script}.sh` (into target/tools/bin), or on PATH; a test
+/// that needs it fails, naming the script, when it is neither.
+fn tool(name: &str, script: &str) -> std::path::PathBuf {
+    let installed = repo_path("target/tools/bin").join(name);
+    if installed.is_file() {
+        return installed;
+    }
+    if let Some(found) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    }) {
+        return found;
+    }
+    panic!(
+        "this test needs {name}, which is not installed: run scripts/tools/{script}.sh \
+         (scripts/test.sh runs it before the tests)"
+    )
+}
+
+/// Runs a command; returns (success, stdout + stderr).
+fn run(cmd: &mut std::process::Command) -> (bool, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `kustomize build DIR`: the manifests as `kubectl apply -k DIR` would send them.
+fn kustomize_build(dir: &Path) -> String {
+    let (ok, out) = run(std::process::Command::new(tool("kustomize", "kustomize"))
+        .arg("build")
+        .arg(dir));
+    assert!(ok, "kustomize build {} failed: {out}", dir.display());
+    out
+}
+
+/// The rendered object of `kind` in kustomize's output for `dir` (relative to the repository).
+fn rendered(dir: &str, kind: &str) -> Value {
+    yaml_docs_of(dir, &kustomize_build(&repo_path(dir)))
+        .into_iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("kustomize build {dir} renders no {kind}"))
 }
 
 fn yaml(rel: &str) -> Value {
@@ -52,22 +112,18 @@ fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no string at {pointer} in {v:#}"))
 }
 
-/// The configuration the ConfigMap ships.
+/// The configuration the ConfigMap ships (kustomize generates the ConfigMap from this file).
 fn configmap_toml() -> String {
-    str_at(
-        &object("deploy/k8s/configmap.yaml", "ConfigMap"),
-        "/data/config.toml",
-    )
-    .to_string()
+    read("deploy/k8s/base/config.toml")
 }
 
 fn configmap_config() -> Config {
     Config::from_toml_str(&configmap_toml())
-        .unwrap_or_else(|e| panic!("deploy/k8s/configmap.yaml's config.toml is invalid: {e}"))
+        .unwrap_or_else(|e| panic!("deploy/k8s/base/config.toml is invalid: {e}"))
 }
 
 fn container() -> Value {
-    let d = object("deploy/k8s/deployment.yaml", "Deployment");
+    let d = object("deploy/k8s/base/deployment.yaml", "Deployment");
     let cs = d["spec"]["template"]["spec"]["containers"]
         .as_array()
         .expect("containers")
@@ -288,18 +344,21 @@ fn the_configmap_is_a_valid_configuration_naming_what_the_definitions_declare() 
     for key in ["url =", "tokens =", "keys =", "key_base64"] {
         assert!(
             !text.lines().any(|l| l.trim_start().starts_with(key)),
-            "the ConfigMap sets {key:?}: secrets belong in the Secret"
+            "config.toml sets {key:?}: secrets belong in the Secret"
         );
     }
     // And the real binary loads it.
     let (ok, out) = check_config(Some(&text), &[]);
-    assert!(ok, "outlook-sync check-config refused the ConfigMap: {out}");
+    assert!(
+        ok,
+        "outlook-sync check-config refused deploy/k8s/base/config.toml: {out}"
+    );
 }
 
 #[test]
 fn the_deployment_probes_health_runs_non_root_read_only_and_outlasts_the_drain() {
     let cfg = configmap_config();
-    let d = object("deploy/k8s/deployment.yaml", "Deployment");
+    let d = object("deploy/k8s/base/deployment.yaml", "Deployment");
     let pod = &d["spec"]["template"]["spec"];
     let c = container();
     let labels = &d["spec"]["template"]["metadata"]["labels"];
@@ -366,20 +425,24 @@ fn the_deployment_probes_health_runs_non_root_read_only_and_outlasts_the_drain()
         .iter()
         .find(|m| m["name"] == "config")
         .expect("the config volume is mounted");
-    assert_eq!(str_at(mount, "/mountPath"), config_path);
+    // The whole ConfigMap as a directory: a subPath mount never sees an update.
+    assert!(
+        mount.get("subPath").is_none(),
+        "the config volume is mounted by subPath, so an edit never reaches running pods"
+    );
+    assert_eq!(
+        format!("{}/config.toml", str_at(mount, "/mountPath")),
+        config_path
+    );
     let volume = pod["volumes"]
         .as_array()
         .expect("volumes")
         .iter()
         .find(|v| v["name"] == "config")
         .expect("the config volume");
-    assert_eq!(
-        volume["configMap"]["name"],
-        object("deploy/k8s/configmap.yaml", "ConfigMap")["metadata"]["name"]
-    );
-    assert!(
-        volume["configMap"]["name"] == "outlook-sync" && str_at(mount, "/subPath") == "config.toml"
-    );
+    let generated = &yaml("deploy/k8s/base/kustomization.yaml")["configMapGenerator"][0];
+    assert_eq!(volume["configMap"]["name"], generated["name"]);
+    assert_eq!(generated["files"], json!(["config.toml"]));
     // The root filesystem is read-only: whatever the worker writes (purge archives) must be on a
     // writable volume.
     let writable: Vec<&str> = c["volumeMounts"]
@@ -404,18 +467,21 @@ fn the_deployment_probes_health_runs_non_root_read_only_and_outlasts_the_drain()
     );
 
     // Service, PodDisruptionBudget and ServiceMonitor select these pods, on the admin port.
-    let svc = object("deploy/k8s/service.yaml", "Service");
+    let svc = object("deploy/k8s/base/service.yaml", "Service");
     assert_eq!(
         svc["spec"]["selector"]["app.kubernetes.io/name"],
         labels["app.kubernetes.io/name"]
     );
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], "admin");
-    let pdb = object("deploy/k8s/pdb.yaml", "PodDisruptionBudget");
+    let pdb = object("deploy/k8s/base/pdb.yaml", "PodDisruptionBudget");
     assert_eq!(
         pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
         labels["app.kubernetes.io/name"]
     );
-    let sm = object("deploy/k8s/servicemonitor.yaml", "ServiceMonitor");
+    let sm = object(
+        "deploy/k8s/prometheus-operator/servicemonitor.yaml",
+        "ServiceMonitor",
+    );
     assert_eq!(
         sm["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
         svc["metadata"]["labels"]["app.kubernetes.io/name"]
@@ -426,26 +492,37 @@ fn the_deployment_probes_health_runs_non_root_read_only_and_outlasts_the_drain()
     );
     assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
 
-    // kustomization lists every manifest but the Secret template.
-    let k = yaml("deploy/k8s/kustomization.yaml");
-    let listed: BTreeSet<&str> = k["resources"]
-        .as_array()
-        .expect("resources")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    for f in std::fs::read_dir(repo_path("deploy/k8s")).unwrap() {
-        let name = f.unwrap().file_name().to_string_lossy().to_string();
-        if name.ends_with(".yaml") && name != "kustomization.yaml" {
-            assert_eq!(
-                listed.contains(name.as_str()),
-                name != "secret.example.yaml",
-                "{name} in kustomization.yaml"
-            );
+    // Each kustomization lists every manifest of its directory, and the top level uses each
+    // directory; only the Secret template is left out.
+    let top = yaml("deploy/k8s/kustomization.yaml");
+    assert_eq!(top["resources"], json!(["base"]));
+    assert_eq!(top["components"], json!(["keda", "prometheus-operator"]));
+    for dir in [
+        "deploy/k8s",
+        "deploy/k8s/base",
+        "deploy/k8s/keda",
+        "deploy/k8s/prometheus-operator",
+    ] {
+        let k = yaml(&format!("{dir}/kustomization.yaml"));
+        let listed: BTreeSet<&str> = k["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        for f in std::fs::read_dir(repo_path(dir)).unwrap() {
+            let name = f.unwrap().file_name().to_string_lossy().to_string();
+            if name.ends_with(".yaml") && name != "kustomization.yaml" {
+                assert_eq!(
+                    listed.contains(name.as_str()),
+                    name != "secret.example.yaml",
+                    "{dir}/{name} in {dir}/kustomization.yaml"
+                );
+            }
         }
-    }
-    for f in &listed {
-        assert!(Path::new(&repo_path("deploy/k8s")).join(f).exists(), "{f}");
+        for f in &listed {
+            assert!(repo_path(dir).join(f).exists(), "{dir}/{f}");
+        }
     }
 }
 
@@ -578,17 +655,17 @@ fn the_secret_template_holds_no_real_value_and_sets_real_configuration_keys() {
 #[test]
 fn keda_scales_on_the_work_queue_and_the_due_backlog_never_to_zero() {
     let cfg = configmap_config();
-    let so = object("deploy/k8s/scaledobject.yaml", "ScaledObject");
-    let d = object("deploy/k8s/deployment.yaml", "Deployment");
+    let so = object("deploy/k8s/keda/scaledobject.yaml", "ScaledObject");
+    let d = object("deploy/k8s/base/deployment.yaml", "Deployment");
     assert_eq!(so["spec"]["scaleTargetRef"]["name"], d["metadata"]["name"]);
-    assert!(
-        d["spec"].get("replicas").is_none(),
-        "KEDA owns the replica count; a fixed one would fight it"
-    );
     let min = so["spec"]["minReplicaCount"]
         .as_u64()
         .expect("minReplicaCount");
-    let pdb = object("deploy/k8s/pdb.yaml", "PodDisruptionBudget");
+    assert!(
+        min >= 2,
+        "never fewer than two workers (minReplicaCount {min})"
+    );
+    let pdb = object("deploy/k8s/base/pdb.yaml", "PodDisruptionBudget");
     let unavailable = pdb["spec"]["maxUnavailable"]
         .as_u64()
         .expect("maxUnavailable");
@@ -605,7 +682,7 @@ fn keda_scales_on_the_work_queue_and_the_due_backlog_never_to_zero() {
     assert_eq!(rabbit["metadata"]["queueName"], cfg.amqp.queue.as_str());
     assert_eq!(rabbit["metadata"]["mode"], "QueueLength");
     // Its credentials: the Secret's AMQP URL.
-    let auth = object("deploy/k8s/scaledobject.yaml", "TriggerAuthentication");
+    let auth = object("deploy/k8s/keda/scaledobject.yaml", "TriggerAuthentication");
     assert_eq!(
         rabbit["authenticationRef"]["name"],
         auth["metadata"]["name"]
@@ -621,7 +698,7 @@ fn keda_scales_on_the_work_queue_and_the_due_backlog_never_to_zero() {
         .expect("a prometheus trigger");
     let query = str_at(prom, "/metadata/query");
     assert!(query.contains("outlook_sync_due_backlog"), "{query}");
-    assert_known_metrics("deploy/k8s/scaledobject.yaml", &[query.to_string()]);
+    assert_known_metrics("deploy/k8s/keda/scaledobject.yaml", &[query.to_string()]);
 }
 
 /// Every `outlook_sync_…` name in `exprs` is a sample `/metrics` exposes.
@@ -761,11 +838,23 @@ fn the_alert_rules_parse_name_exported_metrics_and_have_a_runbook_in_the_readme(
                 "{name}'s severity"
             );
             assert!(r["annotations"]["summary"].is_string(), "{name}'s summary");
-            let runbook = str_at(r, "/annotations/runbook");
+            // An absolute link an alert's reader can open (Alertmanager, a pager): a relative
+            // README.md#… path resolves to nothing there.
+            let runbook = reqwest::Url::parse(str_at(r, "/annotations/runbook_url"))
+                .unwrap_or_else(|e| panic!("{name}'s runbook_url is not an absolute URL: {e}"));
+            assert_eq!(runbook.scheme(), "https", "{name}'s runbook_url");
+            assert!(
+                runbook.path().ends_with("/README.md"),
+                "{name}'s runbook_url links to README.md: {runbook}"
+            );
             assert_eq!(
-                runbook,
-                format!("README.md#{}", name.to_lowercase()),
+                runbook.fragment(),
+                Some(name.to_lowercase().as_str()),
                 "{name}'s runbook anchor"
+            );
+            assert!(
+                r["annotations"].get("runbook").is_none(),
+                "{name}: one runbook link, runbook_url"
             );
             assert!(
                 readme
@@ -952,7 +1041,7 @@ fn the_dockerfile_builds_locked_in_stages_and_runs_non_root() {
         uid.parse::<u32>().is_ok(),
         "a numeric user, which runAsNonRoot can verify: {uid}"
     );
-    let pod_uid = object("deploy/k8s/deployment.yaml", "Deployment")["spec"]["template"]["spec"]
+    let pod_uid = object("deploy/k8s/base/deployment.yaml", "Deployment")["spec"]["template"]["spec"]
         ["securityContext"]["runAsUser"]
         .as_u64()
         .unwrap();
@@ -973,5 +1062,471 @@ fn the_dockerfile_builds_locked_in_stages_and_runs_non_root() {
         read("deploy/Dockerfile.dockerignore")
             .lines()
             .any(|l| l.trim() == "target")
+    );
+}
+
+/// A free port on 127.0.0.1 (bound and released; good enough for a test).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Every `outlook_sync_…` name the dashboard, the alerts and the autoscaler query.
+fn metrics_used_by_deploy() -> BTreeSet<String> {
+    let mut all = Vec::new();
+    let dashboard: Value =
+        serde_json::from_str(&read("deploy/grafana/outlook-sync.json")).expect("dashboard JSON");
+    exprs(&dashboard, &mut all);
+    exprs(&yaml("deploy/prometheus/alerts.yaml"), &mut all);
+    exprs(
+        &object("deploy/k8s/keda/scaledobject.yaml", "ScaledObject"),
+        &mut all,
+    );
+    all.iter().flat_map(|e| metric_names(e)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_worker_exports_every_metric_the_dashboard_the_alerts_and_the_autoscaler_use() {
+    use graph_emulator::MailboxKind;
+    use outlook_sync::tenants::Plan;
+    // A directory with one company whose secret expiry is recorded, and nothing else: no event
+    // published, no failure, nothing deduplicated or replayed.
+    let sb = crate::support::sandbox("deploy-fresh", Default::default()).await;
+    sb.company("acme", Plan::Standard, &[("u-1", "taro", MailboxKind::Ok)])
+        .await
+        .unwrap();
+    let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 10);
+    let mut acme = sb.directory.company("acme").await.unwrap().unwrap();
+    acme.credentials.as_mut().unwrap().secret_expires_at = Some(expires);
+    sb.directory.put_company(&acme).await.unwrap();
+
+    let port = free_port();
+    let mut cfg = sb.cfg.clone();
+    cfg.admin.listen = format!("127.0.0.1:{port}");
+    cfg.admin.public_url = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outlook-sync.toml");
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    let stderr_path = dir.path().join("stderr.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_outlook-sync"))
+        .arg("--config")
+        .arg(&path)
+        .arg("run")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .expect("spawning outlook-sync run");
+
+    // The worker loads the companies at start; wait for it.
+    let http = reqwest::Client::new();
+    let loaded = "outlook_sync_secret_expiry_timestamp_seconds{company=\"acme\"}";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let text = loop {
+        if let Ok(r) = http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            && let Ok(t) = r.text().await
+            && t.contains(loaded)
+        {
+            break t;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "outlook-sync run exited ({status}): {}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the worker's /metrics never showed {loaded}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+
+    let value = |series: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    };
+    let samples: BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let missing: Vec<String> = metrics_used_by_deploy()
+        .into_iter()
+        .filter(|m| !samples.contains(m.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "a fresh worker's /metrics lacks {missing:?}, which the dashboard, the alerts or the \
+         autoscaler use:\n{text}"
+    );
+    // The two the issue named, whatever the dashboard uses.
+    for name in [
+        "outlook_sync_events_deduplicated_total",
+        "outlook_sync_dead_letters_replayed_total",
+    ] {
+        assert!(samples.contains(name), "{name} is absent:\n{text}");
+    }
+    // A loaded company's counters exist at 0 before its first failure, so increase() sees it.
+    for kind in ["credentials", "mailbox", "rejected", "retries_exhausted"] {
+        let series =
+            format!("outlook_sync_company_failures_total{{company=\"acme\",kind=\"{kind}\"}}");
+        assert_eq!(value(&series), Some(0.0), "{series}:\n{text}");
+    }
+    // The expiry in seconds since the epoch (base unit), not days.
+    assert_eq!(value(loaded), Some(expires.as_second() as f64), "{text}");
+    assert!(
+        !text.contains("secret_expires_in_days"),
+        "the expiry in days is gone:\n{text}"
+    );
+    let _ = child.wait();
+    sb.cleanup().await;
+}
+
+#[test]
+fn the_alert_rules_pass_promtool_and_their_unit_tests_fire_each_alert() {
+    let promtool = tool("promtool", "promtool");
+    let rules = repo_path("deploy/prometheus/alerts.yaml");
+    let (ok, out) = run(std::process::Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&rules));
+    assert!(
+        ok,
+        "promtool check rules deploy/prometheus/alerts.yaml:\n{out}"
+    );
+    let (ok, out) = run(std::process::Command::new(&promtool)
+        .args(["test", "rules"])
+        .arg(repo_path("deploy/prometheus/alerts.test.yaml")));
+    assert!(
+        ok,
+        "promtool test rules deploy/prometheus/alerts.test.yaml:\n{out}"
+    );
+    // Every alert has a unit test in which it fires.
+    let mut fired = BTreeSet::new();
+    for t in yaml("deploy/prometheus/alerts.test.yaml")["tests"]
+        .as_array()
+        .expect("tests")
+    {
+        for a in t["alert_rule_test"].as_array().into_iter().flatten() {
+            if a["exp_alerts"].as_array().is_some_and(|e| !e.is_empty()) {
+                fired.insert(str_at(a, "/alertname").to_string());
+            }
+        }
+    }
+    for g in yaml("deploy/prometheus/alerts.yaml")["groups"]
+        .as_array()
+        .unwrap()
+    {
+        for r in g["rules"].as_array().unwrap() {
+            let name = str_at(r, "/alert");
+            assert!(
+                fired.contains(name),
+                "alerts.test.yaml has no test in which {name} fires"
+            );
+        }
+    }
+}
+
+#[test]
+fn redis_conf_starts_a_real_redis_server_outside_the_container() {
+    let conf = read("deploy/redis/redis.conf");
+    assert!(
+        !conf
+            .lines()
+            .any(|l| l.trim_start().to_lowercase().starts_with("dir ")),
+        "redis.conf sets dir: a directory missing on the host stops redis-server before --dir applies"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = dir.path().join("redis.log");
+    let mut child = match std::process::Command::new("redis-server")
+        .arg(repo_path("deploy/redis/redis.conf"))
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--dir"])
+        .arg(dir.path())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "this test needs redis-server ({e}): scripts/services.sh installs it (scripts/test.sh runs it)"
+        ),
+    };
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut conn = loop {
+        if let Ok(mut c) = client.get_connection()
+            && redis::cmd("PING").query::<String>(&mut c).is_ok()
+        {
+            break c;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "redis-server exited ({status}) on deploy/redis/redis.conf:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis-server on deploy/redis/redis.conf never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let get = |c: &mut redis::Connection, key: &str| -> String {
+        let v: Vec<String> = redis::cmd("CONFIG").arg("GET").arg(key).query(c).unwrap();
+        v.get(1).cloned().unwrap_or_default()
+    };
+    // The file's settings hold, and the data goes where the command line says.
+    assert_eq!(get(&mut conn, "appendonly"), "yes");
+    assert_eq!(get(&mut conn, "appendfsync"), "everysec");
+    assert_eq!(get(&mut conn, "maxmemory-policy"), "noeviction");
+    assert_eq!(
+        Path::new(&get(&mut conn, "dir")).canonicalize().unwrap(),
+        dir.path().canonicalize().unwrap()
+    );
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query(&mut conn)
+        .unwrap();
+    let _ = redis::cmd("SHUTDOWN").query::<()>(&mut conn);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "redis-server stopped with {status}");
+    assert!(
+        dir.path().join("appendonlydir").is_dir(),
+        "the AOF is in the --dir directory"
+    );
+}
+
+#[test]
+fn the_rendered_manifests_pass_the_kubernetes_keda_and_prometheus_operator_schemas() {
+    let validate = tool("validate-k8s", "kubernetes-validate");
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (name, k) in [("production", "deploy/k8s"), ("base", "deploy/k8s/base")] {
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, kustomize_build(&repo_path(k))).unwrap();
+        files.push(path);
+    }
+    files.push(repo_path("deploy/k8s/secret.example.yaml"));
+    let (ok, out) = run(std::process::Command::new(&validate).args(&files));
+    assert!(ok, "the manifests break their schemas:\n{out}");
+    for kind in [
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "ScaledObject",
+        "TriggerAuthentication",
+        "ServiceMonitor",
+        "Secret",
+    ] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("valid") && l.contains(&format!(": {kind}/"))),
+            "{kind} was not checked:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn without_keda_two_workers_run_and_with_keda_the_autoscaler_alone_sets_the_count() {
+    let min =
+        object("deploy/k8s/keda/scaledobject.yaml", "ScaledObject")["spec"]["minReplicaCount"]
+            .as_u64()
+            .unwrap();
+    let base = rendered("deploy/k8s/base", "Deployment");
+    assert_eq!(
+        base["spec"]["replicas"].as_u64(),
+        Some(min),
+        "without KEDA (deploy/k8s/base) as many workers run as KEDA's minimum"
+    );
+    let production = rendered("deploy/k8s", "Deployment");
+    assert!(
+        production["spec"].get("replicas").is_none(),
+        "with KEDA (deploy/k8s) a fixed replica count would reset the autoscaler's at every apply"
+    );
+    let so = rendered("deploy/k8s", "ScaledObject");
+    assert_eq!(
+        so["spec"]["scaleTargetRef"]["name"],
+        production["metadata"]["name"]
+    );
+}
+
+#[test]
+fn editing_config_toml_renames_the_generated_configmap_so_the_workers_roll_over() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(repo_path("deploy/k8s/base")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+    }
+    let render = || {
+        let docs = yaml_docs_of("kustomize build", &kustomize_build(dir.path()));
+        let find = |kind: &str| docs.iter().find(|d| d["kind"] == kind).unwrap().clone();
+        (find("ConfigMap"), find("Deployment"))
+    };
+    let volume_name = |d: &Value| {
+        d["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "config")
+            .unwrap()["configMap"]["name"]
+            .clone()
+    };
+    let (cm, deployment) = render();
+    let toml = read("deploy/k8s/base/config.toml");
+    assert_eq!(
+        cm["data"]["config.toml"],
+        toml.as_str(),
+        "the ConfigMap is config.toml"
+    );
+    assert_eq!(volume_name(&deployment), cm["metadata"]["name"]);
+
+    let edited = toml.replace("seconds = 300", "seconds = 240");
+    assert_ne!(edited, toml);
+    std::fs::write(dir.path().join("config.toml"), &edited).unwrap();
+    let (cm2, deployment2) = render();
+    assert_eq!(cm2["data"]["config.toml"], edited.as_str());
+    assert_ne!(
+        cm2["metadata"]["name"], cm["metadata"]["name"],
+        "an edit must make a new ConfigMap name"
+    );
+    assert_eq!(volume_name(&deployment2), cm2["metadata"]["name"]);
+    assert_ne!(
+        deployment2["spec"]["template"], deployment["spec"]["template"],
+        "the pod template changes, so Kubernetes rolls the workers over to the new configuration"
+    );
+}
+
+/// Kubernetes' quantity (`512Mi`, `1Gi`, `500M`) in bytes.
+fn quantity_bytes(q: &str) -> u64 {
+    let (n, unit) = q.split_at(q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len()));
+    let n: u64 = n.parse().unwrap_or_else(|_| panic!("quantity {q}"));
+    n * match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "K" | "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        other => panic!("unit {other} in {q}"),
+    }
+}
+
+#[test]
+fn the_prefetched_messages_fit_in_the_workers_memory_limit() {
+    let cfg = configmap_config();
+    let limit = quantity_bytes(str_at(&container(), "/resources/limits/memory"));
+    // Every unacked delivery is in the worker's memory, up to the largest message the contract
+    // accepts; count it twice for the copies made while batches are decoded and staged, and
+    // keep 128 MiB for the rest of the worker.
+    let worst = u64::from(cfg.amqp.prefetch) * outlook_sync::event::MAX_MESSAGE_BYTES as u64;
+    assert!(
+        2 * worst + (128 << 20) <= limit,
+        "amqp.prefetch {} × {} KiB = {} MiB of prefetched messages (twice that while decoded) does \
+         not fit in the memory limit of {} MiB",
+        cfg.amqp.prefetch,
+        outlook_sync::event::MAX_MESSAGE_BYTES >> 10,
+        worst >> 20,
+        limit >> 20
+    );
+    // Ingest still keeps three batches staging while the next arrives.
+    assert!(usize::from(cfg.amqp.prefetch) >= 4 * cfg.amqp.ingest_batch);
+}
+
+/// Stops the private instances of a `services.sh` test, even when the test fails.
+struct PrivateServices {
+    env: Vec<(String, String)>,
+}
+
+impl PrivateServices {
+    fn run(&self, action: &str) -> (bool, String) {
+        run(std::process::Command::new("bash")
+            .arg(repo_path("scripts/services.sh"))
+            .arg(action)
+            .envs(self.env.iter().map(|(k, v)| (k, v))))
+    }
+}
+
+impl Drop for PrivateServices {
+    fn drop(&mut self) {
+        let _ = self.run("down");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_sh_brings_rabbitmq_redis_and_postgres_up_from_not_running_and_down_again() {
+    // Private instances on ports of their own, through the same code as the standard ones: the
+    // shared services other tests use are never touched.
+    let data = tempfile::tempdir().unwrap();
+    let (rabbitmq, redis_port, postgres) = (free_port(), free_port(), free_port());
+    let services = PrivateServices {
+        env: vec![
+            ("SERVICES_DIR".into(), data.path().display().to_string()),
+            ("RABBITMQ_PORT".into(), rabbitmq.to_string()),
+            ("REDIS_PORT".into(), redis_port.to_string()),
+            ("POSTGRES_PORT".into(), postgres.to_string()),
+        ],
+    };
+    let (ok, out) = services.run("status");
+    assert!(!ok && out.matches("does not answer").count() == 3, "{out}");
+
+    let (ok, out) = services.run("up");
+    assert!(ok, "scripts/services.sh up failed:\n{out}");
+    assert_eq!(out.matches("starting").count(), 3, "{out}");
+
+    // Each answers its own protocol.
+    let amqp = format!("amqp://guest:guest@127.0.0.1:{rabbitmq}/%2f");
+    let conn = outlook_sync::amqp::connect(&amqp, "services test")
+        .await
+        .unwrap_or_else(|e| panic!("RabbitMQ on {rabbitmq}: {e}\n{out}"));
+    conn.close(200, "bye".into()).await.unwrap();
+    let mut r = redis::Client::open(format!("redis://127.0.0.1:{redis_port}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    assert_eq!(redis::cmd("PING").query::<String>(&mut r).unwrap(), "PONG");
+    let (ok, psql) = run(std::process::Command::new("psql").args([
+        "-w",
+        "-X",
+        "-tA",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &postgres.to_string(),
+        "-U",
+        "postgres",
+        "-d",
+        "test",
+        "-c",
+        "select 41 + 1",
+    ]));
+    assert!(
+        ok && psql.trim() == "42",
+        "PostgreSQL on {postgres}: {psql}"
+    );
+
+    // Again: everything answers, nothing is started twice.
+    let (ok, again) = services.run("up");
+    assert!(ok && !again.contains("starting"), "{again}");
+
+    let (ok, down) = services.run("down");
+    assert!(ok, "{down}");
+    let (ok, out) = services.run("status");
+    assert!(
+        !ok && out.matches("does not answer").count() == 3,
+        "after down: {out}"
     );
 }
