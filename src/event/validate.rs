@@ -153,6 +153,23 @@ fn shown(v: &str) -> String {
     }
 }
 
+/// A JSON value in a message: numbers, booleans and null as they are, anything else quoted and
+/// cut as [`shown`] does.
+fn shown_json(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => shown(s),
+        serde_json::Value::Number(_) | serde_json::Value::Bool(_) | serde_json::Value::Null => {
+            let text = v.to_string();
+            if text.chars().count() <= 40 {
+                text
+            } else {
+                shown(&text)
+            }
+        }
+        other => shown(&other.to_string()),
+    }
+}
+
 /// Decodes and validates one message body: the whole v1 contract.
 pub fn decode(body: &[u8]) -> Result<ScheduleEvent, ContractError> {
     if body.len() > MAX_MESSAGE_BYTES {
@@ -355,7 +372,7 @@ fn wire_event(value: &Value) -> Result<WireEvent, ContractError> {
             "schema_version",
             format!(
                 "version {} is unknown; this service understands version {SCHEMA_VERSION}",
-                shown(&version.to_string())
+                shown_json(version)
             ),
         ));
     }
