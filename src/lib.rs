@@ -1,6 +1,5 @@
 //! cyzen → Outlook calendar sync. See ARCHITECTURE.md for the codemap.
 #![forbid(unsafe_code)]
-#![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 pub mod admin;
 pub mod amqp;
