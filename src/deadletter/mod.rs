@@ -17,6 +17,8 @@
 
 pub mod api;
 pub mod command;
+mod error;
+mod lock;
 pub mod ops;
 pub mod queue;
 pub mod record;
@@ -31,7 +33,8 @@ use crate::amqp::{AmqpError, Publisher, long_str};
 /// (the staged revision is applied again where a copy is behind).
 pub const REPLAY_HEADER: &str = "x-replay";
 
-pub use ops::{Dlq, DlqError, PurgeReport, PurgeRequest, ReplayReport, ReplayRequest, Summary};
+pub use error::DlqError;
+pub use ops::{Dlq, PurgeReport, PurgeRequest, ReplayReport, ReplayRequest, Summary};
 pub use queue::{Control, Progress};
 pub use record::{Death, Filter, Record, Source};
 

@@ -13,9 +13,11 @@ use jiff::Timestamp;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
-use super::queue::{Action, Control, OpsLock, Progress, Rotation, Taken, Visitor, ready_count};
+pub use super::error::DlqError;
+use super::lock::OpsLock;
+use super::queue::{Action, Control, Progress, Rotation, Taken, Visitor, ready_count};
 use super::record::{Filter, Record};
-use crate::amqp::{self, AmqpError};
+use crate::amqp;
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -25,50 +27,6 @@ const PASS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A dead-letter operation's failure.
-#[derive(Debug, thiserror::Error)]
-pub enum DlqError {
-    #[error(transparent)]
-    Amqp(#[from] AmqpError),
-    #[error("Redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error(
-        "the dead-letter queue {queue:?} does not exist on this broker (a worker declares it when it starts; check amqp.dead_letter_queue)"
-    )]
-    NoQueue { queue: String },
-    #[error("another dead-letter operation is running ({holder}); try again when it has finished")]
-    Busy { holder: String },
-    #[error(
-        "no dead letter has the id {0:?} (a dead-letter id, a prefix of at least 6 characters, or an event id)"
-    )]
-    NotFound(String),
-    #[error("invalid request: {0}")]
-    Invalid(String),
-    #[error("the archive {path}: {source}")]
-    Archive {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "RabbitMQ did not take the republished dead letter {id} ({why}); it stays in the dead-letter queue, and nothing was acked that was not safely republished"
-    )]
-    Publish { id: String, why: String },
-    #[error(
-        "interrupted; nothing was lost (the batch in flight stays in the queue, and the next operation puts the queue back in order)"
-    )]
-    Interrupted,
-    #[error(
-        "the operation lost its lock (Redis unreachable for longer than the lease?) and stopped; the next operation puts the queue back in order"
-    )]
-    LockLost,
-}
-
-impl From<lapin::Error> for DlqError {
-    fn from(e: lapin::Error) -> Self {
-        DlqError::Amqp(AmqpError::Protocol(e))
-    }
-}
-
 /// Operations on one dead-letter queue. Cheap to clone.
 #[derive(Clone)]
 pub struct Dlq {
@@ -76,7 +34,7 @@ pub struct Dlq {
     queue: String,
     work_exchange: String,
     redis: ConnectionManager,
-    prefix: String,
+    keys: crate::store::Keys,
     batch: usize,
     archive_dir: PathBuf,
     lock_wait: Duration,
@@ -219,7 +177,7 @@ impl Dlq {
             queue: cfg.amqp.dead_letter_queue.clone(),
             work_exchange: cfg.amqp.exchange.clone(),
             redis,
-            prefix: cfg.redis.key_prefix.clone(),
+            keys: crate::store::keys(cfg),
             batch: cfg.dlq.batch_size.clamp(1, super::queue::MAX_BATCH),
             archive_dir: PathBuf::from(&cfg.dlq.archive_dir),
             lock_wait: Duration::from_secs(10),
@@ -260,7 +218,7 @@ impl Dlq {
     }
 
     fn key(&self, what: &str) -> String {
-        format!("{}:dlq:{}:{what}", self.prefix, self.queue)
+        self.keys.dlq(&self.queue, what)
     }
 
     /// Messages waiting in the dead-letter queue; also sets the depth gauge.

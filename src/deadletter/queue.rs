@@ -29,8 +29,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use lapin::Confirmation;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
@@ -40,7 +39,8 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use super::REPLAY_HEADER;
-use super::ops::DlqError;
+use super::error::DlqError;
+use super::lock::OpsLock;
 use super::record::{Record, header_map};
 use super::{DEAD_LETTER_ID, ORIGINAL_ROUTING_KEY, REPLAY_COUNT, REPLAYED_AT, REPLAYED_FROM};
 use crate::amqp::long_str;
@@ -475,127 +475,4 @@ pub(crate) fn replay_properties(t: &Taken) -> BasicProperties {
         .clone()
         .with_headers(FieldTable::from(h))
         .with_delivery_mode(2)
-}
-
-/// The lock every operation on one dead-letter queue takes: a Redis lease (renewed while held),
-/// so two operations never rotate the queue at once. A holder that dies frees it within
-/// [`LOCK_LEASE`].
-pub(crate) struct OpsLock {
-    redis: ConnectionManager,
-    key: String,
-    value: String,
-    lost: Arc<AtomicBool>,
-    renewer: tokio::task::JoinHandle<()>,
-}
-
-pub(crate) const LOCK_LEASE: Duration = Duration::from_secs(30);
-
-const RELEASE_LUA: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
-const EXTEND_LUA: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"#;
-
-/// Who holds the lock, as the value says.
-#[derive(Debug, Serialize, Deserialize)]
-struct Holder {
-    op: String,
-    since: jiff::Timestamp,
-    by: String,
-    token: String,
-}
-
-impl OpsLock {
-    pub(crate) async fn acquire(
-        redis: &ConnectionManager,
-        key: String,
-        op: &str,
-        wait: Duration,
-    ) -> Result<OpsLock, DlqError> {
-        let value = serde_json::to_string(&Holder {
-            op: op.to_string(),
-            since: jiff::Timestamp::now(),
-            by: format!("pid {}", std::process::id()),
-            token: uuid::Uuid::new_v4().simple().to_string(),
-        })
-        .expect("serializable");
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut r = redis.clone();
-        loop {
-            let ok: Option<String> = redis::cmd("SET")
-                .arg(&key)
-                .arg(&value)
-                .arg("NX")
-                .arg("PX")
-                .arg(LOCK_LEASE.as_millis() as u64)
-                .query_async(&mut r)
-                .await?;
-            if ok.is_some() {
-                break;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let current: Option<String> =
-                    redis::cmd("GET").arg(&key).query_async(&mut r).await?;
-                let holder = current
-                    .and_then(|v| serde_json::from_str::<Holder>(&v).ok())
-                    .map(|h| format!("{} since {} ({})", h.op, h.since, h.by))
-                    .unwrap_or_else(|| "unknown".into());
-                return Err(DlqError::Busy { holder });
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let lost = Arc::new(AtomicBool::new(false));
-        let renewer = {
-            let (mut r, key, value, lost) =
-                (redis.clone(), key.clone(), value.clone(), lost.clone());
-            tokio::spawn(async move {
-                let script = redis::Script::new(EXTEND_LUA);
-                loop {
-                    tokio::time::sleep(LOCK_LEASE / 3).await;
-                    let n: Result<i64, _> = script
-                        .key(&key)
-                        .arg(&value)
-                        .arg(LOCK_LEASE.as_millis() as u64)
-                        .invoke_async(&mut r)
-                        .await;
-                    if matches!(n, Ok(0)) {
-                        lost.store(true, Ordering::SeqCst);
-                        return;
-                    }
-                }
-            })
-        };
-        Ok(OpsLock {
-            redis: redis.clone(),
-            key,
-            value,
-            lost,
-            renewer,
-        })
-    }
-
-    pub(crate) fn lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst)
-    }
-
-    pub(crate) async fn release(self) {
-        self.renewer.abort();
-        let mut r = self.redis.clone();
-        let _: Result<i64, _> = redis::Script::new(RELEASE_LUA)
-            .key(&self.key)
-            .arg(&self.value)
-            .invoke_async(&mut r)
-            .await;
-    }
-}
-
-impl Drop for OpsLock {
-    fn drop(&mut self) {
-        // Released explicitly when the operation ends; if it was dropped mid-way (a cancelled
-        // request), the lease runs out by itself.
-        self.renewer.abort();
-    }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// The commented defaults file, shipped in the binary so `outlook-sync config-defaults` can print it.
-pub const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
+pub const DEFAULTS_TOML: &str = include_str!("../../config/default.toml");
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
