@@ -217,6 +217,9 @@ pub struct Verification {
     pub warnings: Vec<Reason>,
     /// The application permissions the token carries.
     pub roles: Vec<String>,
+    /// The tenant GUID the token was issued in (the `tid` claim; a domain tenant ID resolved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_guid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aadsts: Option<u64>,
     pub checked_at: Timestamp,
@@ -563,6 +566,7 @@ impl Admin {
                 .filter(|p| p.code == "permission_recommended")
                 .filter_map(|p| p.detail.clone())
                 .collect(),
+            tenant_guid: v.tenant_guid.clone(),
         });
         self.directory.put_company(&c).await?;
         tracing::info!(company, outcome = %v.outcome, "admin: credentials verified");
@@ -601,6 +605,7 @@ impl Admin {
                     problems: vec![Reason::new(code, Some(e.to_string()))],
                     warnings: Vec::new(),
                     roles: Vec::new(),
+                    tenant_guid: None,
                     aadsts: e.aadsts,
                     checked_at,
                 });
@@ -623,6 +628,7 @@ impl Admin {
             problems,
             warnings,
             roles: token.roles.clone(),
+            tenant_guid: token.tenant_id.clone(),
             aadsts: None,
             checked_at,
         })
@@ -1059,20 +1065,46 @@ pub(crate) fn is_valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
+/// A tenant ID as Microsoft's endpoints take it: the directory (tenant) GUID, or a DNS domain
+/// name of the tenant (`contoso.onmicrosoft.com`). Anything else (`..`, `.`, `common`, a path)
+/// is refused, naming the field: it would vanish from, or change, the token and consent URLs.
 fn check_tenant(t: &str) -> Result<(), AdminError> {
     let t = t.trim();
-    let ok = !t.is_empty()
-        && t.len() <= 255
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
-    if ok {
+    if is_guid(t) || is_dns_domain(t) {
         Ok(())
     } else {
         Err(AdminError::invalid(
             "invalid_tenant_id",
-            "tenant_id must be the directory (tenant) ID, a GUID, or a verified domain",
+            format!(
+                "tenant_id {t:?} must be the directory (tenant) ID, a GUID such as \
+                 72f988bf-86f1-41af-91ab-2d7cd011db47, or the tenant's domain name such as \
+                 contoso.onmicrosoft.com"
+            ),
         ))
     }
+}
+
+/// A GUID in its usual form, `8-4-4-4-12` hex digits.
+pub(crate) fn is_guid(s: &str) -> bool {
+    s.len() == 36 && uuid::Uuid::try_parse(s).is_ok()
+}
+
+/// A DNS domain name: at least two labels of 1 to 63 letters, digits and inner hyphens, at most
+/// 253 characters, and a top-level label that is not all digits (so not an IP address).
+pub(crate) fn is_dns_domain(s: &str) -> bool {
+    let labels: Vec<&str> = s.split('.').collect();
+    let label_ok = |l: &&str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    s.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(label_ok)
+        && labels
+            .last()
+            .is_some_and(|tld| tld.bytes().any(|b| b.is_ascii_alphabetic()))
 }
 
 fn check_client_id(c: &str) -> Result<(), AdminError> {
@@ -1166,6 +1198,44 @@ mod tests {
         );
         assert_eq!(address_problem("tarö@acme.com"), Some("non_ascii_address"));
         assert_eq!(address_problem("taro＠acme.com"), Some("malformed_address"));
+    }
+
+    #[test]
+    fn a_tenant_id_is_a_guid_or_a_domain_name_and_nothing_else() {
+        for ok in [
+            "72f988bf-86f1-41af-91ab-2d7cd011db47",
+            "contoso.onmicrosoft.com",
+            "Acme.co.jp",
+            "xn--eckwd4c7c.jp",
+        ] {
+            assert!(check_tenant(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "common",
+            "organizations",
+            "a..b.com",
+            ".acme.com",
+            "acme.com.",
+            "-acme.com",
+            "acme-.com",
+            "10.0.0.1",
+            "acme.com/x",
+            "acme.com?x=1",
+            "72f988bf86f141af91ab2d7cd011db47",
+            "{72f988bf-86f1-41af-91ab-2d7cd011db47}",
+        ] {
+            match check_tenant(bad) {
+                Err(AdminError::Invalid { code, message }) => {
+                    assert_eq!(code, "invalid_tenant_id", "{bad}");
+                    assert!(message.starts_with("tenant_id "), "{message}");
+                }
+                other => panic!("{bad:?} was accepted: {other:?}"),
+            }
+        }
     }
 
     #[test]
