@@ -8,6 +8,7 @@ pub mod bulk;
 mod cleanup;
 pub mod command;
 pub mod consent;
+pub mod errors;
 pub mod health;
 pub mod jobs;
 pub mod messages;

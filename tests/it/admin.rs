@@ -1566,3 +1566,594 @@ async fn the_admin_command_line_sets_verifies_and_links_without_ever_printing_th
     );
     sb.cleanup().await;
 }
+
+// ---- consent bound to its credentials ---------------------------------------------------------
+
+/// The `state` of a consent link.
+fn state_of(link: &Value) -> String {
+    let url = url::Url::parse(link["url"].as_str().unwrap()).unwrap();
+    url.query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .expect("the link has a state")
+}
+
+fn callback_path(state: &str, tenant: &str) -> String {
+    let mut u = url::Url::parse("http://x/v1/consent/callback").unwrap();
+    u.query_pairs_mut()
+        .append_pair("admin_consent", "True")
+        .append_pair("tenant", tenant)
+        .append_pair("state", state);
+    format!("{}?{}", u.path(), u.query().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_callback_for_credentials_that_changed_is_refused() {
+    let sb = sandbox("admin-consent-changed").await;
+    let api = serve(&sb, |_| {}).await;
+    let a = tenant(&sb, "ca", |a| a.with_consent(Consent::Pending), &[]);
+    let b = tenant(&sb, "cb", |a| a.with_consent(Consent::Pending), &[]);
+    company(&api, "acme", "standard", &a).await;
+    let link = api
+        .ok("POST", "/v1/companies/acme/microsoft365/consent", None)
+        .await;
+    let state = state_of(&link);
+    // The credentials change to another tenant and app before the administrator answers.
+    api.ok(
+        "PUT",
+        "/v1/companies/acme/microsoft365",
+        Some(b.credentials()),
+    )
+    .await;
+    let (status, _, page) = api
+        .raw("GET", &callback_path(&state, &a.id), None, None, "")
+        .await;
+    assert_eq!(status, 409, "{page}");
+    assert!(page.contains("認証情報"), "a Japanese explanation: {page}");
+    assert!(page.contains("changed"), "an English explanation: {page}");
+    let s = api.ok("GET", "/v1/companies/acme", None).await;
+    assert_eq!(s["consent"], Value::Null, "nothing recorded: {s}");
+
+    // The state is void for good, even once the credentials are back to those it was issued for.
+    api.ok(
+        "PUT",
+        "/v1/companies/acme/microsoft365",
+        Some(a.credentials()),
+    )
+    .await;
+    let (status, _, _) = api
+        .raw("GET", &callback_path(&state, &a.id), None, None, "")
+        .await;
+    assert_eq!(status, 422);
+    let s = api.ok("GET", "/v1/companies/acme", None).await;
+    assert_eq!(s["consent"], Value::Null, "{s}");
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_granted_in_another_tenant_is_refused_also_for_a_domain_tenant_id() {
+    let sb = sandbox("admin-consent-tenant").await;
+    let api = serve(&sb, |_| {}).await;
+    let a = tenant(&sb, "da", |a| a.with_consent(Consent::Pending), &[]);
+    let other = tenant(&sb, "db", |a| a.with_consent(Consent::Pending), &[]);
+
+    // A GUID tenant: a grant from another tenant is refused and records nothing.
+    company(&api, "guid", "standard", &a).await;
+    let link = api
+        .ok("POST", "/v1/companies/guid/microsoft365/consent", None)
+        .await;
+    let (status, _, page) = api
+        .raw(
+            "GET",
+            &callback_path(&state_of(&link), &other.id),
+            None,
+            None,
+            "",
+        )
+        .await;
+    assert_eq!(status, 409, "{page}");
+    assert!(page.contains("テナント"), "{page}");
+    let s = api.ok("GET", "/v1/companies/guid", None).await;
+    assert_eq!(s["consent"], Value::Null, "{s}");
+
+    // A domain tenant, never verified: the callback resolves it (the token's tid) and compares.
+    let by_domain =
+        json!({"tenant_id": a.domain, "client_id": a.client_id, "client_secret": a.secret});
+    api.ok(
+        "PUT",
+        "/v1/companies/dom",
+        Some(json!({"plan": "standard", "options": []})),
+    )
+    .await;
+    api.ok("PUT", "/v1/companies/dom/microsoft365", Some(by_domain))
+        .await;
+    let link = api
+        .ok("POST", "/v1/companies/dom/microsoft365/consent", None)
+        .await;
+    let (status, _, page) = api
+        .raw(
+            "GET",
+            &callback_path(&state_of(&link), &other.id),
+            None,
+            None,
+            "",
+        )
+        .await;
+    assert_eq!(status, 409, "a domain tenant is compared too: {page}");
+    let s = api.ok("GET", "/v1/companies/dom", None).await;
+    assert_eq!(s["consent"], Value::Null, "{s}");
+
+    // Verified first: the verification records the tenant's GUID; the emulator's own redirect
+    // (Microsoft's) for the right tenant is recorded.
+    let v = api
+        .ok("POST", "/v1/companies/dom/microsoft365/verify", None)
+        .await;
+    assert_eq!(v["tenant_guid"], json!(a.id), "{v}");
+    let link = api
+        .ok("POST", "/v1/companies/dom/microsoft365/consent", None)
+        .await;
+    let (status, headers, _) = api
+        .raw("GET", link["url"].as_str().unwrap(), None, None, "")
+        .await;
+    assert_eq!(status, 302);
+    let location = headers["location"].to_str().unwrap().to_string();
+    let (status, _, page) = api.raw("GET", &location, None, None, "").await;
+    assert_eq!(status, 200, "{page}");
+    let s = api.ok("GET", "/v1/companies/dom", None).await;
+    assert_eq!(s["consent"]["granted"], true, "{s}");
+    assert_eq!(s["consent"]["tenant"], json!(a.id));
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_id_that_is_not_a_guid_or_a_domain_is_refused_naming_the_field() {
+    let sb = sandbox("admin-tenant-id").await;
+    let api = serve(&sb, |_| {}).await;
+    let t = tenant(&sb, "tid", |a| a, &[]);
+    api.ok(
+        "PUT",
+        "/v1/companies/acme",
+        Some(json!({"plan": "standard", "options": []})),
+    )
+    .await;
+    for bad in ["..", ".", "common", "a/b", "x..y.com", ""] {
+        let (status, v) = api
+            .call(
+                "PUT",
+                "/v1/companies/acme/microsoft365",
+                Some(
+                    json!({"tenant_id": bad, "client_id": t.client_id, "client_secret": t.secret}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 422, "{bad:?}: {v}");
+        assert_eq!(v["error"]["code"], "invalid_tenant_id", "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("tenant_id "),
+            "{v}"
+        );
+        assert!(
+            v["error"]["message_ja"]
+                .as_str()
+                .unwrap()
+                .contains("テナントID"),
+            "{v}"
+        );
+    }
+    let s = api.ok("GET", "/v1/companies/acme", None).await;
+    assert_eq!(s["credentials"], Value::Null, "nothing was stored: {s}");
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_refusal_with_a_huge_description_is_stored_capped() {
+    let sb = sandbox("admin-consent-cap").await;
+    let api = serve(&sb, |_| {}).await;
+    let t = tenant(&sb, "cap", |a| a, &[]);
+    company(&api, "acme", "standard", &t).await;
+    let link = api
+        .ok("POST", "/v1/companies/acme/microsoft365/consent", None)
+        .await;
+    let mut u = url::Url::parse(&format!("{}/v1/consent/callback", api.base)).unwrap();
+    u.query_pairs_mut()
+        .append_pair("error", &"e".repeat(2_000))
+        .append_pair(
+            "error_description",
+            &format!("{}{}", "拒".repeat(1_500), "x".repeat(20_000)),
+        )
+        .append_pair("state", &state_of(&link));
+    let (status, _, _) = api.raw("GET", u.as_str(), None, None, "").await;
+    assert_eq!(status, 200);
+    let s = api.ok("GET", "/v1/companies/acme", None).await;
+    assert_eq!(s["consent"]["granted"], false);
+    let stored = |f: &str| s["consent"][f].as_str().unwrap().chars().count();
+    assert!(
+        stored("error_description") <= 1001,
+        "{}",
+        stored("error_description")
+    );
+    assert!(stored("error") <= 101, "{}", stored("error"));
+    sb.cleanup().await;
+}
+
+// ---- dead-letter purges over HTTP ------------------------------------------------------------
+
+/// Publishes dead letters straight to the sandbox's dead-letter exchange (confirmed).
+async fn dead_letters(sb: &Sandbox, items: &[(String, lapin::BasicProperties, Vec<u8>)]) {
+    let ch = sb.connection().create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    for (rk, props, body) in items {
+        let c = ch
+            .basic_publish(
+                sb.cfg.amqp.dead_letter_exchange.as_str().into(),
+                rk.as_str().into(),
+                Default::default(),
+                body,
+                props.clone(),
+            )
+            .await
+            .unwrap();
+        assert!(c.await.unwrap().is_ack());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_purge_needs_the_count_the_operator_saw_and_archives_for_the_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = sandbox("admin-purge").await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive_dir = dir.path().join("archive");
+    let api = serve(&sb, |c| {
+        c.dlq.archive_dir = archive_dir.display().to_string();
+    })
+    .await;
+    dead_letters(
+        &sb,
+        &(1..=4)
+            .map(|i| {
+                crate::deadletter::flush_dead_letter(
+                    &format!("ev-{i}"),
+                    "acme",
+                    "s-1",
+                    "a@x.example",
+                )
+            })
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let filter = json!({"company": "acme"});
+    // Confirmed, but without saying what was seen: refused, nothing removed.
+    let (status, v) = api
+        .call(
+            "POST",
+            "/v1/dlq/purge",
+            Some(json!({"filter": filter, "confirm": true})),
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["error"]["code"], "purge_not_confirmed");
+    // The operator saw 3; 4 match now: refused with the current count.
+    let (status, v) = api
+        .call(
+            "POST",
+            "/v1/dlq/purge",
+            Some(json!({"filter": filter, "confirm": true, "expected": 3})),
+        )
+        .await;
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["error"]["code"], "purge_count_changed");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("4 dead letter(s) match now"),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message_ja"].as_str().unwrap().contains("4 件"),
+        "{v}"
+    );
+    let listed = api.ok("GET", "/v1/dlq/messages?company=acme", None).await;
+    assert_eq!(
+        listed["records"].as_array().unwrap().len(),
+        4,
+        "nothing removed"
+    );
+    // The right count: all four go, archived with mode 0600 in a folder of mode 0700.
+    let v = api
+        .ok(
+            "POST",
+            "/v1/dlq/purge",
+            Some(json!({"filter": filter, "confirm": true, "expected": 4})),
+        )
+        .await;
+    assert_eq!(v["removed"], 4, "{v}");
+    let file = std::path::PathBuf::from(v["archive"].as_str().unwrap());
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o600, "the archive file");
+    assert_eq!(mode(&archive_dir), 0o700, "the archive folder");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 4);
+    sb.cleanup().await;
+}
+
+// ---- one error shape, in Japanese and English -------------------------------------------------
+
+fn assert_error_shape(what: &str, status: u16, body: &str) -> Value {
+    let v: Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("{what}: {status} is not JSON ({e}): {body:?}"));
+    let e = &v["error"];
+    let code = e["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no code: {v}"));
+    assert!(!code.is_empty(), "{what}: {v}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{what}: no English message: {v}"
+    );
+    let ja = e["message_ja"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no message_ja: {v}"));
+    assert!(
+        ja.chars()
+            .any(|c| ('\u{3040}'..='\u{30ff}').contains(&c)
+                || ('\u{4e00}'..='\u{9fff}').contains(&c)),
+        "{what}: message_ja is not Japanese: {v}"
+    );
+    assert_ne!(
+        ja,
+        outlook_sync::admin::messages::GENERIC.ja,
+        "{what}: {code} has no Japanese sentence of its own"
+    );
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_answers_one_shape_in_japanese_and_english_including_axums_rejections() {
+    let sb = sandbox("admin-errors").await;
+    let api = serve(&sb, |_| {}).await;
+    let json_body = |s: &str| Some(reqwest::Body::from(s.to_string()));
+    /// (what, method, path, body, content type, status, code)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Option<reqwest::Body>,
+        &'a str,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "unknown company",
+            "GET",
+            "/v1/companies/nobody",
+            None,
+            "",
+            404,
+            "unknown_company",
+        ),
+        (
+            "bad JSON",
+            "PUT",
+            "/v1/companies/acme",
+            json_body("{not json"),
+            "application/json",
+            422,
+            "invalid_body",
+        ),
+        (
+            "unknown field",
+            "PUT",
+            "/v1/companies/acme",
+            json_body(r#"{"plan":"standard","x":1}"#),
+            "application/json",
+            422,
+            "invalid_body",
+        ),
+        (
+            "bad flag",
+            "DELETE",
+            "/v1/companies/acme/users/u-1?delete_copies=maybe",
+            None,
+            "",
+            422,
+            "invalid_query",
+        ),
+        (
+            "unknown route",
+            "GET",
+            "/v1/nothing-here",
+            None,
+            "",
+            404,
+            "unknown_route",
+        ),
+        (
+            "unknown route outside /v1",
+            "GET",
+            "/favicon.ico",
+            None,
+            "",
+            404,
+            "unknown_route",
+        ),
+        (
+            "method not allowed",
+            "PATCH",
+            "/v1/companies",
+            None,
+            "",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "dlq: bad JSON",
+            "POST",
+            "/v1/dlq/replay",
+            json_body("{nope"),
+            "application/json",
+            400,
+            "invalid_request",
+        ),
+        (
+            "dlq: wrong content type",
+            "POST",
+            "/v1/dlq/replay",
+            json_body("{}"),
+            "text/plain",
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "dlq: unknown field",
+            "POST",
+            "/v1/dlq/replay",
+            json_body(r#"{"bogus":1}"#),
+            "application/json",
+            422,
+            "invalid_body",
+        ),
+        (
+            "dlq: bad time",
+            "GET",
+            "/v1/dlq/messages?since=yesterday",
+            None,
+            "",
+            400,
+            "invalid_request",
+        ),
+        (
+            "dlq: unknown query",
+            "GET",
+            "/v1/dlq/summary?colour=red",
+            None,
+            "",
+            400,
+            "invalid_request",
+        ),
+        (
+            "dlq: no such dead letter",
+            "GET",
+            "/v1/dlq/messages/nope",
+            None,
+            "",
+            404,
+            "dead_letter_not_found",
+        ),
+        (
+            "dlq: unconfirmed purge",
+            "POST",
+            "/v1/dlq/purge",
+            json_body(r#"{"all":true}"#),
+            "application/json",
+            422,
+            "purge_not_confirmed",
+        ),
+        (
+            "unknown job",
+            "GET",
+            "/v1/jobs/nope",
+            None,
+            "",
+            404,
+            "unknown_job",
+        ),
+    ];
+    for (what, method, path, body, ct, status, code) in cases {
+        let (got, _, text) = api.raw(method, path, Some(TOKEN), body, ct).await;
+        assert_eq!(got, status, "{what}: {text}");
+        let v = assert_error_shape(what, got, &text);
+        assert_eq!(v["error"]["code"], code, "{what}: {v}");
+    }
+    let (got, headers, text) = api
+        .raw(
+            "GET",
+            "/v1/companies",
+            Some("nope-nope-nope-nope"),
+            None,
+            "",
+        )
+        .await;
+    assert_eq!(got, 401);
+    assert!(headers.contains_key("www-authenticate"));
+    assert_error_shape("unauthorized", got, &text);
+    sb.cleanup().await;
+}
+
+/// The string literals that name an error code in the admin surface's sources.
+fn codes_in_source() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for file in [
+        "src/admin/api.rs",
+        "src/admin/auth.rs",
+        "src/admin/bulk.rs",
+        "src/admin/cleanup.rs",
+        "src/admin/consent.rs",
+        "src/admin/errors.rs",
+        "src/admin/jobs.rs",
+        "src/admin/service.rs",
+        "src/deadletter/api.rs",
+    ] {
+        let text = std::fs::read_to_string(crate::support::repo_path(file)).unwrap();
+        for marker in [
+            "code: \"",
+            "invalid(",
+            "conflict(",
+            "ApiError::new(",
+            "=> \"",
+            "(StatusCode::",
+        ] {
+            for (i, _) in text.match_indices(marker) {
+                let rest = &text[i + marker.len()..];
+                // The first string literal after the marker, within the call.
+                let rest = if marker.ends_with('"') {
+                    rest
+                } else {
+                    let Some(q) = rest.find('"') else { continue };
+                    if rest[..q].contains(';')
+                        || rest[..q].contains(')') && !marker.starts_with("ApiError")
+                    {
+                        continue;
+                    }
+                    &rest[q + 1..]
+                };
+                let lit: String = rest.chars().take_while(|c| *c != '"').collect();
+                if !lit.is_empty()
+                    && lit.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    && lit.contains('_')
+                {
+                    out.insert(lit);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_error_code_the_admin_surface_answers_has_a_japanese_sentence_of_its_own() {
+    let codes = codes_in_source();
+    for must in [
+        "unknown_company",
+        "invalid_body",
+        "purge_count_changed",
+        "consent_tenant_mismatch",
+        "dlq_busy",
+    ] {
+        assert!(
+            codes.contains(must),
+            "the source scan misses {must}: {codes:?}"
+        );
+    }
+    let missing: Vec<&String> = codes
+        .iter()
+        .filter(|c| !outlook_sync::admin::messages::is_known(c))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "codes without a Japanese sentence: {missing:?}"
+    );
+}
