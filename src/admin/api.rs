@@ -399,9 +399,30 @@ async fn unlink_user(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let delete_copies = flag(&q, "delete_copies", false)?;
-    ok(s.admin
-        .unlink_user(&company, &user, delete_copies, no_progress())
-        .await?)
+    let admin = s.admin.clone();
+    ok(detached(async move {
+        admin
+            .unlink_user(&company, &user, delete_copies, no_progress())
+            .await
+    })
+    .await?)
+}
+
+/// Runs an operation that changes state in a task of its own: a client that hangs up, or the
+/// per-request timeout, does not cut it short half way.
+async fn detached<T: Send + 'static>(
+    f: impl std::future::Future<Output = Result<T, AdminError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(f)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the operation failed: {e}"),
+            )
+        })?
+        .map_err(ApiError::from)
 }
 
 async fn verify_user(
@@ -429,7 +450,10 @@ async fn bulk_links(
     })?;
     let (rows, bad) = bulk::parse_csv(&text);
     if rows.len() + bad.len() <= s.admin.config().admin.bulk_sync_max_rows {
-        return ok(s.admin.bulk(&company, &text, opts, no_progress()).await?);
+        let admin = s.admin.clone();
+        return ok(
+            detached(async move { admin.bulk(&company, &text, opts, no_progress()).await }).await?,
+        );
     }
     s.admin.company_status(&company).await?;
     let admin = s.admin.clone();

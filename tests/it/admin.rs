@@ -59,9 +59,13 @@ async fn serve(sb: &Sandbox, tweak: impl FnOnce(&mut outlook_sync::config::Confi
         metrics.clone(),
     );
     let app = outlook_sync::admin::api::router(admin.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+    let limits = outlook_sync::admin::listener::Limits::from_config(&cfg.admin);
+    let server = tokio::spawn(outlook_sync::admin::listener::serve(
+        listener,
+        app,
+        limits,
+        std::future::pending(),
+    ));
     Api {
         base,
         http: reqwest::Client::builder()
@@ -2155,5 +2159,131 @@ fn every_error_code_the_admin_surface_answers_has_a_japanese_sentence_of_its_own
     assert!(
         missing.is_empty(),
         "codes without a Japanese sentence: {missing:?}"
+    );
+}
+
+// ---- the public listener ---------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_public_listener_serves_only_the_consent_callback() {
+    let sb = sandbox("admin-public").await;
+    let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public_base = format!("http://{}", public.local_addr().unwrap());
+    let pb = public_base.clone();
+    let api = serve(&sb, move |c| c.admin.public_url = pb).await;
+    let limits = outlook_sync::admin::listener::Limits::from_config(&api.admin.config().admin);
+    let server = tokio::spawn(outlook_sync::admin::listener::serve(
+        public,
+        outlook_sync::admin::api::public_router(api.admin.clone()),
+        limits,
+        std::future::pending(),
+    ));
+    // Nothing but the callback answers there, with or without a token.
+    for (method, path) in [
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/metrics"),
+        ("GET", "/v1/companies"),
+        ("POST", "/v1/dlq/purge"),
+        ("GET", "/v1/dlq/messages"),
+    ] {
+        let (status, _, body) = api
+            .raw(
+                method,
+                &format!("{public_base}{path}"),
+                Some(TOKEN),
+                None,
+                "",
+            )
+            .await;
+        assert_eq!(
+            status, 404,
+            "{method} {path} on the public listener: {body}"
+        );
+        let v = assert_error_shape(path, status, &body);
+        assert_eq!(v["error"]["code"], "unknown_route");
+    }
+    // The callback does, end to end through Microsoft's redirect to public_url.
+    let t = tenant(&sb, "pub", |a| a.with_consent(Consent::Pending), &[]);
+    company(&api, "acme", "standard", &t).await;
+    let link = api
+        .ok("POST", "/v1/companies/acme/microsoft365/consent", None)
+        .await;
+    let (status, headers, _) = api
+        .raw("GET", link["url"].as_str().unwrap(), None, None, "")
+        .await;
+    assert_eq!(status, 302);
+    let location = headers["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with(&public_base), "{location}");
+    let (status, _, page) = api.raw("GET", &location, None, None, "").await;
+    assert_eq!(status, 200, "{page}");
+    let s = api.ok("GET", "/v1/companies/acme", None).await;
+    assert_eq!(s["consent"]["granted"], true, "{s}");
+    server.abort();
+    sb.cleanup().await;
+}
+
+fn yaml_file(rel: &str) -> Value {
+    let text = std::fs::read_to_string(crate::support::repo_path(rel)).unwrap();
+    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+#[test]
+fn the_deploy_files_put_only_the_consent_callback_on_the_public_port() {
+    let cm = yaml_file("deploy/k8s/configmap.yaml");
+    let cfg =
+        outlook_sync::config::Config::from_toml_str(cm["data"]["config.toml"].as_str().unwrap())
+            .unwrap();
+    let public: std::net::SocketAddr = cfg
+        .admin
+        .public_listen
+        .parse()
+        .expect("the ConfigMap sets admin.public_listen");
+    assert_ne!(public.port(), cfg.admin_addr().port());
+    let d = yaml_file("deploy/k8s/deployment.yaml");
+    let ports = d["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let port = |name: &str| {
+        ports
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("a container port named {name}"))["containerPort"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(port("public"), u64::from(public.port()));
+    // The internal Service never exposes the public port, the public one nothing else.
+    let internal = yaml_file("deploy/k8s/service.yaml");
+    assert!(
+        internal["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["targetPort"] == "admin")
+    );
+    let outside = yaml_file("deploy/k8s/service-public.yaml");
+    let out_ports = outside["spec"]["ports"].as_array().unwrap();
+    assert_eq!(out_ports.len(), 1);
+    assert_eq!(out_ports[0]["targetPort"], "public");
+    let k = std::fs::read_to_string(crate::support::repo_path("deploy/k8s/kustomization.yaml"))
+        .unwrap();
+    assert!(k.contains("service-public.yaml"));
+    assert!(
+        cfg.admin.public_url.starts_with("https://"),
+        "administrators' browsers reach the callback over TLS: {}",
+        cfg.admin.public_url
+    );
+    // compose: the same split.
+    let compose = yaml_file("deploy/compose.yaml");
+    let env = &compose["services"]["worker"]["environment"];
+    let compose_public = env["OUTLOOK_SYNC__ADMIN__PUBLIC_LISTEN"].as_str().unwrap();
+    let compose_port = compose_public.rsplit(':').next().unwrap();
+    assert!(
+        env["OUTLOOK_SYNC__ADMIN__PUBLIC_URL"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{compose_port}"))
     );
 }
