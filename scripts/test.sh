@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
+bash scripts/tools/openapi-spec-validator.sh   # the OpenAPI test validates with it
 exec cargo test --locked "$@"

@@ -2287,3 +2287,643 @@ fn the_deploy_files_put_only_the_consent_callback_on_the_public_port() {
             .ends_with(&format!(":{compose_port}"))
     );
 }
+
+// ---- the OpenAPI document: valid, and what the routes answer ------------------------------------
+
+fn openapi() -> Value {
+    let text = std::fs::read_to_string(crate::support::repo_path("schemas/admin-api.openapi.yaml"))
+        .unwrap();
+    serde_yaml_ng::from_str(&text).expect("the OpenAPI document is valid YAML")
+}
+
+#[test]
+fn the_openapi_document_is_valid_openapi_3_1_by_openapi_spec_validator() {
+    let tool =
+        crate::support::repo_path("target/tools/openapi-spec-validator/bin/openapi-spec-validator");
+    assert!(
+        tool.exists(),
+        "this test needs openapi-spec-validator (PyPI), which is missing at {}: install it with \
+         `bash scripts/tools/openapi-spec-validator.sh` (scripts/test.sh runs it)",
+        tool.display()
+    );
+    let out = std::process::Command::new(&tool)
+        .arg(crate::support::repo_path("schemas/admin-api.openapi.yaml"))
+        .output()
+        .expect("openapi-spec-validator runs");
+    assert!(
+        out.status.success(),
+        "schemas/admin-api.openapi.yaml is not valid OpenAPI 3.1:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_openapi_document_gives_every_response_a_schema_and_splits_no_description() {
+    let doc = openapi();
+    // An unquoted flow-mapping description with a comma becomes keys with null values.
+    fn nulls(v: &Value, at: &str, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    if x.is_null() {
+                        out.push(format!("{at}/{k}"));
+                    }
+                    nulls(x, &format!("{at}/{k}"), out);
+                }
+            }
+            Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    nulls(x, &format!("{at}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut split = Vec::new();
+    nulls(&doc, "", &mut split);
+    assert!(
+        split.is_empty(),
+        "keys without a value (a description split at a comma?): {split:?}"
+    );
+    let mut missing = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let Some(responses) = op["responses"].as_object() else {
+                continue;
+            };
+            for (status, r) in responses {
+                let r = resolve(&doc, r);
+                let has_schema = r["content"]
+                    .as_object()
+                    .is_some_and(|c| !c.is_empty() && c.values().all(|m| m["schema"].is_object()));
+                if !has_schema {
+                    missing.push(format!("{method} {path} {status}"));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "responses without a schema: {missing:?}"
+    );
+}
+
+/// Follows a `$ref` to `#/components/...`.
+fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
+    match v["$ref"].as_str() {
+        Some(r) => doc
+            .pointer(r.trim_start_matches('#'))
+            .unwrap_or_else(|| panic!("unresolved {r}")),
+        None => v,
+    }
+}
+
+/// The documented path template a concrete path matches (`/v1/jobs/3f…` → `/v1/jobs/{job}`).
+fn template_of(doc: &Value, path: &str) -> Option<String> {
+    let path = path.split('?').next().unwrap();
+    let segs: Vec<&str> = path.split('/').collect();
+    doc["paths"].as_object().unwrap().keys().find_map(|t| {
+        let ts: Vec<&str> = t.split('/').collect();
+        (ts.len() == segs.len()
+            && ts
+                .iter()
+                .zip(&segs)
+                .all(|(a, b)| a == b || (a.starts_with('{') && !b.is_empty())))
+        .then(|| t.clone())
+    })
+}
+
+/// Holds each live answer to the document: the status is documented for the route, and the body
+/// matches its schema (JSON Schema 2020-12, formats checked).
+struct Contract {
+    doc: Value,
+    seen: Mutex<Vec<(String, String, u16)>>,
+}
+
+impl Contract {
+    fn check(&self, method: &str, path: &str, status: u16, content_type: &str, body: &str) {
+        let doc = &self.doc;
+        let template = template_of(doc, path)
+            .unwrap_or_else(|| panic!("{method} {path}: no such path in the document"));
+        let op = &doc["paths"][&template][method.to_ascii_lowercase()];
+        assert!(op.is_object(), "{method} {template}: not in the document");
+        let documented = &op["responses"][status.to_string()];
+        assert!(
+            documented.is_object(),
+            "{method} {template} answered {status}, which the document does not list: {body}"
+        );
+        let response = resolve(doc, documented);
+        let media = content_type.split(';').next().unwrap().trim();
+        let schema = &response["content"][media]["schema"];
+        assert!(
+            schema.is_object(),
+            "{method} {template} {status}: the document has no {media} schema"
+        );
+        let instance = if media == "application/json" {
+            serde_json::from_str(body)
+                .unwrap_or_else(|e| panic!("{method} {path} {status}: not JSON ({e}): {body}"))
+        } else {
+            Value::String(body.to_string())
+        };
+        let mut root = schema.clone();
+        root["components"] = doc["components"].clone();
+        let validator = jsonschema::draft202012::options()
+            .should_validate_formats(true)
+            .build(&root)
+            .unwrap_or_else(|e| {
+                panic!("{method} {template} {status}: the schema does not compile: {e}")
+            });
+        let errors: Vec<String> = validator
+            .iter_errors(&instance)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{method} {path} answered {status} against its schema with {errors:?}: {body}"
+        );
+        self.seen
+            .lock()
+            .unwrap()
+            .push((method.to_string(), template, status));
+    }
+}
+
+impl Api {
+    /// A call whose answer is held to the OpenAPI document.
+    async fn checked(
+        &self,
+        contract: &Contract,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, String)>,
+    ) -> (u16, Value) {
+        let (ct, b) = match body {
+            Some((ct, b)) => (ct, Some(reqwest::Body::from(b))),
+            None => ("", None),
+        };
+        let (status, headers, text) = self.raw(method, path, token, b, ct).await;
+        let content_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let local = path.strip_prefix(&self.base).unwrap_or(path);
+        contract.check(method, local, status, &content_type, &text);
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_what_the_openapi_document_says_in_success_and_in_error() {
+    let sb = sandbox("admin-openapi").await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().display().to_string();
+    let api = serve(&sb, |c| {
+        c.admin.bulk_sync_max_rows = 2;
+        c.dlq.archive_dir = archive;
+    })
+    .await;
+    let contract = Contract {
+        doc: openapi(),
+        seen: Mutex::new(Vec::new()),
+    };
+    let t = tenant(
+        &sb,
+        "oa",
+        |a| a,
+        &[
+            ("taro", MailboxKind::Ok),
+            ("hanako", MailboxKind::Ok),
+            ("jiro", MailboxKind::Ok),
+        ],
+    );
+    let c = &contract;
+    let tok = Some(TOKEN);
+    let json = |v: Value| Some(("application/json", v.to_string()));
+    let expect = |what: &str, got: (u16, Value), want: u16| -> Value {
+        assert_eq!(got.0, want, "{what}: {}", got.1);
+        got.1
+    };
+
+    // Companies and credentials.
+    let plan = json!({"plan": "standard", "options": []});
+    expect(
+        "put company",
+        api.checked(c, "PUT", "/v1/companies/acme", tok, json(plan.clone()))
+            .await,
+        200,
+    );
+    expect(
+        "put company, bad",
+        api.checked(
+            c,
+            "PUT",
+            "/v1/companies/acme",
+            tok,
+            json(json!({"plan": "gold"})),
+        )
+        .await,
+        422,
+    );
+    expect(
+        "list",
+        api.checked(c, "GET", "/v1/companies", tok, None).await,
+        200,
+    );
+    expect(
+        "list, no token",
+        api.checked(c, "GET", "/v1/companies", None, None).await,
+        401,
+    );
+    expect(
+        "get",
+        api.checked(c, "GET", "/v1/companies/acme", tok, None).await,
+        200,
+    );
+    expect(
+        "get, unknown",
+        api.checked(c, "GET", "/v1/companies/nobody", tok, None)
+            .await,
+        404,
+    );
+    expect(
+        "credentials",
+        api.checked(
+            c,
+            "PUT",
+            "/v1/companies/acme/microsoft365",
+            tok,
+            json(t.credentials()),
+        )
+        .await,
+        200,
+    );
+    let bad = json!({"tenant_id": "..", "client_id": t.client_id, "client_secret": "x"});
+    expect(
+        "credentials, bad tenant",
+        api.checked(c, "PUT", "/v1/companies/acme/microsoft365", tok, json(bad))
+            .await,
+        422,
+    );
+    expect(
+        "integration",
+        api.checked(c, "GET", "/v1/companies/acme/microsoft365", tok, None)
+            .await,
+        200,
+    );
+    expect(
+        "verify",
+        api.checked(
+            c,
+            "POST",
+            "/v1/companies/acme/microsoft365/verify",
+            tok,
+            None,
+        )
+        .await,
+        200,
+    );
+    expect(
+        "verify, no credentials",
+        {
+            api.checked(
+                c,
+                "PUT",
+                "/v1/companies/lite",
+                tok,
+                json(json!({"plan": "lite"})),
+            )
+            .await;
+            api.checked(
+                c,
+                "POST",
+                "/v1/companies/lite/microsoft365/verify",
+                tok,
+                None,
+            )
+            .await
+        },
+        409,
+    );
+    expect(
+        "enable",
+        api.checked(
+            c,
+            "POST",
+            "/v1/companies/acme/microsoft365/enable",
+            tok,
+            None,
+        )
+        .await,
+        200,
+    );
+    expect(
+        "enable on lite",
+        api.checked(
+            c,
+            "POST",
+            "/v1/companies/lite/microsoft365/enable",
+            tok,
+            None,
+        )
+        .await,
+        409,
+    );
+    expect(
+        "remove credentials",
+        api.checked(
+            c,
+            "DELETE",
+            "/v1/companies/lite/microsoft365/credentials",
+            tok,
+            None,
+        )
+        .await,
+        200,
+    );
+
+    // Consent, through Microsoft's (the emulator's) redirect.
+    let link = expect(
+        "consent link",
+        api.checked(
+            c,
+            "POST",
+            "/v1/companies/acme/microsoft365/consent",
+            tok,
+            None,
+        )
+        .await,
+        200,
+    );
+    let (status, headers, _) = api
+        .raw("GET", link["url"].as_str().unwrap(), None, None, "")
+        .await;
+    assert_eq!(status, 302);
+    let location = headers["location"].to_str().unwrap().to_string();
+    expect(
+        "callback",
+        api.checked(c, "GET", &location, None, None).await,
+        200,
+    );
+    expect(
+        "callback, used state",
+        api.checked(c, "GET", &location, None, None).await,
+        422,
+    );
+
+    // Users.
+    let link_body = |local: &str| json(json!({"mailbox": t.upn(local)}));
+    expect(
+        "link",
+        api.checked(
+            c,
+            "PUT",
+            "/v1/companies/acme/users/u-1",
+            tok,
+            link_body("taro"),
+        )
+        .await,
+        200,
+    );
+    expect(
+        "link, bad address",
+        api.checked(
+            c,
+            "PUT",
+            "/v1/companies/acme/users/u-2",
+            tok,
+            json(json!({"mailbox": "nope"})),
+        )
+        .await,
+        422,
+    );
+    expect(
+        "link 2",
+        api.checked(
+            c,
+            "PUT",
+            "/v1/companies/acme/users/u-2",
+            tok,
+            link_body("hanako"),
+        )
+        .await,
+        200,
+    );
+    expect(
+        "users",
+        api.checked(c, "GET", "/v1/companies/acme/users", tok, None)
+            .await,
+        200,
+    );
+    expect(
+        "user",
+        api.checked(c, "GET", "/v1/companies/acme/users/u-1", tok, None)
+            .await,
+        200,
+    );
+    expect(
+        "user, unknown",
+        api.checked(c, "GET", "/v1/companies/acme/users/u-9", tok, None)
+            .await,
+        404,
+    );
+    expect(
+        "verify user",
+        api.checked(c, "POST", "/v1/companies/acme/users/u-1/verify", tok, None)
+            .await,
+        200,
+    );
+    let csv = |s: &str| Some(("text/csv", s.to_string()));
+    expect(
+        "bulk preflight",
+        api.checked(
+            c,
+            "POST",
+            "/v1/companies/acme/bulk-links?dry_run=true",
+            tok,
+            csv(&format!("cyzen_user_id,email\nu-3,{}\n", t.upn("jiro"))),
+        )
+        .await,
+        200,
+    );
+    let job = expect(
+        "bulk job",
+        api.checked(
+            c,
+            "POST",
+            "/v1/companies/acme/bulk-links",
+            tok,
+            csv(&format!(
+                "u-3,{}\nu-4,bad\nu-5,{}\n",
+                t.upn("jiro"),
+                t.upn("nobody")
+            )),
+        )
+        .await,
+        202,
+    );
+    let job_path = format!("/v1/jobs/{}", job["id"].as_str().unwrap());
+    for _ in 0..300 {
+        let v = expect(
+            "job",
+            api.checked(c, "GET", &job_path, tok, None).await,
+            200,
+        );
+        if v["state"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    expect(
+        "job, unknown",
+        api.checked(c, "GET", "/v1/jobs/nope", tok, None).await,
+        404,
+    );
+    expect(
+        "unlink",
+        api.checked(c, "DELETE", "/v1/companies/acme/users/u-2", tok, None)
+            .await,
+        200,
+    );
+    expect(
+        "unlink, bad flag",
+        api.checked(
+            c,
+            "DELETE",
+            "/v1/companies/acme/users/u-1?delete_copies=maybe",
+            tok,
+            None,
+        )
+        .await,
+        422,
+    );
+    expect(
+        "disable",
+        api.checked(
+            c,
+            "POST",
+            "/v1/companies/acme/microsoft365/disable",
+            tok,
+            None,
+        )
+        .await,
+        200,
+    );
+
+    // Dead letters and the ledger.
+    dead_letters(
+        &sb,
+        &["ev-1", "ev-2"]
+            .map(|id| crate::deadletter::flush_dead_letter(id, "acme", "s-1", &t.upn("taro"))),
+    )
+    .await;
+    expect(
+        "dlq list",
+        api.checked(c, "GET", "/v1/dlq/messages?company=acme", tok, None)
+            .await,
+        200,
+    );
+    expect(
+        "dlq list by age",
+        api.checked(c, "GET", "/v1/dlq/messages?since=2h", tok, None)
+            .await,
+        200,
+    );
+    expect(
+        "dlq list, bad time",
+        api.checked(c, "GET", "/v1/dlq/messages?since=yesterday", tok, None)
+            .await,
+        400,
+    );
+    expect(
+        "dlq summary",
+        api.checked(c, "GET", "/v1/dlq/summary?stage=flush", tok, None)
+            .await,
+        200,
+    );
+    expect(
+        "dlq show",
+        api.checked(c, "GET", "/v1/dlq/messages/ev-1", tok, None)
+            .await,
+        200,
+    );
+    expect(
+        "dlq show, unknown",
+        api.checked(c, "GET", "/v1/dlq/messages/nothing", tok, None)
+            .await,
+        404,
+    );
+    expect(
+        "dlq replay, dry run",
+        api.checked(
+            c,
+            "POST",
+            "/v1/dlq/replay",
+            tok,
+            json(json!({"filter": {"company": "acme"}, "dry_run": true})),
+        )
+        .await,
+        200,
+    );
+    expect(
+        "dlq replay, unknown field",
+        api.checked(c, "POST", "/v1/dlq/replay", tok, json(json!({"nope": 1})))
+            .await,
+        422,
+    );
+    let purge =
+        |n: u64| json(json!({"filter": {"company": "acme"}, "confirm": true, "expected": n}));
+    expect(
+        "dlq purge, wrong count",
+        api.checked(c, "POST", "/v1/dlq/purge", tok, purge(5)).await,
+        409,
+    );
+    expect(
+        "dlq purge",
+        api.checked(c, "POST", "/v1/dlq/purge", tok, purge(2)).await,
+        200,
+    );
+    expect(
+        "ledger",
+        api.checked(c, "GET", "/v1/ledger/acme/s-1", tok, None)
+            .await,
+        200,
+    );
+
+    // Last: remove the integration (a job).
+    let job = expect(
+        "remove integration",
+        api.checked(
+            c,
+            "DELETE",
+            "/v1/companies/acme/microsoft365?delete_copies=false",
+            tok,
+            None,
+        )
+        .await,
+        202,
+    );
+    api.wait_job(&job).await;
+
+    // Every route was held to the document with a success.
+    let seen = contract.seen.lock().unwrap().clone();
+    let succeeded: BTreeSet<(String, String)> = seen
+        .iter()
+        .filter(|(_, _, s)| (200..300).contains(s))
+        .map(|(m, t, _)| (m.clone(), t.clone()))
+        .collect();
+    let unexercised: Vec<_> = outlook_sync::admin::api::routes()
+        .into_iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .filter(|r| !succeeded.contains(r))
+        .collect();
+    assert!(
+        unexercised.is_empty(),
+        "routes never checked with a success: {unexercised:?}"
+    );
+    assert!(seen.iter().filter(|(_, _, s)| *s >= 400).count() >= 15);
+    sb.cleanup().await;
+}
