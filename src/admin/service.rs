@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::Retryable;
 use jiff::Timestamp;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
@@ -32,8 +33,8 @@ pub const REQUIRED_PERMISSIONS: &[&str] = &["Calendars.ReadWrite", "User.Read.Al
 /// Permissions cyzen's setup guide lists too; missing is a warning.
 pub const RECOMMENDED_PERMISSIONS: &[&str] = &["Contacts.Read"];
 
-/// Attempts for one Graph read (throttled or unavailable answers are retried after
-/// `Retry-After`).
+/// Attempts for one Graph request of the admin (throttled or unavailable answers are retried
+/// after `Retry-After`, else after the backoff, with backon).
 const GRAPH_ATTEMPTS: u32 = 6;
 /// How long an unlink waits for a worker that is writing to the mailbox.
 const LEASE_WAIT: Duration = Duration::from_secs(30);
@@ -575,17 +576,12 @@ impl Admin {
 
     async fn verify(&self, creds: &Credentials) -> Result<Verification, AdminError> {
         let checked_at = Timestamp::now();
-        let mut attempt = 0;
-        let token = loop {
-            attempt += 1;
-            match self.graph.fresh_token(creds).await {
-                Ok(t) => break Ok(t),
-                Err(e) if e.is_retryable() && attempt < GRAPH_ATTEMPTS => {
-                    tokio::time::sleep(self.wait_for(&e, attempt)).await;
-                }
-                Err(e) => break Err(e),
-            }
-        };
+        let token = (|| self.graph.fresh_token(creds))
+            .retry(self.backoff())
+            .when(GraphError::is_retryable)
+            .adjust(|e, d| self.retry_after_or(e, d))
+            .notify(|e, wait| self.waiting("token", e, wait))
+            .await;
         let token = match token {
             Ok(t) => t,
             Err(e) => {
@@ -634,19 +630,34 @@ impl Admin {
         })
     }
 
-    /// How long to wait before attempt `attempt + 1` of a retryable failure: `Retry-After`
-    /// when given (capped by `retry.max_retry_after_seconds`), else exponential backoff.
-    pub(crate) fn wait_for(&self, e: &GraphError, attempt: u32) -> Duration {
+    /// The retry schedule of one admin request to Microsoft: exponential with jitter from
+    /// `retry.initial_backoff_ms` to `retry.max_backoff_ms`, [`GRAPH_ATTEMPTS`] attempts in all.
+    pub(crate) fn backoff(&self) -> backon::ExponentialBuilder {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(self.cfg.retry.initial_backoff_ms))
+            .with_max_delay(Duration::from_millis(self.cfg.retry.max_backoff_ms))
+            .with_jitter()
+            .with_max_times(GRAPH_ATTEMPTS as usize - 1)
+    }
+
+    /// The wait before the next attempt: Graph's `Retry-After` when it gave one (capped by
+    /// `retry.max_retry_after_seconds`), else the backoff's step; `None` (no more attempts)
+    /// stays `None`.
+    pub(crate) fn retry_after_or(
+        &self,
+        e: &GraphError,
+        step: Option<Duration>,
+    ) -> Option<Duration> {
         let cap = Duration::from_secs(self.cfg.retry.max_retry_after_seconds);
-        e.wait_hint().map(|d| d.min(cap)).unwrap_or_else(|| {
-            let base = self
-                .cfg
-                .retry
-                .initial_backoff_ms
-                .saturating_mul(1 << attempt.min(10));
-            let ms = base.min(self.cfg.retry.max_backoff_ms);
-            Duration::from_millis(ms / 2 + rand::random::<u64>() % (ms / 2 + 1))
-        })
+        step.map(|d| e.wait_hint().map(|h| h.min(cap)).unwrap_or(d))
+    }
+
+    /// Logs and counts a wait before retrying.
+    pub(crate) fn waiting(&self, what: &str, e: &GraphError, wait: Duration) {
+        tracing::debug!(what, wait_ms = wait.as_millis() as u64, code = %e.code, "admin: Microsoft busy; waiting");
+        self.metrics
+            .retry_after_wait_seconds
+            .inc_by(wait.as_secs_f64());
     }
 
     // ---- the secret expiry warning ----
@@ -824,18 +835,12 @@ impl Admin {
         creds: &Credentials,
         req: &GraphRequest,
     ) -> Result<crate::graph::client::GraphResponse, GraphError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.graph.send(company, creds, req).await {
-                Err(e) if e.is_retryable() && attempt < GRAPH_ATTEMPTS => {
-                    let wait = self.wait_for(&e, attempt);
-                    tracing::debug!(company, wait_ms = wait.as_millis() as u64, code = %e.code, "admin: graph busy; waiting");
-                    tokio::time::sleep(wait).await;
-                }
-                other => return other,
-            }
-        }
+        (|| self.graph.send(company, creds, req))
+            .retry(self.backoff())
+            .when(GraphError::is_retryable)
+            .adjust(|e, d| self.retry_after_or(e, d))
+            .notify(|e, wait| self.waiting(company, e, wait))
+            .await
     }
 
     /// Unlinks a user; with `delete_copies`, first deletes every copy this service created in

@@ -1123,6 +1123,13 @@ async fn unlinking_with_delete_copies_removes_exactly_the_copies_this_service_cr
     copies.write(&taro, &[(&m, c)], &[]).await.unwrap();
     worker.stop(Duration::from_secs(5)).await;
 
+    // One delete is throttled: the batch's retry (backon) waits for its Retry-After.
+    sb.emulator.emulator.script_fault(
+        ScriptedFault::new(FaultKind::Throttle429 { retry_after: 1.5 })
+            .method("DELETE")
+            .path_contains(&taro),
+    );
+    let started = std::time::Instant::now();
     let r = api
         .ok(
             "DELETE",
@@ -1130,6 +1137,11 @@ async fn unlinking_with_delete_copies_removes_exactly_the_copies_this_service_cr
             None,
         )
         .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "the throttled delete was retried before its Retry-After: {:?}",
+        started.elapsed()
+    );
     assert_eq!(r["copies"]["copies"], 25, "{r}");
     assert_eq!(r["copies"]["deleted"], 25, "{r}");
     assert_eq!(r["copies"]["failed"], json!([]));
