@@ -442,12 +442,7 @@ async fn bulk_links(
         dry_run: flag(&q, "dry_run", false)?,
         delete_copies: flag(&q, "delete_copies", false)?,
     };
-    let text = String::from_utf8(body.to_vec()).map_err(|_| {
-        ApiError::from(AdminError::Invalid {
-            code: "invalid_body",
-            message: "the CSV file must be UTF-8".into(),
-        })
-    })?;
+    let text = bulk::decode_csv(&body)?;
     let (rows, bad) = bulk::parse_csv(&text);
     if rows.len() + bad.len() <= s.admin.config().admin.bulk_sync_max_rows {
         let admin = s.admin.clone();

@@ -1514,7 +1514,12 @@ async fn the_full_scenario_never_reveals_the_secret_in_logs_metrics_responses_or
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_command_line_sets_verifies_and_links_without_ever_printing_the_secret() {
     let sb = sandbox("admin-cli").await;
-    let t = tenant(&sb, "acme", |a| a, &[("taro", MailboxKind::Ok)]);
+    let t = tenant(
+        &sb,
+        "acme",
+        |a| a,
+        &[("taro", MailboxKind::Ok), ("hanako", MailboxKind::Ok)],
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, toml::to_string(&sb.cfg).unwrap()).unwrap();
@@ -1567,10 +1572,41 @@ async fn the_admin_command_line_sets_verifies_and_links_without_ever_printing_th
     let (code, out, _) = run(&["link", "acme", "u-2", &t.upn("nobody")], None);
     assert_eq!(code, Some(1), "an auth_failed link exits 1: {out}");
     let csv = dir.path().join("users.csv");
-    std::fs::write(&csv, format!("u-3,{}\nu-4,bad\n", t.upn("taro"))).unwrap();
+    std::fs::write(&csv, format!("u-3,{}\nu-4,bad\n", t.upn("hanako"))).unwrap();
     let (code, out, err) = run(&["bulk", "acme", csv.to_str().unwrap(), "--dry-run"], None);
     assert_eq!(code, Some(1), "{out}");
-    assert!(err.contains("rows: 2/2"), "no progress on stderr: {err}");
+    assert_eq!(
+        err.matches("rows: 2/2").count(),
+        1,
+        "progress once on stderr: {err}"
+    );
+    assert!(!err.contains("summary: {"), "no Rust debug output: {err}");
+    // Tables in plain words: each row with its outcome and why, then the counts.
+    for words in [
+        "(dry run: nothing changed)",
+        "LINE",
+        "OUTCOME",
+        "would link",
+        "would not be done",
+        "malformed_address: The address is not a well-formed email address",
+        "REASON",
+        "MEANING",
+    ] {
+        assert!(out.contains(words), "{words:?} missing from:\n{out}");
+    }
+    assert!(!out.contains('{') && !out.contains("WouldLink"), "{out}");
+    // A Shift_JIS file with a Japanese header, as Excel in Japan saves it; --json for the JSON.
+    let japanese = format!("ユーザーID,メールアドレス\r\nu-3,{}\r\n", t.upn("hanako"));
+    let (sjis, _, _) = encoding_rs::SHIFT_JIS.encode(&japanese);
+    std::fs::write(&csv, &sjis).unwrap();
+    let (code, out, err) = run(
+        &["bulk", "acme", csv.to_str().unwrap(), "--dry-run", "--json"],
+        None,
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["rows"], 1, "the header is not a row: {report}");
+    assert_eq!(report["results"][0]["outcome"], "would_link", "{report}");
     let (_, out, _) = run(&["users", "acme"], None);
     assert_eq!(
         serde_json::from_str::<Value>(&out)
@@ -2937,5 +2973,90 @@ async fn every_route_answers_what_the_openapi_document_says_in_success_and_in_er
         "routes never checked with a success: {unexercised:?}"
     );
     assert!(seen.iter().filter(|(_, _, s)| *s >= 400).count() >= 15);
+    sb.cleanup().await;
+}
+
+// ---- CSV as a Japanese administrator writes it ------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shift_jis_csv_with_a_japanese_header_is_read_as_excel_in_japan_saves_it() {
+    let sb = sandbox("admin-sjis").await;
+    let api = serve(&sb, |_| {}).await;
+    let t = tenant(
+        &sb,
+        "sjis",
+        |a| a,
+        &[("taro", MailboxKind::Ok), ("hanako", MailboxKind::Ok)],
+    );
+    company(&api, "acme", "standard", &t).await;
+    let upload = |bytes: Vec<u8>| {
+        let api = &api;
+        async move {
+            let (status, _, text) = api
+                .raw(
+                    "POST",
+                    "/v1/companies/acme/bulk-links?dry_run=true",
+                    Some(TOKEN),
+                    Some(bytes.into()),
+                    "text/csv",
+                )
+                .await;
+            (status, serde_json::from_str::<Value>(&text).unwrap())
+        }
+    };
+    // Excel's "CSV (コンマ区切り)": Shift_JIS (CP932), CRLF, a Japanese header, a name column.
+    let text = format!(
+        "氏名,ユーザーID,メールアドレス,操作\r\n山田 太郎,u-1,{},連携\r\n髙橋 花子,u-2,{},\r\n",
+        t.upn("taro"),
+        t.upn("hanako")
+    );
+    let (sjis, _, unmappable) = encoding_rs::SHIFT_JIS.encode(&text);
+    assert!(!unmappable);
+    let (status, report) = upload(sjis.into_owned()).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["rows"], 2, "the header is not a row: {report}");
+    let outcomes: Vec<(&str, &str)> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["user_id"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![("u-1", "would_link"), ("u-2", "would_link")],
+        "{report}"
+    );
+    // UTF-8 with a BOM and the English header: the same.
+    let utf8 = format!(
+        "\u{feff}cyzen_user_id,email\r\nu-1,{}\r\nu-2,{}\r\n",
+        t.upn("taro"),
+        t.upn("hanako")
+    );
+    let (status, report) = upload(utf8.into_bytes()).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["rows"], 2, "{report}");
+    // Bytes that are neither: refused in both languages, naming what to do.
+    let (status, v) = upload(b"u-1,\x82\xff\x82@x.com\r\n".to_vec()).await;
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_csv");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Shift_JIS"),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message_ja"]
+            .as_str()
+            .unwrap()
+            .contains("Shift_JIS"),
+        "{v}"
+    );
     sb.cleanup().await;
 }
