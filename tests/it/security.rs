@@ -770,3 +770,86 @@ async fn a_flood_of_half_open_connections_never_starves_healthz_and_the_sync_goe
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
     sb.cleanup().await;
 }
+
+/// Serves `app` on a loopback port with short limits; returns the port.
+async fn limited(app: axum::Router, header: u64, idle: u64, request: u64) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let limits = outlook_sync::admin::listener::Limits {
+        header_read_timeout: Duration::from_secs(header),
+        idle_timeout: Duration::from_secs(idle),
+        request_timeout: Duration::from_secs(request),
+        max_connections: 64,
+    };
+    tokio::spawn(outlook_sync::admin::listener::serve(
+        listener,
+        app,
+        limits,
+        std::future::pending(),
+    ));
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_its_timeout_gets_503_request_timeout_in_the_error_shape() {
+    let app = axum::Router::new().route(
+        "/slow",
+        axum::routing::get(|| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            "late"
+        }),
+    );
+    let port = limited(app, 5, 30, 1).await;
+    outlook_sync::install_crypto_provider();
+    let started = Instant::now();
+    let r = reqwest::get(format!("http://127.0.0.1:{port}/slow"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "request_timeout", "{v}");
+    assert!(
+        v["error"]["message_ja"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_answer_is_disconnected_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SIZE: usize = 64 << 20;
+    let app = axum::Router::new().route("/big", axum::routing::get(|| async { vec![b'x'; SIZE] }));
+    let port = limited(app, 1, 1, 60).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Read nothing for a while: the server's writes stall on the full socket buffers.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the stalled connection was never closed");
+    assert!(
+        got < SIZE,
+        "the whole answer ({got} bytes) was delivered: the idle connection was not closed"
+    );
+}
