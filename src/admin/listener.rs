@@ -149,7 +149,10 @@ pub async fn serve(
             Err(e) => {
                 // Out of file descriptors (EMFILE, ENFILE): free one by closing the oldest idle
                 // connection; other accept errors concern one connection only.
-                let fd_shortage = matches!(e.raw_os_error(), Some(23 | 24));
+                let fd_shortage = e.raw_os_error().is_some_and(|n| {
+                    n == rustix::io::Errno::MFILE.raw_os_error()
+                        || n == rustix::io::Errno::NFILE.raw_os_error()
+                });
                 let freed = fd_shortage && lock(&registry).evict_oldest_idle();
                 tracing::warn!(error = %e, freed, "admin listener: accept failed");
                 if freed {

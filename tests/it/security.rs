@@ -657,7 +657,7 @@ async fn a_flood_of_half_open_connections_never_starves_healthz_and_the_sync_goe
     let path = dir.path().join("config.toml");
     std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
     // The worker gets 256 file descriptors, as in the report: fewer than the flood.
-    let mut child = std::process::Command::new("bash")
+    let child = std::process::Command::new("bash")
         .arg("-c")
         .arg("ulimit -n 256 && exec \"$0\" --config \"$1\" run")
         .arg(env!("CARGO_BIN_EXE_outlook-sync"))
@@ -667,6 +667,8 @@ async fn a_flood_of_half_open_connections_never_starves_healthz_and_the_sync_goe
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
+    // Killed however the test ends (bash execs the binary, so this is its pid).
+    let mut child = KillOnDrop(child);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(5))
@@ -679,7 +681,7 @@ async fn a_flood_of_half_open_connections_never_starves_healthz_and_the_sync_goe
         {
             break;
         }
-        if let Ok(Some(status)) = child.try_wait() {
+        if let Ok(Some(status)) = child.0.try_wait() {
             panic!(
                 "outlook-sync run exited with {status}: {}",
                 std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
@@ -765,10 +767,22 @@ async fn a_flood_of_half_open_connections_never_starves_healthz_and_the_sync_goe
         flood_started.elapsed()
     );
     let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status();
-    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    let _ = tokio::task::spawn_blocking(move || child.0.wait()).await;
     sb.cleanup().await;
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// Serves `app` on a loopback port with short limits; returns the port.
