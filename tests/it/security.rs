@@ -715,6 +715,21 @@ async fn a_flood_of_half_open_connections_never_starves_healthz_and_the_sync_goe
         flood.extend(batch);
     }
     let flooded = Instant::now();
+    // Watched from now on: each half-open connection must be closed by the server within its
+    // header timeout of the flood (some go earlier, to make room).
+    let limit = flooded + HEADER_TIMEOUT + Duration::from_secs(2);
+    let watch = tokio::spawn(futures_util::future::join_all(flood.into_iter().map(
+        |mut s| async move {
+            let mut buf = [0u8; 256];
+            loop {
+                match tokio::time::timeout_at(limit.into(), s.read(&mut buf)).await {
+                    Err(_) => return true,                  // still open at the limit
+                    Ok(Ok(0)) | Ok(Err(_)) => return false, // closed (FIN or reset)
+                    Ok(Ok(_)) => continue,                  // an answer (408): then it closes
+                }
+            }
+        },
+    )));
 
     // /healthz answers at once, every time, on new connections.
     for i in 0..5 {
@@ -743,28 +758,19 @@ async fn a_flood_of_half_open_connections_never_starves_healthz_and_the_sync_goe
     )
     .await;
 
-    // Every half-open connection was closed by the server within its header timeout (of when
-    // the flood was sent; some went earlier, to make room).
-    let limit = flooded + HEADER_TIMEOUT + Duration::from_secs(2);
-    let open = futures_util::future::join_all(flood.into_iter().map(|mut s| async move {
-        let mut buf = [0u8; 256];
-        loop {
-            match tokio::time::timeout_at(limit.into(), s.read(&mut buf)).await {
-                Err(_) => return true,                  // still open at the limit
-                Ok(Ok(0)) | Ok(Err(_)) => return false, // closed (FIN or reset)
-                Ok(Ok(_)) => continue,                  // an answer (408): then it closes
-            }
-        }
-    }))
-    .await
-    .into_iter()
-    .filter(|open| *open)
-    .count();
+    let open = watch
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|open| *open)
+        .count();
     assert_eq!(
         open,
         0,
-        "{open} of {FLOOD} half-open connections were still open {:?} after the flood was sent",
-        flood_started.elapsed()
+        "{open} of {FLOOD} half-open connections were still open {:?} after the flood was \
+         sent (it took {:?} to send), past the header timeout ({HEADER_TIMEOUT:?}) and 2 s",
+        limit - flooded,
+        flooded - flood_started
     );
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])
