@@ -9,4 +9,5 @@ bash scripts/tools/promtool.sh >/dev/null || echo "test.sh: promtool is missing:
 bash scripts/tools/kustomize.sh >/dev/null || echo "test.sh: kustomize is missing: the deploy tests that render deploy/k8s will fail (see scripts/tools/kustomize.sh)" >&2
 bash scripts/tools/kubernetes-validate.sh >/dev/null || echo "test.sh: validate-k8s is missing: deploy::the_rendered_manifests_pass… will fail (see scripts/tools/kubernetes-validate.sh)" >&2
 bash scripts/tools/python-jsonschema.sh   # the contract test compares the schema with Python's jsonschema
+bash scripts/tools/openapi-spec-validator.sh   # the OpenAPI test validates with it
 exec cargo test --workspace --locked "$@"

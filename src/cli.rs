@@ -228,6 +228,24 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(%addr, "serving the admin API under /v1");
     let api = crate::admin::api::router(admin.clone());
     let app = crate::admin::router(worker.health()).merge(api);
+    let limits = crate::admin::listener::Limits::from_config(&admin_cfg.admin);
+    // The consent callback on a listener of its own, for the internet (admin.public_listen).
+    let public = match admin_cfg.admin.public_listen.as_str() {
+        "" => None,
+        public_addr => {
+            let l = tokio::net::TcpListener::bind(public_addr)
+                .await
+                .with_context(|| format!("cannot listen on {public_addr} (admin.public_listen)"))?;
+            tracing::info!(addr = %public_addr, "serving the admin-consent callback (only) on the public listener");
+            let app = crate::admin::api::public_router(admin.clone());
+            Some(tokio::spawn(crate::admin::listener::serve(
+                l,
+                app,
+                limits,
+                shutdown_signal(),
+            )))
+        }
+    };
     // The secret-expiry metric: at start, then every ten minutes.
     let expiry = tokio::spawn(async move {
         loop {
@@ -237,11 +255,12 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             tokio::time::sleep(std::time::Duration::from_secs(600)).await;
         }
     });
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-    });
+    let server = tokio::spawn(crate::admin::listener::serve(
+        listener,
+        app,
+        limits,
+        shutdown_signal(),
+    ));
     shutdown_signal().await;
     tracing::info!(
         grace_seconds = grace.as_secs(),
@@ -251,6 +270,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     expiry.abort();
     // The HTTP server stopped accepting on the same signal; give open requests a moment.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(3), server).await;
+    if let Some(public) = public {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), public).await;
+    }
     tracing::info!(
         drained = stopped.drained,
         released_claims = stopped.released_claims,

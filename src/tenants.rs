@@ -149,6 +149,10 @@ pub struct VerificationRecord {
     /// Recommended permissions the token lacks (warnings).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_optional_permissions: Vec<String>,
+    /// The tenant GUID the token was issued in (its `tid` claim): a domain `tenant_id`
+    /// resolved. The admin-consent callback's `tenant` must equal it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_guid: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 
 use super::auth::{AdminTokens, require_bearer};
 use super::bulk::{self, BulkOptions};
+pub use super::errors::ApiError;
 use super::jobs::Jobs;
 use super::messages;
 use super::service::{Admin, AdminError, NewCredentials, no_progress};
@@ -30,40 +31,6 @@ pub struct ApiState {
     jobs: Jobs,
 }
 
-/// An [`AdminError`] as an HTTP answer.
-pub struct ApiError(pub AdminError);
-
-impl From<AdminError> for ApiError {
-    fn from(e: AdminError) -> Self {
-        ApiError(e)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let e = self.0;
-        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if status.is_server_error() {
-            tracing::warn!(code = e.code(), error = %e, "admin: request failed");
-        }
-        let text = messages::reason(e.code());
-        let mut body = serde_json::json!({"code": e.code(), "message": e.to_string()});
-        if text != messages::reason("") {
-            body["message_ja"] = text.ja.into();
-        }
-        let mut resp = (status, axum::Json(serde_json::json!({ "error": body }))).into_response();
-        if let AdminError::Unavailable {
-            retry_after: Some(d),
-            ..
-        } = &e
-            && let Ok(v) = HeaderValue::from_str(&d.as_secs().max(1).to_string())
-        {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        resp
-    }
-}
-
 type ApiResult = Result<Response, ApiError>;
 
 fn ok<T: serde::Serialize>(v: T) -> ApiResult {
@@ -72,7 +39,7 @@ fn ok<T: serde::Serialize>(v: T) -> ApiResult {
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
-        ApiError(AdminError::Invalid {
+        ApiError::from(AdminError::Invalid {
             code: "invalid_body",
             message: format!("the JSON body is not valid: {e}"),
         })
@@ -84,7 +51,7 @@ fn flag(q: &HashMap<String, String>, name: &str, default: bool) -> Result<bool, 
         None => Ok(default),
         Some(v) if v == "true" || v == "1" => Ok(true),
         Some(v) if v == "false" || v == "0" => Ok(false),
-        Some(v) => Err(ApiError(AdminError::Invalid {
+        Some(v) => Err(ApiError::from(AdminError::Invalid {
             code: "invalid_query",
             message: format!("{name}={v:?}: use true or false"),
         })),
@@ -208,6 +175,20 @@ pub fn router(admin: Admin) -> Router {
         .merge(public().router)
         .with_state(state)
         .nest("/v1", dead_letters)
+        .fallback(super::errors::unknown_route)
+        .layer(axum::middleware::from_fn(super::errors::json_errors))
+}
+
+/// The public listener's router (`admin.public_listen`): only the admin-consent callback,
+/// which a customer administrator's browser reaches from the internet. Everything else answers
+/// 404 there.
+pub fn public_router(admin: Admin) -> Router {
+    let jobs = Jobs::new(admin.redis.clone(), &admin.config().redis.key_prefix);
+    public()
+        .router
+        .with_state(ApiState { admin, jobs })
+        .fallback(super::errors::unknown_route)
+        .layer(axum::middleware::from_fn(super::errors::json_errors))
 }
 
 // ---- handlers -------------------------------------------------------------------------------
@@ -284,7 +265,7 @@ async fn put_credentials(
             jiff::tz::TimeZone::UTC
                 .to_timestamp(d.to_datetime(jiff::civil::Time::midnight()))
                 .map_err(|e| {
-                    ApiError(AdminError::Invalid {
+                    ApiError::from(AdminError::Invalid {
                         code: "invalid_body",
                         message: format!("secret_expires_at: {e}"),
                     })
@@ -313,7 +294,7 @@ async fn remove_integration(
     // Fail fast on what would fail in the job.
     let status = s.admin.company_status(&company).await?;
     if delete_copies && status.credentials.is_none() {
-        return Err(ApiError(AdminError::Conflict {
+        return Err(ApiError::from(AdminError::Conflict {
             code: "no_credentials",
             message: "the copies cannot be deleted without working credentials: set them, or pass delete_copies=false".into(),
         }));
@@ -373,7 +354,7 @@ async fn consent_callback(
         ),
         Err(e) => page(
             StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
-            "このリンクは無効か期限切れです。cyzenから新しいリンクを発行してください。",
+            messages::reason(e.code()).ja,
             &e.to_string(),
         ),
     }
@@ -418,9 +399,30 @@ async fn unlink_user(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let delete_copies = flag(&q, "delete_copies", false)?;
-    ok(s.admin
-        .unlink_user(&company, &user, delete_copies, no_progress())
-        .await?)
+    let admin = s.admin.clone();
+    ok(detached(async move {
+        admin
+            .unlink_user(&company, &user, delete_copies, no_progress())
+            .await
+    })
+    .await?)
+}
+
+/// Runs an operation that changes state in a task of its own: a client that hangs up, or the
+/// per-request timeout, does not cut it short half way.
+async fn detached<T: Send + 'static>(
+    f: impl std::future::Future<Output = Result<T, AdminError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(f)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the operation failed: {e}"),
+            )
+        })?
+        .map_err(ApiError::from)
 }
 
 async fn verify_user(
@@ -440,15 +442,13 @@ async fn bulk_links(
         dry_run: flag(&q, "dry_run", false)?,
         delete_copies: flag(&q, "delete_copies", false)?,
     };
-    let text = String::from_utf8(body.to_vec()).map_err(|_| {
-        ApiError(AdminError::Invalid {
-            code: "invalid_body",
-            message: "the CSV file must be UTF-8".into(),
-        })
-    })?;
+    let text = bulk::decode_csv(&body)?;
     let (rows, bad) = bulk::parse_csv(&text);
     if rows.len() + bad.len() <= s.admin.config().admin.bulk_sync_max_rows {
-        return ok(s.admin.bulk(&company, &text, opts, no_progress()).await?);
+        let admin = s.admin.clone();
+        return ok(
+            detached(async move { admin.bulk(&company, &text, opts, no_progress()).await }).await?,
+        );
     }
     s.admin.company_status(&company).await?;
     let admin = s.admin.clone();

@@ -76,10 +76,7 @@ pub async fn require_bearer(
                 token_present = presented.is_some(),
                 "admin: refused an unauthenticated call"
             );
-            let mut resp = (
-                StatusCode::UNAUTHORIZED,
-                axum::Json(serde_json::json!({"error": {"code": code, "message": message}})),
-            )
+            let mut resp = super::errors::ApiError::new(StatusCode::UNAUTHORIZED, code, message)
                 .into_response();
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -7,7 +7,10 @@
 //! same discipline the flush keeps), retried after `Retry-After`. Copies carry no attendees, so
 //! deleting them sends no cancellation mail.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
+
+use backon::Retryable;
 
 use super::service::{Admin, AdminError, CleanupFailure, CleanupReport, Progress, ProgressFn};
 use crate::graph::client::{Credentials, GraphRequest, GraphResponse, MAX_BATCH};
@@ -193,61 +196,81 @@ fn mailbox_gone(e: &GraphError) -> bool {
     )
 }
 
+/// Why a batch round is tried again: some items (or the whole batch) were throttled or
+/// unavailable; `wait` is the longest `Retry-After` among them.
+struct Busy {
+    wait: Option<Duration>,
+    example: GraphError,
+}
+
 /// Sends ≤ 20 requests as one `$batch`, resending the items (or the whole batch) that were
-/// throttled or unavailable after the longest `Retry-After`, up to [`ROUNDS`] times. One result
-/// per request, in order.
+/// throttled or unavailable after the longest `Retry-After` (else backon's exponential step),
+/// up to [`ROUNDS`] times in all. One result per request, in order.
 async fn batch_retrying(
     admin: &Admin,
     company: &str,
     creds: &Credentials,
     reqs: Vec<GraphRequest>,
 ) -> Vec<Result<GraphResponse, GraphError>> {
-    let mut results: Vec<Option<Result<GraphResponse, GraphError>>> =
-        (0..reqs.len()).map(|_| None).collect();
-    for round in 1..=ROUNDS {
-        let pending: Vec<usize> = (0..reqs.len()).filter(|&i| results[i].is_none()).collect();
+    let results: Mutex<Vec<Option<Result<GraphResponse, GraphError>>>> =
+        Mutex::new((0..reqs.len()).map(|_| None).collect());
+    let reqs = &reqs;
+    let results_ref = &results;
+    let round = || async move {
+        let pending: Vec<usize> = {
+            let r = results_ref.lock().unwrap_or_else(PoisonError::into_inner);
+            (0..reqs.len()).filter(|&i| r[i].is_none()).collect()
+        };
         if pending.is_empty() {
-            break;
+            return Ok(());
         }
         let batch: Vec<GraphRequest> = pending.iter().map(|&i| reqs[i].clone()).collect();
-        let last = round == ROUNDS;
-        let mut wait: Option<Duration> = None;
         match admin.graph.batch(company, creds, &batch).await {
             Ok(items) => {
-                for (&i, r) in pending.iter().zip(items) {
-                    match r {
-                        Err(e) if e.is_retryable() && !last => {
-                            let w = admin.wait_for(&e, round);
-                            wait = Some(wait.map_or(w, |x| x.max(w)));
+                let mut busy: Option<Busy> = None;
+                let mut r = results_ref.lock().unwrap_or_else(PoisonError::into_inner);
+                for (&i, item) in pending.iter().zip(items) {
+                    match item {
+                        Err(e) if e.is_retryable() => {
+                            let wait = e.wait_hint().max(busy.as_ref().and_then(|b| b.wait));
+                            busy = Some(Busy { wait, example: e });
                         }
-                        other => results[i] = Some(other),
+                        other => r[i] = Some(other),
                     }
                 }
+                busy.map_or(Ok(()), Err)
             }
-            Err(e) if e.is_retryable() && !last => wait = Some(admin.wait_for(&e, round)),
+            Err(e) if e.is_retryable() => Err(Busy {
+                wait: e.wait_hint(),
+                example: e,
+            }),
             Err(e) => {
+                let mut r = results_ref.lock().unwrap_or_else(PoisonError::into_inner);
                 for &i in &pending {
-                    results[i] = Some(Err(e.clone()));
+                    r[i] = Some(Err(e.clone()));
                 }
+                Ok(())
             }
         }
-        if let Some(w) = wait {
-            admin
-                .metrics
-                .retry_after_wait_seconds
-                .inc_by(w.as_secs_f64());
-            tokio::time::sleep(w).await;
-        }
-    }
-    let mut out = Vec::with_capacity(results.len());
-    for r in results {
+    };
+    let cap = Duration::from_secs(admin.cfg.retry.max_retry_after_seconds);
+    let outcome = round
+        .retry(admin.backoff().with_max_times(ROUNDS as usize - 1))
+        .adjust(|b: &Busy, step| step.map(|d| b.wait.map(|w| w.min(cap)).unwrap_or(d)))
+        .notify(|b: &Busy, wait| admin.waiting(company, &b.example, wait))
+        .await;
+    let last = outcome.err().map(|b| b.example);
+    let mut out = Vec::with_capacity(reqs.len());
+    for r in results.into_inner().unwrap_or_else(PoisonError::into_inner) {
         out.push(match r {
             Some(r) => r,
-            None => Err(GraphError::local(
-                "RetriesExhausted",
-                "Graph kept throttling",
-                ErrorClass::Retryable { after: None },
-            )),
+            None => Err(last.clone().unwrap_or_else(|| {
+                GraphError::local(
+                    "RetriesExhausted",
+                    "Graph kept throttling",
+                    ErrorClass::Retryable { after: None },
+                )
+            })),
         });
     }
     out

@@ -1,6 +1,7 @@
 //! `outlook-sync admin …`: the admin API's operations for operators, run directly against Redis
 //! and Graph with the service's own configuration (the same [`Admin`] the API serves). Output is
-//! the JSON the API would answer; progress of long operations goes to stderr.
+//! the JSON the API would answer, except `bulk`, which prints tables in plain words (`--json`
+//! for the JSON); progress of long operations goes to stderr.
 //!
 //! The client secret is never taken from the command line (it would show in `ps` and shell
 //! history): it is read from `--client-secret-file`, the `OUTLOOK_SYNC_CLIENT_SECRET`
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 use clap::Subcommand;
 
-use super::bulk::BulkOptions;
+use super::bulk::{BulkOptions, BulkReport, Outcome};
 use super::service::{Admin, AdminError, NewCredentials, Progress, ProgressFn, no_progress};
 use crate::config::Config;
 use crate::graph::client::GraphClient;
@@ -93,7 +94,8 @@ pub enum AdminCommand {
         #[arg(long)]
         delete_copies: bool,
     },
-    /// Link or unlink users from a CSV file (cyzen_user_id,email[,action]).
+    /// Link or unlink users from a CSV file (cyzen_user_id,email[,action], or the Japanese
+    /// header ユーザーID,メールアドレス[,操作]; UTF-8 or Shift_JIS as Excel saves it).
     Bulk {
         company: String,
         file: PathBuf,
@@ -103,6 +105,9 @@ pub enum AdminCommand {
         /// Unlink rows also delete the users' copies.
         #[arg(long)]
         delete_copies: bool,
+        /// Print the report as the API's JSON instead of tables.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove the company's integration: delete every copy this service created (unless
     /// --keep-copies), unlink every user, forget the credentials.
@@ -144,16 +149,106 @@ fn print(v: &impl serde::Serialize) -> Result<(), CommandError> {
     Ok(())
 }
 
-/// Prints `label: done/total` to stderr at most once per 5 % (and at the end).
+/// Prints `label: done/total` to stderr at most once per 5 % and once at the end (never the
+/// same figure twice).
 fn progress_printer(label: &'static str) -> ProgressFn {
-    let last = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+    let last = Arc::new(std::sync::Mutex::new(None::<(usize, usize)>));
     Arc::new(move |p: Progress| {
+        let mut last = last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let step = (p.total / 20).max(1);
-        let bucket = p.done / step;
-        if p.done == p.total || last.swap(bucket, std::sync::atomic::Ordering::Relaxed) != bucket {
+        let due = match *last {
+            None => true,
+            Some((done, total)) => {
+                (done, total) != (p.done, p.total)
+                    && (p.done == p.total || done / step != p.done / step)
+            }
+        };
+        if due {
+            *last = Some((p.done, p.total));
             eprintln!("{label}: {}/{}", p.done, p.total);
         }
     })
+}
+
+/// An outcome in plain words.
+fn outcome_words(o: Outcome) -> &'static str {
+    match o {
+        Outcome::WouldLink => "would link",
+        Outcome::WouldRelink => "would link to the new address",
+        Outcome::WouldUnlink => "would unlink",
+        Outcome::Linked => "linked",
+        Outcome::Relinked => "linked to the new address",
+        Outcome::Unlinked => "unlinked",
+        Outcome::Unchanged => "unchanged",
+        Outcome::Error => "would not be done",
+        Outcome::Skipped => "not done",
+    }
+}
+
+/// A bulk report as tables: each row, then how many rows had each outcome and each reason.
+pub fn bulk_text(company: &str, r: &BulkReport) -> String {
+    use crate::deadletter::table::table;
+    let mut out = format!(
+        "bulk file for company {company}{}: {} row(s)\n",
+        if r.dry_run {
+            " (dry run: nothing changed)"
+        } else {
+            ""
+        },
+        r.rows
+    );
+    let rows: Vec<Vec<String>> = r
+        .results
+        .iter()
+        .map(|x| {
+            vec![
+                x.line.to_string(),
+                if x.user_id.is_empty() {
+                    "-".into()
+                } else {
+                    x.user_id.clone()
+                },
+                if x.email.is_empty() {
+                    "-".into()
+                } else {
+                    x.email.clone()
+                },
+                outcome_words(x.outcome).to_string(),
+                x.reason
+                    .as_ref()
+                    .map_or(String::new(), |why| match &why.detail {
+                        Some(d) => format!("{}: {} ({d})", why.code, why.message.en),
+                        None => format!("{}: {}", why.code, why.message.en),
+                    }),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["LINE", "USER", "EMAIL", "OUTCOME", "WHY"], &rows));
+    out.push_str("\noutcomes:\n");
+    let outcomes: Vec<Vec<String>> = r
+        .summary
+        .iter()
+        .map(|(o, n)| vec![outcome_words(*o).to_string(), n.to_string()])
+        .collect();
+    out.push_str(&table(&["OUTCOME", "ROWS"], &outcomes));
+    if !r.reasons.is_empty() {
+        out.push_str("\nreasons:\n");
+        let reasons: Vec<Vec<String>> = r
+            .reasons
+            .iter()
+            .map(|(code, n)| {
+                vec![
+                    code.clone(),
+                    n.to_string(),
+                    super::messages::reason(code).en.to_string(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["REASON", "ROWS", "MEANING"], &reasons));
+    }
+    out
 }
 
 fn read_secret(file: Option<&PathBuf>) -> Result<Secret, CommandError> {
@@ -289,9 +384,11 @@ pub async fn run(cfg: Config, cmd: AdminCommand) -> Result<ExitCode, CommandErro
             file,
             dry_run,
             delete_copies,
+            json,
         } => {
-            let text = std::fs::read_to_string(&file)
+            let bytes = std::fs::read(&file)
                 .map_err(|e| CommandError::Input(format!("cannot read {}: {e}", file.display())))?;
+            let text = super::bulk::decode_csv(&bytes)?;
             let opts = BulkOptions {
                 dry_run,
                 delete_copies,
@@ -300,8 +397,12 @@ pub async fn run(cfg: Config, cmd: AdminCommand) -> Result<ExitCode, CommandErro
                 .bulk(&company, &text, opts, progress_printer("rows"))
                 .await?;
             failed = !report.reasons.is_empty();
-            eprintln!("summary: {:?}", report.summary);
-            print(&report)?;
+            if json {
+                print(&report)?;
+            } else {
+                let mut out = std::io::stdout().lock();
+                out.write_all(bulk_text(&company, &report).as_bytes())?;
+            }
         }
         AdminCommand::RemoveIntegration {
             company,

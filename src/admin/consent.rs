@@ -14,8 +14,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::service::{Admin, AdminError, ConsentLink, ConsentOutcome};
-use crate::tenants::ConsentRecord;
+use super::service::{Admin, AdminError, ConsentLink, ConsentOutcome, is_guid};
+use crate::tenants::{Company, ConsentRecord};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct PendingConsent {
@@ -83,6 +83,12 @@ impl Admin {
     /// Records what Microsoft's redirect says: `admin_consent=True&tenant=…&state=…` (granted)
     /// or `error=…&error_description=…&state=…` (refused). On a grant, the credentials are
     /// verified again (best effort) so the status shows the permissions at once.
+    ///
+    /// The state is bound to the credentials it was issued for: once the tenant or client ID
+    /// changed, it is void (`consent_credentials_changed`). A grant's `tenant` must be the
+    /// credentials' tenant: the GUID itself, or for a domain, the GUID it resolves to (the `tid`
+    /// of the last verification, or of a token obtained now); else `consent_tenant_mismatch`.
+    /// Refusals record nothing. Texts from the redirect are stored capped.
     pub async fn consent_callback(
         &self,
         params: &HashMap<String, String>,
@@ -95,49 +101,70 @@ impl Admin {
             .get("state")
             .filter(|s| !s.is_empty())
             .ok_or_else(|| invalid("invalid_state", "the answer carries no state"))?;
+        let key = self.state_key(state);
         let mut r = self.redis.clone();
-        let pending: Option<String> = redis::cmd("GETDEL")
-            .arg(self.state_key(state))
-            .query_async(&mut r)
-            .await?;
+        // Read first, consume once the answer is accepted: a callback that cannot be checked
+        // now (Microsoft unreachable) can be retried with the same link.
+        let pending: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut r).await?;
+        let expired = || {
+            invalid(
+                "consent_state_expired",
+                "this consent link is unknown, already used or expired: ask for a new one",
+            )
+        };
         let pending: PendingConsent = pending
             .and_then(|p| serde_json::from_str(&p).ok())
-            .ok_or_else(|| {
-                invalid(
-                    "consent_state_expired",
-                    "this consent link is unknown, already used or expired: ask for a new one",
-                )
-            })?;
+            .ok_or_else(expired)?;
         let mut c = self.load(&pending.company).await?;
+        let same_credentials = c.credentials.as_ref().is_some_and(|cur| {
+            cur.tenant_id.eq_ignore_ascii_case(&pending.tenant_id)
+                && cur.client_id.eq_ignore_ascii_case(&pending.client_id)
+        });
+        if !same_credentials {
+            tracing::warn!(company = %c.id, "admin: consent answer for credentials that changed since its link was issued; refused");
+            self.void_state(&key).await;
+            return Err(AdminError::Conflict {
+                code: "consent_credentials_changed",
+                message: format!(
+                    "this consent link was issued for tenant {} and client {}, and the company's credentials have changed since: nothing was recorded; ask for a new link",
+                    pending.tenant_id, pending.client_id
+                ),
+            });
+        }
         let granted = params
             .get("admin_consent")
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let record = if granted {
-            let tenant = params.get("tenant").cloned();
-            let mismatch = tenant.as_deref().is_some_and(|t| {
-                uuid::Uuid::parse_str(&pending.tenant_id).is_ok()
-                    && !t.eq_ignore_ascii_case(&pending.tenant_id)
-            });
-            ConsentRecord {
-                granted: !mismatch,
-                at: Timestamp::now(),
-                error: mismatch.then(|| "tenant_mismatch".to_string()),
-                error_description: mismatch.then(|| {
-                    format!(
-                        "consent was granted in tenant {}, but the credentials name tenant {}",
-                        tenant.clone().unwrap_or_default(),
+            let tenant = params.get("tenant").map(|t| t.trim()).unwrap_or_default();
+            let expected = self.tenant_guid_of(&c).await?;
+            if !tenant.eq_ignore_ascii_case(&expected) {
+                tracing::warn!(company = %c.id, tenant = %capped(tenant, MAX_TENANT), expected = %expected, "admin: consent granted in another tenant; refused");
+                self.void_state(&key).await;
+                return Err(AdminError::Conflict {
+                    code: "consent_tenant_mismatch",
+                    message: format!(
+                        "consent was given in tenant {:?}, but the credentials name tenant {} ({expected}): nothing was recorded; consent as an administrator of that tenant",
+                        capped(tenant, MAX_TENANT),
                         pending.tenant_id
-                    )
-                }),
-                tenant,
+                    ),
+                });
+            }
+            ConsentRecord {
+                granted: true,
+                at: Timestamp::now(),
+                tenant: Some(expected),
+                error: None,
+                error_description: None,
             }
         } else if let Some(error) = params.get("error") {
             ConsentRecord {
                 granted: false,
                 at: Timestamp::now(),
-                tenant: params.get("tenant").cloned(),
-                error: Some(error.clone()),
-                error_description: params.get("error_description").cloned(),
+                tenant: params.get("tenant").map(|t| capped(t, MAX_TENANT)),
+                error: Some(capped(error, MAX_ERROR_CODE)),
+                error_description: params
+                    .get("error_description")
+                    .map(|d| capped(d, MAX_ERROR_DESCRIPTION)),
             }
         } else {
             return Err(invalid(
@@ -145,6 +172,11 @@ impl Admin {
                 "the answer is neither a grant (admin_consent=True) nor a refusal (error=…)",
             ));
         };
+        // Single use: only the caller that takes the state records the answer.
+        let taken: Option<String> = redis::cmd("GETDEL").arg(&key).query_async(&mut r).await?;
+        if taken.is_none() {
+            return Err(expired());
+        }
         c.consent = Some(record.clone());
         self.directory.put_company(&c).await?;
         tracing::info!(company = %c.id, granted = record.granted, error = record.error.as_deref().unwrap_or("-"), "admin: consent answer recorded");
@@ -158,5 +190,79 @@ impl Admin {
             consent: record,
             verification,
         })
+    }
+
+    /// Forgets a consent state (best effort: it expires anyway).
+    async fn void_state(&self, key: &str) {
+        let mut r = self.redis.clone();
+        let _: Result<(), _> = redis::cmd("DEL").arg(key).query_async(&mut r).await;
+    }
+
+    /// The tenant GUID of the company's credentials: the tenant ID itself when it is a GUID;
+    /// for a domain, the `tid` its last verification recorded, or that of a token obtained now.
+    async fn tenant_guid_of(&self, c: &Company) -> Result<String, AdminError> {
+        let creds = c.credentials.as_ref().ok_or_else(|| AdminError::Conflict {
+            code: "no_credentials",
+            message: "the company has no credentials".into(),
+        })?;
+        if is_guid(&creds.tenant_id) {
+            return Ok(creds.tenant_id.to_ascii_lowercase());
+        }
+        if let Some(guid) = c.verification.as_ref().and_then(|v| v.tenant_guid.clone()) {
+            return Ok(guid.to_ascii_lowercase());
+        }
+        match self.graph.fresh_token(&creds.credentials()).await {
+            Ok(token) => token
+                .tenant_id
+                .filter(|t| is_guid(t))
+                .map(|t| t.to_ascii_lowercase())
+                .ok_or_else(|| AdminError::Conflict {
+                    code: "consent_tenant_unconfirmed",
+                    message: format!(
+                        "Microsoft's token for tenant {} names no tenant GUID, so the consent cannot be matched to it: nothing was recorded",
+                        creds.tenant_id
+                    ),
+                }),
+            Err(e) if e.is_retryable() => Err(AdminError::Unavailable {
+                message: format!(
+                    "the tenant {} could not be resolved to its GUID to check the consent ({e}); open the same link again later",
+                    creds.tenant_id
+                ),
+                retry_after: e.wait_hint(),
+            }),
+            Err(e) => Err(AdminError::Conflict {
+                code: "consent_tenant_unconfirmed",
+                message: format!(
+                    "the tenant {} could not be resolved to its GUID to check the consent ({e}): verify the credentials, then open the same link again",
+                    creds.tenant_id
+                ),
+            }),
+        }
+    }
+}
+
+/// Longest texts kept from a consent redirect (its query is the browser's, so anyone's).
+const MAX_TENANT: usize = 100;
+const MAX_ERROR_CODE: usize = 100;
+const MAX_ERROR_DESCRIPTION: usize = 1000;
+
+/// `s` cut to at most `max` characters (on a character boundary), marked `…` when cut.
+pub(crate) fn capped(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((i, _)) => format!("{}…", &s[..i]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_are_capped_on_a_character_boundary() {
+        assert_eq!(capped("abc", 3), "abc");
+        assert_eq!(capped("abcd", 3), "abc…");
+        assert_eq!(capped("同意しません", 2), "同意…");
+        assert_eq!(capped(&"x".repeat(60_000), 1000).chars().count(), 1001);
     }
 }

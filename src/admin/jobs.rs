@@ -41,7 +41,7 @@ pub struct JobRecord {
     /// The operation's report, when done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
-    /// `{code, message}`, when failed.
+    /// `{code, message, message_ja}`, when failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<Value>,
 }
@@ -138,13 +138,19 @@ impl Jobs {
                 }
                 Ok(Err(e)) => {
                     record.state = JobState::Failed;
-                    record.error =
-                        Some(serde_json::json!({"code": e.code(), "message": e.to_string()}));
+                    record.error = Some(serde_json::json!({
+                        "code": e.code(),
+                        "message": e.to_string(),
+                        "message_ja": super::messages::reason(e.code()).ja,
+                    }));
                 }
                 Err(e) => {
                     record.state = JobState::Failed;
-                    record.error =
-                        Some(serde_json::json!({"code": "internal", "message": e.to_string()}));
+                    record.error = Some(serde_json::json!({
+                        "code": "internal",
+                        "message": e.to_string(),
+                        "message_ja": super::messages::reason("internal").ja,
+                    }));
                 }
             }
             if let Err(e) = jobs.write(&record).await {

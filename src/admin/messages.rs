@@ -24,6 +24,14 @@ pub fn status_label(status: UserStatus) -> Text {
     }
 }
 
+/// What [`reason`] answers for a code it does not know.
+pub const GENERIC: Text = t("エラーが発生しました", "An error occurred");
+
+/// Whether `code` has a sentence of its own.
+pub fn is_known(code: &str) -> bool {
+    reason(code) != GENERIC
+}
+
 /// The sentence for a reason code (users, credentials, plans, bulk rows, API errors).
 pub fn reason(code: &str) -> Text {
     match code {
@@ -148,7 +156,123 @@ pub fn reason(code: &str) -> Text {
             "The action must be link or unlink",
         ),
         "malformed_row" => t("行の形式が正しくありません", "The row is malformed"),
-        _ => t("エラーが発生しました", "An error occurred"),
+        // The admin API's own errors.
+        "unauthorized" => t(
+            "管理APIのトークンがないか、正しくありません",
+            "A valid admin API bearer token is required",
+        ),
+        "unknown_company" => t("会社が見つかりません", "The company is not known"),
+        "unknown_job" => t(
+            "ジョブが見つからないか、記録の保存期間を過ぎています",
+            "The job is not known, or its record has expired",
+        ),
+        "invalid_company_id" => t(
+            "会社IDに使用できない文字が含まれています（半角英数字と . _ : - の1〜64文字）",
+            "The company id must be 1 to 64 of A-Z a-z 0-9 . _ : -",
+        ),
+        "invalid_tenant_id" => t(
+            "テナントIDは、ディレクトリ（テナント）IDのGUIDか、contoso.onmicrosoft.com のようなドメイン名で入力してください",
+            "The tenant ID must be the directory (tenant) ID, a GUID, or a domain name such as contoso.onmicrosoft.com",
+        ),
+        "invalid_client_id" => t(
+            "クライアントIDは、アプリケーション（クライアント）IDのGUIDで入力してください",
+            "The client ID must be the application (client) ID, a GUID",
+        ),
+        "invalid_body" => t(
+            "リクエストの内容が正しくありません",
+            "The request body is not valid",
+        ),
+        "invalid_query" => t(
+            "URLのパラメーターが正しくありません",
+            "A query parameter is not valid",
+        ),
+        "invalid_request" => t("リクエストが正しくありません", "The request is not valid"),
+        "unsupported_media_type" => t(
+            "リクエストの形式（Content-Type）が正しくありません。JSONは application/json で送信してください",
+            "The request's Content-Type is not accepted: send JSON as application/json",
+        ),
+        "body_too_large" => t("リクエストが大きすぎます", "The request body is too large"),
+        "unknown_route" => t(
+            "このURLの操作はありません",
+            "There is no such operation at this URL",
+        ),
+        "method_not_allowed" => t(
+            "このURLではこのHTTPメソッドを使用できません",
+            "This URL does not accept this HTTP method",
+        ),
+        "request_timeout" => t(
+            "処理が時間内に終わりませんでした。しばらくしてから再度お試しください",
+            "The request did not finish in time; try again later",
+        ),
+        "secrets_not_configured" => t(
+            "暗号鍵が設定されていないため、クライアントシークレットを保存できません（運用担当者に連絡してください）",
+            "No encryption key is configured, so no client secret can be stored (contact the operators)",
+        ),
+        "internal" => t(
+            "サーバー内部でエラーが発生しました。しばらくしてから再度お試しください",
+            "Something went wrong inside the service; try again later",
+        ),
+        "too_many_rows" => t("ファイルの行数が多すぎます", "The file has too many rows"),
+        "invalid_csv" => t(
+            "CSVファイルを読み取れません。UTF-8またはShift_JIS（Excelの「CSV（コンマ区切り）」）で保存してください",
+            "The CSV file cannot be read: save it as UTF-8 or Shift_JIS (Excel's \"CSV (Comma delimited)\")",
+        ),
+        // Admin consent.
+        "invalid_state" => t(
+            "同意の応答に state がありません。cyzenから新しいリンクを発行してください",
+            "The consent answer carries no state: issue a new link from cyzen",
+        ),
+        "consent_state_expired" => t(
+            "この同意リンクは無効か、使用済みか、期限切れです。cyzenから新しいリンクを発行してください",
+            "This consent link is unknown, already used or expired: issue a new link from cyzen",
+        ),
+        "invalid_callback" => t(
+            "Microsoftからの応答が同意でも拒否でもありません",
+            "Microsoft's answer is neither a grant nor a refusal",
+        ),
+        "consent_credentials_changed" => t(
+            "このリンクの発行後に認証情報（テナントIDまたはクライアントID）が変更されたため、同意は記録されませんでした。cyzenから新しいリンクを発行してください",
+            "The credentials (tenant ID or client ID) changed after this link was issued, so the consent was not recorded: issue a new link from cyzen",
+        ),
+        "consent_tenant_mismatch" => t(
+            "同意したテナントが、設定されたテナントIDと一致しないため、同意は記録されませんでした。設定されたテナントの管理者アカウントで同意してください",
+            "Consent was given in another tenant than the one the credentials name, so it was not recorded: consent with an administrator of the configured tenant",
+        ),
+        "consent_tenant_unconfirmed" => t(
+            "テナントIDを確認できないため、同意は記録されませんでした。認証情報を「確認する」で確認してから、再度お試しください",
+            "The tenant could not be confirmed, so the consent was not recorded: verify the credentials, then try again",
+        ),
+        // Dead letters and the ledger.
+        "dead_letter_not_found" => t("該当するデッドレターがありません", "No dead letter matches"),
+        "dlq_busy" => t(
+            "別のデッドレター操作が実行中です。終わってから再度お試しください",
+            "Another dead-letter operation is running; try again when it is done",
+        ),
+        "dlq_publish_refused" => t(
+            "RabbitMQがメッセージの再送信を拒否しました",
+            "RabbitMQ refused to publish a message again",
+        ),
+        "dlq_archive_failed" => t(
+            "削除するデッドレターをアーカイブに書き込めませんでした（何も削除されていません）",
+            "The dead letters could not be written to the archive (nothing was removed for them)",
+        ),
+        "dlq_unavailable" => t(
+            "RabbitMQまたはRedisに接続できません。しばらくしてから再度お試しください",
+            "RabbitMQ or Redis cannot be reached; try again later",
+        ),
+        "purge_not_confirmed" => t(
+            "削除には \"confirm\": true と、確認した件数 \"expected\" が必要です。先に一覧を取得してください",
+            "A purge needs \"confirm\": true and the count you saw as \"expected\": list first",
+        ),
+        "purge_count_changed" => t(
+            "確認後にデッドレターの件数が変わりました。一覧を取得し直してください",
+            "The number of matching dead letters changed since you looked: list them again",
+        ),
+        "ledger_unavailable" => t(
+            "Redisに接続できないため、同期履歴を表示できません",
+            "Redis cannot be reached, so the sync ledger cannot be shown",
+        ),
+        _ => GENERIC,
     }
 }
 

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::Retryable;
 use jiff::Timestamp;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
@@ -32,8 +33,8 @@ pub const REQUIRED_PERMISSIONS: &[&str] = &["Calendars.ReadWrite", "User.Read.Al
 /// Permissions cyzen's setup guide lists too; missing is a warning.
 pub const RECOMMENDED_PERMISSIONS: &[&str] = &["Contacts.Read"];
 
-/// Attempts for one Graph read (throttled or unavailable answers are retried after
-/// `Retry-After`).
+/// Attempts for one Graph request of the admin (throttled or unavailable answers are retried
+/// after `Retry-After`, else after the backoff, with backon).
 const GRAPH_ATTEMPTS: u32 = 6;
 /// How long an unlink waits for a worker that is writing to the mailbox.
 const LEASE_WAIT: Duration = Duration::from_secs(30);
@@ -217,6 +218,9 @@ pub struct Verification {
     pub warnings: Vec<Reason>,
     /// The application permissions the token carries.
     pub roles: Vec<String>,
+    /// The tenant GUID the token was issued in (the `tid` claim; a domain tenant ID resolved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_guid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aadsts: Option<u64>,
     pub checked_at: Timestamp,
@@ -563,6 +567,7 @@ impl Admin {
                 .filter(|p| p.code == "permission_recommended")
                 .filter_map(|p| p.detail.clone())
                 .collect(),
+            tenant_guid: v.tenant_guid.clone(),
         });
         self.directory.put_company(&c).await?;
         tracing::info!(company, outcome = %v.outcome, "admin: credentials verified");
@@ -571,17 +576,12 @@ impl Admin {
 
     async fn verify(&self, creds: &Credentials) -> Result<Verification, AdminError> {
         let checked_at = Timestamp::now();
-        let mut attempt = 0;
-        let token = loop {
-            attempt += 1;
-            match self.graph.fresh_token(creds).await {
-                Ok(t) => break Ok(t),
-                Err(e) if e.is_retryable() && attempt < GRAPH_ATTEMPTS => {
-                    tokio::time::sleep(self.wait_for(&e, attempt)).await;
-                }
-                Err(e) => break Err(e),
-            }
-        };
+        let token = (|| self.graph.fresh_token(creds))
+            .retry(self.backoff())
+            .when(GraphError::is_retryable)
+            .adjust(|e, d| self.retry_after_or(e, d))
+            .notify(|e, wait| self.waiting("token", e, wait))
+            .await;
         let token = match token {
             Ok(t) => t,
             Err(e) => {
@@ -601,6 +601,7 @@ impl Admin {
                     problems: vec![Reason::new(code, Some(e.to_string()))],
                     warnings: Vec::new(),
                     roles: Vec::new(),
+                    tenant_guid: None,
                     aadsts: e.aadsts,
                     checked_at,
                 });
@@ -623,24 +624,40 @@ impl Admin {
             problems,
             warnings,
             roles: token.roles.clone(),
+            tenant_guid: token.tenant_id.clone(),
             aadsts: None,
             checked_at,
         })
     }
 
-    /// How long to wait before attempt `attempt + 1` of a retryable failure: `Retry-After`
-    /// when given (capped by `retry.max_retry_after_seconds`), else exponential backoff.
-    pub(crate) fn wait_for(&self, e: &GraphError, attempt: u32) -> Duration {
+    /// The retry schedule of one admin request to Microsoft: exponential with jitter from
+    /// `retry.initial_backoff_ms` to `retry.max_backoff_ms`, [`GRAPH_ATTEMPTS`] attempts in all.
+    pub(crate) fn backoff(&self) -> backon::ExponentialBuilder {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(self.cfg.retry.initial_backoff_ms))
+            .with_max_delay(Duration::from_millis(self.cfg.retry.max_backoff_ms))
+            .with_jitter()
+            .with_max_times(GRAPH_ATTEMPTS as usize - 1)
+    }
+
+    /// The wait before the next attempt: Graph's `Retry-After` when it gave one (capped by
+    /// `retry.max_retry_after_seconds`), else the backoff's step; `None` (no more attempts)
+    /// stays `None`.
+    pub(crate) fn retry_after_or(
+        &self,
+        e: &GraphError,
+        step: Option<Duration>,
+    ) -> Option<Duration> {
         let cap = Duration::from_secs(self.cfg.retry.max_retry_after_seconds);
-        e.wait_hint().map(|d| d.min(cap)).unwrap_or_else(|| {
-            let base = self
-                .cfg
-                .retry
-                .initial_backoff_ms
-                .saturating_mul(1 << attempt.min(10));
-            let ms = base.min(self.cfg.retry.max_backoff_ms);
-            Duration::from_millis(ms / 2 + rand::random::<u64>() % (ms / 2 + 1))
-        })
+        step.map(|d| e.wait_hint().map(|h| h.min(cap)).unwrap_or(d))
+    }
+
+    /// Logs and counts a wait before retrying.
+    pub(crate) fn waiting(&self, what: &str, e: &GraphError, wait: Duration) {
+        tracing::debug!(what, wait_ms = wait.as_millis() as u64, code = %e.code, "admin: Microsoft busy; waiting");
+        self.metrics
+            .retry_after_wait_seconds
+            .inc_by(wait.as_secs_f64());
     }
 
     // ---- the secret expiry warning ----
@@ -820,18 +837,12 @@ impl Admin {
         creds: &Credentials,
         req: &GraphRequest,
     ) -> Result<crate::graph::client::GraphResponse, GraphError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.graph.send(company, creds, req).await {
-                Err(e) if e.is_retryable() && attempt < GRAPH_ATTEMPTS => {
-                    let wait = self.wait_for(&e, attempt);
-                    tracing::debug!(company, wait_ms = wait.as_millis() as u64, code = %e.code, "admin: graph busy; waiting");
-                    tokio::time::sleep(wait).await;
-                }
-                other => return other,
-            }
-        }
+        (|| self.graph.send(company, creds, req))
+            .retry(self.backoff())
+            .when(GraphError::is_retryable)
+            .adjust(|e, d| self.retry_after_or(e, d))
+            .notify(|e, wait| self.waiting(company, e, wait))
+            .await
     }
 
     /// Unlinks a user; with `delete_copies`, first deletes every copy this service created in
@@ -1029,20 +1040,46 @@ pub(crate) fn is_valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
+/// A tenant ID as Microsoft's endpoints take it: the directory (tenant) GUID, or a DNS domain
+/// name of the tenant (`contoso.onmicrosoft.com`). Anything else (`..`, `.`, `common`, a path)
+/// is refused, naming the field: it would vanish from, or change, the token and consent URLs.
 fn check_tenant(t: &str) -> Result<(), AdminError> {
     let t = t.trim();
-    let ok = !t.is_empty()
-        && t.len() <= 255
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'));
-    if ok {
+    if is_guid(t) || is_dns_domain(t) {
         Ok(())
     } else {
         Err(AdminError::invalid(
             "invalid_tenant_id",
-            "tenant_id must be the directory (tenant) ID, a GUID, or a verified domain",
+            format!(
+                "tenant_id {t:?} must be the directory (tenant) ID, a GUID such as \
+                 72f988bf-86f1-41af-91ab-2d7cd011db47, or the tenant's domain name such as \
+                 contoso.onmicrosoft.com"
+            ),
         ))
     }
+}
+
+/// A GUID in its usual form, `8-4-4-4-12` hex digits.
+pub(crate) fn is_guid(s: &str) -> bool {
+    s.len() == 36 && uuid::Uuid::try_parse(s).is_ok()
+}
+
+/// A DNS domain name: at least two labels of 1 to 63 letters, digits and inner hyphens, at most
+/// 253 characters, and a top-level label that is not all digits (so not an IP address).
+pub(crate) fn is_dns_domain(s: &str) -> bool {
+    let labels: Vec<&str> = s.split('.').collect();
+    let label_ok = |l: &&str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    s.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(label_ok)
+        && labels
+            .last()
+            .is_some_and(|tld| tld.bytes().any(|b| b.is_ascii_alphabetic()))
 }
 
 fn check_client_id(c: &str) -> Result<(), AdminError> {
@@ -1136,6 +1173,44 @@ mod tests {
         );
         assert_eq!(address_problem("tarö@acme.com"), Some("non_ascii_address"));
         assert_eq!(address_problem("taro＠acme.com"), Some("malformed_address"));
+    }
+
+    #[test]
+    fn a_tenant_id_is_a_guid_or_a_domain_name_and_nothing_else() {
+        for ok in [
+            "72f988bf-86f1-41af-91ab-2d7cd011db47",
+            "contoso.onmicrosoft.com",
+            "Acme.co.jp",
+            "xn--eckwd4c7c.jp",
+        ] {
+            assert!(check_tenant(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "common",
+            "organizations",
+            "a..b.com",
+            ".acme.com",
+            "acme.com.",
+            "-acme.com",
+            "acme-.com",
+            "10.0.0.1",
+            "acme.com/x",
+            "acme.com?x=1",
+            "72f988bf86f141af91ab2d7cd011db47",
+            "{72f988bf-86f1-41af-91ab-2d7cd011db47}",
+        ] {
+            match check_tenant(bad) {
+                Err(AdminError::Invalid { code, message }) => {
+                    assert_eq!(code, "invalid_tenant_id", "{bad}");
+                    assert!(message.starts_with("tenant_id "), "{message}");
+                }
+                other => panic!("{bad:?} was accepted: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -242,6 +242,19 @@ pub struct AdminConfig {
     pub bulk_concurrency: usize,
     /// Bulk uploads up to this many rows are answered at once; larger ones run as a job.
     pub bulk_sync_max_rows: usize,
+    /// A second listener serving only the admin-consent callback (the one route a customer
+    /// administrator's browser reaches from the internet); empty: none.
+    pub public_listen: String,
+    /// A connection that has not sent a whole request head within this many seconds is closed.
+    pub header_read_timeout_seconds: u64,
+    /// A connection that moved no byte for this many seconds, with no request in progress, is
+    /// closed.
+    pub idle_timeout_seconds: u64,
+    /// A request unanswered after this many seconds gets 503 `request_timeout`.
+    pub request_timeout_seconds: u64,
+    /// Connections open at once per listener (never more than half the file-descriptor limit);
+    /// at the cap a new one displaces the oldest without a request in progress.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -336,6 +349,11 @@ impl Default for AdminConfig {
             secret_expiry_warning_days: 30,
             bulk_concurrency: 16,
             bulk_sync_max_rows: 500,
+            public_listen: String::new(),
+            header_read_timeout_seconds: 5,
+            idle_timeout_seconds: 30,
+            request_timeout_seconds: 120,
+            max_connections: 1024,
         }
     }
 }
@@ -592,6 +610,49 @@ impl Config {
         }
         if self.admin.bulk_sync_max_rows == 0 {
             return Err(bad("admin.bulk_sync_max_rows", "must be at least 1"));
+        }
+        if !self.admin.public_listen.is_empty() {
+            match self.admin.public_listen.parse::<SocketAddr>() {
+                Err(_) => {
+                    return Err(bad(
+                        "admin.public_listen",
+                        format!(
+                            "{:?} is not an address such as 0.0.0.0:8443 (or empty for none)",
+                            self.admin.public_listen
+                        ),
+                    ));
+                }
+                Ok(a) if Some(a) == self.admin.listen.parse().ok() => {
+                    return Err(bad(
+                        "admin.public_listen",
+                        "must differ from admin.listen (the public listener serves only the consent callback)",
+                    ));
+                }
+                Ok(_) => {}
+            }
+        }
+        if !(1..=60).contains(&self.admin.header_read_timeout_seconds) {
+            return Err(bad(
+                "admin.header_read_timeout_seconds",
+                "must be from 1 to 60 (a few seconds: a request head is small)",
+            ));
+        }
+        if self.admin.idle_timeout_seconds < self.admin.header_read_timeout_seconds
+            || self.admin.idle_timeout_seconds > 3600
+        {
+            return Err(bad(
+                "admin.idle_timeout_seconds",
+                "must be at least admin.header_read_timeout_seconds and at most 3600",
+            ));
+        }
+        if !(1..=3600).contains(&self.admin.request_timeout_seconds) {
+            return Err(bad(
+                "admin.request_timeout_seconds",
+                "must be from 1 to 3600",
+            ));
+        }
+        if !(16..=65_536).contains(&self.admin.max_connections) {
+            return Err(bad("admin.max_connections", "must be from 16 to 65536"));
         }
         self.validate_secrets()?;
         if self.ledger.retention_days == 0 || self.ledger.retention_days > 366 {

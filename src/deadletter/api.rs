@@ -7,13 +7,14 @@
 //! | `GET /dlq/summary?…same filters…` | counts by reason, company, stage | [`Summary`] |
 //! | `GET /dlq/messages/{id}` | whole records (dead-letter id, prefix, or event id) | `[Record]` |
 //! | `POST /dlq/replay` with a [`ReplayRequest`] | replay (or `"dry_run": true`) | [`ReplayReport`] |
-//! | `POST /dlq/purge` with a [`PurgeBody`] (`"confirm": true` required) | purge, archived to `dlq.archive_dir` | [`PurgeReport`] |
+//! | `POST /dlq/purge` with a [`PurgeBody`] (`"confirm": true` and `"expected"` required) | purge, archived to `dlq.archive_dir` | [`PurgeReport`] |
 //! | `GET /ledger/{company}/{schedule}?target=&limit=` | why the schedule is (not) in Outlook | [`SyncView`] |
 //!
 //! `since` and `until` take RFC 3339 or an age (`2h`, `7d`); `id` takes several ids separated
-//! by commas. Errors answer `{"error": "…"}`: 400 (a bad request), 404 (no such dead letter),
-//! 409 (another dead-letter operation is running), 502 (RabbitMQ refused a republish), 503
-//! (RabbitMQ or Redis unreachable).
+//! by commas. Errors answer the admin API's shape (`{"error": {"code", "message",
+//! "message_ja"}}`, `admin::errors`): 400 `invalid_request`, 404 `dead_letter_not_found`, 409
+//! `dlq_busy` (another dead-letter operation is running) or `purge_count_changed`, 422
+//! `purge_not_confirmed`, 502 `dlq_publish_refused`, 503 `dlq_unavailable`.
 //!
 //! [`Listing`]: super::ops::Listing
 //! [`Summary`]: super::ops::Summary
@@ -35,6 +36,7 @@ use serde::Deserialize;
 use super::ops::{Archive, Dlq, DlqError, PurgeRequest, ReplayRequest};
 use super::queue::Control;
 use super::record::{Filter, parse_time};
+use crate::admin::errors::ApiError;
 use crate::config::Config;
 use crate::ledger::{self, EntryFilter, LedgerError};
 use crate::metrics::Metrics;
@@ -94,7 +96,7 @@ impl FilterQuery {
     fn filter(self) -> Result<Filter, ApiError> {
         let now = jiff::Timestamp::now();
         let time = |s: Option<String>, name: &str| {
-            s.map(|s| parse_time(&s, now).map_err(|e| ApiError::bad(format!("{name}: {e}"))))
+            s.map(|s| parse_time(&s, now).map_err(|e| bad(format!("{name}: {e}"))))
                 .transpose()
         };
         Ok(Filter {
@@ -127,10 +129,22 @@ impl FilterQuery {
 pub struct PurgeBody {
     pub filter: Filter,
     pub all: bool,
-    /// The dead-letter ids the caller was shown and means to purge (recommended: list first).
-    pub expected: Option<Vec<String>>,
+    /// Required: what the operator saw when they listed (`GET /dlq/messages`), either how many
+    /// dead letters matched or their ids. The purge is refused (409, with the current count)
+    /// when what matches now differs.
+    pub expected: Option<Expected>,
     /// Must be true: a purge removes dead letters from the queue.
     pub confirm: bool,
+}
+
+/// What the operator was shown before a purge.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Expected {
+    /// How many matched.
+    Count(usize),
+    /// The ids of the dead letters that matched.
+    Ids(Vec<String>),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,43 +154,33 @@ pub struct LedgerQuery {
     pub limit: Option<usize>,
 }
 
-/// An error as JSON with its status.
-pub struct ApiError(StatusCode, String);
-
-impl ApiError {
-    fn bad(m: impl Into<String>) -> Self {
-        ApiError(StatusCode::BAD_REQUEST, m.into())
-    }
+fn bad(m: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", m)
 }
 
-impl From<DlqError> for ApiError {
-    fn from(e: DlqError) -> Self {
-        let status = match &e {
-            DlqError::Invalid(_) => StatusCode::BAD_REQUEST,
-            DlqError::NotFound(_) => StatusCode::NOT_FOUND,
-            DlqError::Busy { .. } => StatusCode::CONFLICT,
-            DlqError::Publish { .. } => StatusCode::BAD_GATEWAY,
-            DlqError::Archive { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            DlqError::Amqp(_)
-            | DlqError::Redis(_)
-            | DlqError::NoQueue { .. }
-            | DlqError::Interrupted
-            | DlqError::LockLost => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        ApiError(status, e.to_string())
-    }
+/// A dead-letter error in the admin API's error shape.
+fn dlq_error(e: DlqError) -> ApiError {
+    let (status, code) = match &e {
+        DlqError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        DlqError::NotFound(_) => (StatusCode::NOT_FOUND, "dead_letter_not_found"),
+        DlqError::Busy { .. } => (StatusCode::CONFLICT, "dlq_busy"),
+        DlqError::Publish { .. } => (StatusCode::BAD_GATEWAY, "dlq_publish_refused"),
+        DlqError::Archive { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "dlq_archive_failed"),
+        DlqError::Amqp(_)
+        | DlqError::Redis(_)
+        | DlqError::NoQueue { .. }
+        | DlqError::Interrupted
+        | DlqError::LockLost => (StatusCode::SERVICE_UNAVAILABLE, "dlq_unavailable"),
+    };
+    ApiError::new(status, code, e.to_string())
 }
 
-impl From<LedgerError> for ApiError {
-    fn from(e: LedgerError) -> Self {
-        ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
-    }
+fn ledger_error(e: LedgerError) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ledger_unavailable",
+        e.to_string(),
+    )
 }
 
 /// Runs an operation in its own task: a client that hangs up does not cut a rotation short.
@@ -186,12 +190,13 @@ async fn detached<T: Send + 'static>(
     tokio::spawn(f)
         .await
         .map_err(|e| {
-            ApiError(
+            ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
                 format!("the operation failed: {e}"),
             )
         })?
-        .map_err(ApiError::from)
+        .map_err(dlq_error)
 }
 
 async fn list(State(s): State<DlqApi>, Query(q): Query<FilterQuery>) -> Result<Response, ApiError> {
@@ -223,15 +228,56 @@ async fn replay(
 }
 
 async fn purge(State(s): State<DlqApi>, Json(body): Json<PurgeBody>) -> Result<Response, ApiError> {
-    if !body.confirm {
-        return Err(ApiError::bad(
-            "a purge needs \"confirm\": true (list first, GET /dlq/messages, and pass the ids you mean as \"expected\")",
+    let expected = match (body.confirm, body.expected) {
+        (true, Some(e)) => e,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "purge_not_confirmed",
+                "a purge needs \"confirm\": true and \"expected\": list first (GET /dlq/messages with the same filter), then pass how many you saw, or their ids, as \"expected\"",
+            ));
+        }
+    };
+    if body.filter.is_empty() && !body.all && !matches!(expected, Expected::Ids(_)) {
+        return Err(bad(
+            "an empty filter would purge every dead letter; say so explicitly (\"all\": true)",
         ));
+    }
+    // What matches now, against what the operator saw: exactly those are purged, or nothing.
+    let listing = {
+        let (dlq, filter) = (s.dlq.clone(), body.filter.clone());
+        detached(async move { dlq.list(&filter).await }).await?
+    };
+    let now: Vec<String> = match &expected {
+        Expected::Count(_) => listing.records.iter().map(|r| r.id.clone()).collect(),
+        Expected::Ids(ids) => listing
+            .records
+            .iter()
+            .filter(|r| ids.contains(&r.id))
+            .map(|r| r.id.clone())
+            .collect(),
+    };
+    let wanted = match &expected {
+        Expected::Count(n) => *n,
+        Expected::Ids(ids) => ids.len(),
+    };
+    if now.len() != wanted {
+        let n = now.len();
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "purge_count_changed",
+            format!(
+                "{n} dead letter(s) match now, not the {wanted} you expected; nothing was purged: list them again and confirm what you see"
+            ),
+        )
+        .with_ja(format!(
+            "現在 {n} 件が該当し、確認した {wanted} 件と異なるため、何も削除していません。一覧を取得し直して確認してください"
+        )));
     }
     let req = PurgeRequest {
         filter: body.filter,
         all: body.all,
-        expected: body.expected,
+        expected: Some(now),
         archive: Archive::Default,
     };
     let v = detached(async move { s.dlq.purge(&req, &Control::new(), &mut |_| {}).await }).await?;
@@ -247,6 +293,8 @@ async fn ledger_view(
         target: q.target,
         limit: q.limit,
     };
-    let v = ledger::sync_view(&s.cfg, s.redis.clone(), &company, &schedule, &filter).await?;
+    let v = ledger::sync_view(&s.cfg, s.redis.clone(), &company, &schedule, &filter)
+        .await
+        .map_err(ledger_error)?;
     Ok(Json(v).into_response())
 }

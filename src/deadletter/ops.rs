@@ -593,12 +593,19 @@ impl ArchiveFile {
             source,
         };
         if self.file.is_none() {
+            // The archive holds event data: only its owner reads it (folder 0700, file 0600).
+            use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(err)?;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(err)?;
             }
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(&self.path)
                 .map_err(err)?;
             self.file = Some(f);

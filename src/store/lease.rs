@@ -199,40 +199,50 @@ impl MailboxLeases {
         &self.leases
     }
 
-    /// Takes one mailbox's lease, trying for up to `wait`; `None` if another worker held it
-    /// throughout. The guard renews it until released (or dropped: then it runs out).
+    /// Takes one mailbox's lease, trying every 30–60 ms (backon, with jitter) for up to `wait`;
+    /// `None` if another worker held it throughout. The guard renews it until released (or
+    /// dropped: then it runs out).
     pub async fn acquire(
         &self,
         company: &str,
         mailbox: &str,
         wait: Duration,
     ) -> Result<Option<LeaseGuard>, redis::RedisError> {
-        let deadline = tokio::time::Instant::now() + wait;
+        use backon::Retryable;
+        /// Why one try did not take the lease.
+        enum Miss {
+            Held,
+            Redis(redis::RedisError),
+        }
         let key = self.key(company, mailbox);
-        loop {
+        let take = || async {
             let token = token();
-            if self
-                .leases
-                .try_take(&[(key.clone(), token.clone())])
-                .await?
-                == [true]
-            {
+            match self.leases.try_take(&[(key.clone(), token.clone())]).await {
+                Ok(taken) if taken == [true] => Ok(token),
+                Ok(_) => Err(Miss::Held),
+                Err(e) => Err(Miss::Redis(e)),
+            }
+        };
+        let tries = (wait.as_millis() / 45).max(1) as usize;
+        let schedule = backon::ConstantBuilder::default()
+            .with_delay(Duration::from_millis(30))
+            .with_jitter()
+            .with_max_times(tries);
+        match take.retry(schedule).when(|m| matches!(m, Miss::Held)).await {
+            Ok(token) => {
                 let held: Held = Arc::new(std::sync::Mutex::new(BTreeMap::from([(
                     key.clone(),
                     token.clone(),
                 )])));
-                return Ok(Some(LeaseGuard {
+                Ok(Some(LeaseGuard {
                     leases: self.leases.clone(),
                     key,
                     token,
                     _renewer: self.leases.keep_renewed(held, None),
-                }));
+                }))
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(None);
-            }
-            let jitter = rand::random::<u64>() % 40;
-            tokio::time::sleep(Duration::from_millis(30 + jitter)).await;
+            Err(Miss::Held) => Ok(None),
+            Err(Miss::Redis(e)) => Err(e),
         }
     }
 

@@ -59,9 +59,13 @@ async fn serve(sb: &Sandbox, tweak: impl FnOnce(&mut outlook_sync::config::Confi
         metrics.clone(),
     );
     let app = outlook_sync::admin::api::router(admin.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+    let limits = outlook_sync::admin::listener::Limits::from_config(&cfg.admin);
+    let server = tokio::spawn(outlook_sync::admin::listener::serve(
+        listener,
+        app,
+        limits,
+        std::future::pending(),
+    ));
     Api {
         base,
         http: reqwest::Client::builder()
@@ -1120,6 +1124,13 @@ async fn unlinking_with_delete_copies_removes_exactly_the_copies_this_service_cr
     copies.write(&taro, &[(&m, c)], &[]).await.unwrap();
     worker.stop(Duration::from_secs(5)).await;
 
+    // One delete is throttled: the batch's retry (backon) waits for its Retry-After.
+    sb.emulator.emulator.script_fault(
+        ScriptedFault::new(FaultKind::Throttle429 { retry_after: 1.5 })
+            .method("DELETE")
+            .path_contains(&taro),
+    );
+    let started = std::time::Instant::now();
     let r = api
         .ok(
             "DELETE",
@@ -1127,6 +1138,11 @@ async fn unlinking_with_delete_copies_removes_exactly_the_copies_this_service_cr
             None,
         )
         .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "the throttled delete was retried before its Retry-After: {:?}",
+        started.elapsed()
+    );
     assert_eq!(r["copies"]["copies"], 25, "{r}");
     assert_eq!(r["copies"]["deleted"], 25, "{r}");
     assert_eq!(r["copies"]["failed"], json!([]));
@@ -1509,7 +1525,12 @@ async fn the_full_scenario_never_reveals_the_secret_in_logs_metrics_responses_or
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_command_line_sets_verifies_and_links_without_ever_printing_the_secret() {
     let sb = sandbox("admin-cli").await;
-    let t = tenant(&sb, "acme", |a| a, &[("taro", MailboxKind::Ok)]);
+    let t = tenant(
+        &sb,
+        "acme",
+        |a| a,
+        &[("taro", MailboxKind::Ok), ("hanako", MailboxKind::Ok)],
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, toml::to_string(&sb.cfg).unwrap()).unwrap();
@@ -1562,10 +1583,41 @@ async fn the_admin_command_line_sets_verifies_and_links_without_ever_printing_th
     let (code, out, _) = run(&["link", "acme", "u-2", &t.upn("nobody")], None);
     assert_eq!(code, Some(1), "an auth_failed link exits 1: {out}");
     let csv = dir.path().join("users.csv");
-    std::fs::write(&csv, format!("u-3,{}\nu-4,bad\n", t.upn("taro"))).unwrap();
+    std::fs::write(&csv, format!("u-3,{}\nu-4,bad\n", t.upn("hanako"))).unwrap();
     let (code, out, err) = run(&["bulk", "acme", csv.to_str().unwrap(), "--dry-run"], None);
     assert_eq!(code, Some(1), "{out}");
-    assert!(err.contains("rows: 2/2"), "no progress on stderr: {err}");
+    assert_eq!(
+        err.matches("rows: 2/2").count(),
+        1,
+        "progress once on stderr: {err}"
+    );
+    assert!(!err.contains("summary: {"), "no Rust debug output: {err}");
+    // Tables in plain words: each row with its outcome and why, then the counts.
+    for words in [
+        "(dry run: nothing changed)",
+        "LINE",
+        "OUTCOME",
+        "would link",
+        "would not be done",
+        "malformed_address: The address is not a well-formed email address",
+        "REASON",
+        "MEANING",
+    ] {
+        assert!(out.contains(words), "{words:?} missing from:\n{out}");
+    }
+    assert!(!out.contains('{') && !out.contains("WouldLink"), "{out}");
+    // A Shift_JIS file with a Japanese header, as Excel in Japan saves it; --json for the JSON.
+    let japanese = format!("ユーザーID,メールアドレス\r\nu-3,{}\r\n", t.upn("hanako"));
+    let (sjis, _, _) = encoding_rs::SHIFT_JIS.encode(&japanese);
+    std::fs::write(&csv, &sjis).unwrap();
+    let (code, out, err) = run(
+        &["bulk", "acme", csv.to_str().unwrap(), "--dry-run", "--json"],
+        None,
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["rows"], 1, "the header is not a row: {report}");
+    assert_eq!(report["results"][0]["outcome"], "would_link", "{report}");
     let (_, out, _) = run(&["users", "acme"], None);
     assert_eq!(
         serde_json::from_str::<Value>(&out)
@@ -1574,6 +1626,1449 @@ async fn the_admin_command_line_sets_verifies_and_links_without_ever_printing_th
             .unwrap()
             .len(),
         2
+    );
+    sb.cleanup().await;
+}
+
+// ---- consent bound to its credentials ---------------------------------------------------------
+
+/// The `state` of a consent link.
+fn state_of(link: &Value) -> String {
+    let url = url::Url::parse(link["url"].as_str().unwrap()).unwrap();
+    url.query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .expect("the link has a state")
+}
+
+fn callback_path(state: &str, tenant: &str) -> String {
+    let mut u = url::Url::parse("http://x/v1/consent/callback").unwrap();
+    u.query_pairs_mut()
+        .append_pair("admin_consent", "True")
+        .append_pair("tenant", tenant)
+        .append_pair("state", state);
+    format!("{}?{}", u.path(), u.query().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_callback_for_credentials_that_changed_is_refused() {
+    let sb = sandbox("admin-consent-changed").await;
+    let api = serve(&sb, |_| {}).await;
+    let a = tenant(&sb, "ca", |a| a.with_consent(Consent::Pending), &[]);
+    let b = tenant(&sb, "cb", |a| a.with_consent(Consent::Pending), &[]);
+    company(&api, "acme", "standard", &a).await;
+    let link = api
+        .ok("POST", "/v1/companies/acme/microsoft365/consent", None)
+        .await;
+    let state = state_of(&link);
+    // The credentials change to another tenant and app before the administrator answers.
+    api.ok(
+        "PUT",
+        "/v1/companies/acme/microsoft365",
+        Some(b.credentials()),
+    )
+    .await;
+    let (status, _, page) = api
+        .raw("GET", &callback_path(&state, &a.id), None, None, "")
+        .await;
+    assert_eq!(status, 409, "{page}");
+    assert!(page.contains("認証情報"), "a Japanese explanation: {page}");
+    assert!(page.contains("changed"), "an English explanation: {page}");
+    let s = api.ok("GET", "/v1/companies/acme", None).await;
+    assert_eq!(s["consent"], Value::Null, "nothing recorded: {s}");
+
+    // The state is void for good, even once the credentials are back to those it was issued for.
+    api.ok(
+        "PUT",
+        "/v1/companies/acme/microsoft365",
+        Some(a.credentials()),
+    )
+    .await;
+    let (status, _, _) = api
+        .raw("GET", &callback_path(&state, &a.id), None, None, "")
+        .await;
+    assert_eq!(status, 422);
+    let s = api.ok("GET", "/v1/companies/acme", None).await;
+    assert_eq!(s["consent"], Value::Null, "{s}");
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_granted_in_another_tenant_is_refused_also_for_a_domain_tenant_id() {
+    let sb = sandbox("admin-consent-tenant").await;
+    let api = serve(&sb, |_| {}).await;
+    let a = tenant(&sb, "da", |a| a.with_consent(Consent::Pending), &[]);
+    let other = tenant(&sb, "db", |a| a.with_consent(Consent::Pending), &[]);
+
+    // A GUID tenant: a grant from another tenant is refused and records nothing.
+    company(&api, "guid", "standard", &a).await;
+    let link = api
+        .ok("POST", "/v1/companies/guid/microsoft365/consent", None)
+        .await;
+    let (status, _, page) = api
+        .raw(
+            "GET",
+            &callback_path(&state_of(&link), &other.id),
+            None,
+            None,
+            "",
+        )
+        .await;
+    assert_eq!(status, 409, "{page}");
+    assert!(page.contains("テナント"), "{page}");
+    let s = api.ok("GET", "/v1/companies/guid", None).await;
+    assert_eq!(s["consent"], Value::Null, "{s}");
+
+    // A domain tenant, never verified: the callback resolves it (the token's tid) and compares.
+    let by_domain =
+        json!({"tenant_id": a.domain, "client_id": a.client_id, "client_secret": a.secret});
+    api.ok(
+        "PUT",
+        "/v1/companies/dom",
+        Some(json!({"plan": "standard", "options": []})),
+    )
+    .await;
+    api.ok("PUT", "/v1/companies/dom/microsoft365", Some(by_domain))
+        .await;
+    let link = api
+        .ok("POST", "/v1/companies/dom/microsoft365/consent", None)
+        .await;
+    let (status, _, page) = api
+        .raw(
+            "GET",
+            &callback_path(&state_of(&link), &other.id),
+            None,
+            None,
+            "",
+        )
+        .await;
+    assert_eq!(status, 409, "a domain tenant is compared too: {page}");
+    let s = api.ok("GET", "/v1/companies/dom", None).await;
+    assert_eq!(s["consent"], Value::Null, "{s}");
+
+    // Verified first: the verification records the tenant's GUID; the emulator's own redirect
+    // (Microsoft's) for the right tenant is recorded.
+    let v = api
+        .ok("POST", "/v1/companies/dom/microsoft365/verify", None)
+        .await;
+    assert_eq!(v["tenant_guid"], json!(a.id), "{v}");
+    let link = api
+        .ok("POST", "/v1/companies/dom/microsoft365/consent", None)
+        .await;
+    let (status, headers, _) = api
+        .raw("GET", link["url"].as_str().unwrap(), None, None, "")
+        .await;
+    assert_eq!(status, 302);
+    let location = headers["location"].to_str().unwrap().to_string();
+    let (status, _, page) = api.raw("GET", &location, None, None, "").await;
+    assert_eq!(status, 200, "{page}");
+    let s = api.ok("GET", "/v1/companies/dom", None).await;
+    assert_eq!(s["consent"]["granted"], true, "{s}");
+    assert_eq!(s["consent"]["tenant"], json!(a.id));
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_id_that_is_not_a_guid_or_a_domain_is_refused_naming_the_field() {
+    let sb = sandbox("admin-tenant-id").await;
+    let api = serve(&sb, |_| {}).await;
+    let t = tenant(&sb, "tid", |a| a, &[]);
+    api.ok(
+        "PUT",
+        "/v1/companies/acme",
+        Some(json!({"plan": "standard", "options": []})),
+    )
+    .await;
+    for bad in ["..", ".", "common", "a/b", "x..y.com", ""] {
+        let (status, v) = api
+            .call(
+                "PUT",
+                "/v1/companies/acme/microsoft365",
+                Some(
+                    json!({"tenant_id": bad, "client_id": t.client_id, "client_secret": t.secret}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 422, "{bad:?}: {v}");
+        assert_eq!(v["error"]["code"], "invalid_tenant_id", "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("tenant_id "),
+            "{v}"
+        );
+        assert!(
+            v["error"]["message_ja"]
+                .as_str()
+                .unwrap()
+                .contains("テナントID"),
+            "{v}"
+        );
+    }
+    let s = api.ok("GET", "/v1/companies/acme", None).await;
+    assert_eq!(s["credentials"], Value::Null, "nothing was stored: {s}");
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_refusal_with_a_huge_description_is_stored_capped() {
+    let sb = sandbox("admin-consent-cap").await;
+    let api = serve(&sb, |_| {}).await;
+    let t = tenant(&sb, "cap", |a| a, &[]);
+    company(&api, "acme", "standard", &t).await;
+    let link = api
+        .ok("POST", "/v1/companies/acme/microsoft365/consent", None)
+        .await;
+    let mut u = url::Url::parse(&format!("{}/v1/consent/callback", api.base)).unwrap();
+    u.query_pairs_mut()
+        .append_pair("error", &"e".repeat(2_000))
+        .append_pair(
+            "error_description",
+            &format!("{}{}", "拒".repeat(1_500), "x".repeat(20_000)),
+        )
+        .append_pair("state", &state_of(&link));
+    let (status, _, _) = api.raw("GET", u.as_str(), None, None, "").await;
+    assert_eq!(status, 200);
+    let s = api.ok("GET", "/v1/companies/acme", None).await;
+    assert_eq!(s["consent"]["granted"], false);
+    let stored = |f: &str| s["consent"][f].as_str().unwrap().chars().count();
+    assert!(
+        stored("error_description") <= 1001,
+        "{}",
+        stored("error_description")
+    );
+    assert!(stored("error") <= 101, "{}", stored("error"));
+    sb.cleanup().await;
+}
+
+// ---- dead-letter purges over HTTP ------------------------------------------------------------
+
+/// Publishes dead letters straight to the sandbox's dead-letter exchange (confirmed).
+async fn dead_letters(sb: &Sandbox, items: &[(String, lapin::BasicProperties, Vec<u8>)]) {
+    let ch = sb.connection().create_channel().await.unwrap();
+    ch.confirm_select(Default::default()).await.unwrap();
+    for (rk, props, body) in items {
+        let c = ch
+            .basic_publish(
+                sb.cfg.amqp.dead_letter_exchange.as_str().into(),
+                rk.as_str().into(),
+                Default::default(),
+                body,
+                props.clone(),
+            )
+            .await
+            .unwrap();
+        assert!(c.await.unwrap().is_ack());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_purge_needs_the_count_the_operator_saw_and_archives_for_the_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = sandbox("admin-purge").await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive_dir = dir.path().join("archive");
+    let api = serve(&sb, |c| {
+        c.dlq.archive_dir = archive_dir.display().to_string();
+    })
+    .await;
+    dead_letters(
+        &sb,
+        &(1..=4)
+            .map(|i| {
+                crate::deadletter::flush_dead_letter(
+                    &format!("ev-{i}"),
+                    "acme",
+                    "s-1",
+                    "a@x.example",
+                )
+            })
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let filter = json!({"company": "acme"});
+    // Confirmed, but without saying what was seen: refused, nothing removed.
+    let (status, v) = api
+        .call(
+            "POST",
+            "/v1/dlq/purge",
+            Some(json!({"filter": filter, "confirm": true})),
+        )
+        .await;
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["error"]["code"], "purge_not_confirmed");
+    // The operator saw 3; 4 match now: refused with the current count.
+    let (status, v) = api
+        .call(
+            "POST",
+            "/v1/dlq/purge",
+            Some(json!({"filter": filter, "confirm": true, "expected": 3})),
+        )
+        .await;
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["error"]["code"], "purge_count_changed");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("4 dead letter(s) match now"),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message_ja"].as_str().unwrap().contains("4 件"),
+        "{v}"
+    );
+    let listed = api.ok("GET", "/v1/dlq/messages?company=acme", None).await;
+    assert_eq!(
+        listed["records"].as_array().unwrap().len(),
+        4,
+        "nothing removed"
+    );
+    // The right count: all four go, archived with mode 0600 in a folder of mode 0700.
+    let v = api
+        .ok(
+            "POST",
+            "/v1/dlq/purge",
+            Some(json!({"filter": filter, "confirm": true, "expected": 4})),
+        )
+        .await;
+    assert_eq!(v["removed"], 4, "{v}");
+    let file = std::path::PathBuf::from(v["archive"].as_str().unwrap());
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o600, "the archive file");
+    assert_eq!(mode(&archive_dir), 0o700, "the archive folder");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 4);
+    sb.cleanup().await;
+}
+
+// ---- one error shape, in Japanese and English -------------------------------------------------
+
+fn assert_error_shape(what: &str, status: u16, body: &str) -> Value {
+    let v: Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("{what}: {status} is not JSON ({e}): {body:?}"));
+    let e = &v["error"];
+    let code = e["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no code: {v}"));
+    assert!(!code.is_empty(), "{what}: {v}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{what}: no English message: {v}"
+    );
+    let ja = e["message_ja"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: no message_ja: {v}"));
+    assert!(
+        ja.chars()
+            .any(|c| ('\u{3040}'..='\u{30ff}').contains(&c)
+                || ('\u{4e00}'..='\u{9fff}').contains(&c)),
+        "{what}: message_ja is not Japanese: {v}"
+    );
+    assert_ne!(
+        ja,
+        outlook_sync::admin::messages::GENERIC.ja,
+        "{what}: {code} has no Japanese sentence of its own"
+    );
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_answers_one_shape_in_japanese_and_english_including_axums_rejections() {
+    let sb = sandbox("admin-errors").await;
+    let api = serve(&sb, |_| {}).await;
+    let json_body = |s: &str| Some(reqwest::Body::from(s.to_string()));
+    /// (what, method, path, body, content type, status, code)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Option<reqwest::Body>,
+        &'a str,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "unknown company",
+            "GET",
+            "/v1/companies/nobody",
+            None,
+            "",
+            404,
+            "unknown_company",
+        ),
+        (
+            "bad JSON",
+            "PUT",
+            "/v1/companies/acme",
+            json_body("{not json"),
+            "application/json",
+            422,
+            "invalid_body",
+        ),
+        (
+            "unknown field",
+            "PUT",
+            "/v1/companies/acme",
+            json_body(r#"{"plan":"standard","x":1}"#),
+            "application/json",
+            422,
+            "invalid_body",
+        ),
+        (
+            "bad flag",
+            "DELETE",
+            "/v1/companies/acme/users/u-1?delete_copies=maybe",
+            None,
+            "",
+            422,
+            "invalid_query",
+        ),
+        (
+            "unknown route",
+            "GET",
+            "/v1/nothing-here",
+            None,
+            "",
+            404,
+            "unknown_route",
+        ),
+        (
+            "unknown route outside /v1",
+            "GET",
+            "/favicon.ico",
+            None,
+            "",
+            404,
+            "unknown_route",
+        ),
+        (
+            "method not allowed",
+            "PATCH",
+            "/v1/companies",
+            None,
+            "",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "dlq: bad JSON",
+            "POST",
+            "/v1/dlq/replay",
+            json_body("{nope"),
+            "application/json",
+            400,
+            "invalid_request",
+        ),
+        (
+            "dlq: wrong content type",
+            "POST",
+            "/v1/dlq/replay",
+            json_body("{}"),
+            "text/plain",
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "dlq: unknown field",
+            "POST",
+            "/v1/dlq/replay",
+            json_body(r#"{"bogus":1}"#),
+            "application/json",
+            422,
+            "invalid_body",
+        ),
+        (
+            "dlq: bad time",
+            "GET",
+            "/v1/dlq/messages?since=yesterday",
+            None,
+            "",
+            400,
+            "invalid_request",
+        ),
+        (
+            "dlq: unknown query",
+            "GET",
+            "/v1/dlq/summary?colour=red",
+            None,
+            "",
+            400,
+            "invalid_request",
+        ),
+        (
+            "dlq: no such dead letter",
+            "GET",
+            "/v1/dlq/messages/nope",
+            None,
+            "",
+            404,
+            "dead_letter_not_found",
+        ),
+        (
+            "dlq: unconfirmed purge",
+            "POST",
+            "/v1/dlq/purge",
+            json_body(r#"{"all":true}"#),
+            "application/json",
+            422,
+            "purge_not_confirmed",
+        ),
+        (
+            "unknown job",
+            "GET",
+            "/v1/jobs/nope",
+            None,
+            "",
+            404,
+            "unknown_job",
+        ),
+    ];
+    for (what, method, path, body, ct, status, code) in cases {
+        let (got, _, text) = api.raw(method, path, Some(TOKEN), body, ct).await;
+        assert_eq!(got, status, "{what}: {text}");
+        let v = assert_error_shape(what, got, &text);
+        assert_eq!(v["error"]["code"], code, "{what}: {v}");
+    }
+    let (got, headers, text) = api
+        .raw(
+            "GET",
+            "/v1/companies",
+            Some("nope-nope-nope-nope"),
+            None,
+            "",
+        )
+        .await;
+    assert_eq!(got, 401);
+    assert!(headers.contains_key("www-authenticate"));
+    assert_error_shape("unauthorized", got, &text);
+    sb.cleanup().await;
+}
+
+/// The string literals that name an error code in the admin surface's sources.
+fn codes_in_source() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for file in [
+        "src/admin/api.rs",
+        "src/admin/auth.rs",
+        "src/admin/bulk.rs",
+        "src/admin/cleanup.rs",
+        "src/admin/consent.rs",
+        "src/admin/errors.rs",
+        "src/admin/jobs.rs",
+        "src/admin/service.rs",
+        "src/deadletter/api.rs",
+    ] {
+        let text = std::fs::read_to_string(crate::support::repo_path(file)).unwrap();
+        for marker in [
+            "code: \"",
+            "invalid(",
+            "conflict(",
+            "ApiError::new(",
+            "=> \"",
+            "(StatusCode::",
+        ] {
+            for (i, _) in text.match_indices(marker) {
+                let rest = &text[i + marker.len()..];
+                // The first string literal after the marker, within the call.
+                let rest = if marker.ends_with('"') {
+                    rest
+                } else {
+                    let Some(q) = rest.find('"') else { continue };
+                    if rest[..q].contains(';')
+                        || rest[..q].contains(')') && !marker.starts_with("ApiError")
+                    {
+                        continue;
+                    }
+                    &rest[q + 1..]
+                };
+                let lit: String = rest.chars().take_while(|c| *c != '"').collect();
+                if !lit.is_empty()
+                    && lit.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    && lit.contains('_')
+                {
+                    out.insert(lit);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_error_code_the_admin_surface_answers_has_a_japanese_sentence_of_its_own() {
+    let codes = codes_in_source();
+    for must in [
+        "unknown_company",
+        "invalid_body",
+        "purge_count_changed",
+        "consent_tenant_mismatch",
+        "dlq_busy",
+    ] {
+        assert!(
+            codes.contains(must),
+            "the source scan misses {must}: {codes:?}"
+        );
+    }
+    let missing: Vec<&String> = codes
+        .iter()
+        .filter(|c| !outlook_sync::admin::messages::is_known(c))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "codes without a Japanese sentence: {missing:?}"
+    );
+}
+
+// ---- the public listener ---------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_public_listener_serves_only_the_consent_callback() {
+    let sb = sandbox("admin-public").await;
+    let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public_base = format!("http://{}", public.local_addr().unwrap());
+    let pb = public_base.clone();
+    let api = serve(&sb, move |c| c.admin.public_url = pb).await;
+    let limits = outlook_sync::admin::listener::Limits::from_config(&api.admin.config().admin);
+    let server = tokio::spawn(outlook_sync::admin::listener::serve(
+        public,
+        outlook_sync::admin::api::public_router(api.admin.clone()),
+        limits,
+        std::future::pending(),
+    ));
+    // Nothing but the callback answers there, with or without a token.
+    for (method, path) in [
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/metrics"),
+        ("GET", "/v1/companies"),
+        ("POST", "/v1/dlq/purge"),
+        ("GET", "/v1/dlq/messages"),
+    ] {
+        let (status, _, body) = api
+            .raw(
+                method,
+                &format!("{public_base}{path}"),
+                Some(TOKEN),
+                None,
+                "",
+            )
+            .await;
+        assert_eq!(
+            status, 404,
+            "{method} {path} on the public listener: {body}"
+        );
+        let v = assert_error_shape(path, status, &body);
+        assert_eq!(v["error"]["code"], "unknown_route");
+    }
+    // The callback does, end to end through Microsoft's redirect to public_url.
+    let t = tenant(&sb, "pub", |a| a.with_consent(Consent::Pending), &[]);
+    company(&api, "acme", "standard", &t).await;
+    let link = api
+        .ok("POST", "/v1/companies/acme/microsoft365/consent", None)
+        .await;
+    let (status, headers, _) = api
+        .raw("GET", link["url"].as_str().unwrap(), None, None, "")
+        .await;
+    assert_eq!(status, 302);
+    let location = headers["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with(&public_base), "{location}");
+    let (status, _, page) = api.raw("GET", &location, None, None, "").await;
+    assert_eq!(status, 200, "{page}");
+    let s = api.ok("GET", "/v1/companies/acme", None).await;
+    assert_eq!(s["consent"]["granted"], true, "{s}");
+    server.abort();
+    sb.cleanup().await;
+}
+
+fn yaml_file(rel: &str) -> Value {
+    let text = std::fs::read_to_string(crate::support::repo_path(rel)).unwrap();
+    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+#[test]
+fn the_deploy_files_put_only_the_consent_callback_on_the_public_port() {
+    let toml =
+        std::fs::read_to_string(crate::support::repo_path("deploy/k8s/base/config.toml")).unwrap();
+    let cfg = outlook_sync::config::Config::from_toml_str(&toml).unwrap();
+    let public: std::net::SocketAddr = cfg
+        .admin
+        .public_listen
+        .parse()
+        .expect("the ConfigMap sets admin.public_listen");
+    assert_ne!(public.port(), cfg.admin_addr().port());
+    let d = yaml_file("deploy/k8s/base/deployment.yaml");
+    let ports = d["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let port = |name: &str| {
+        ports
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("a container port named {name}"))["containerPort"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(port("public"), u64::from(public.port()));
+    // The internal Service never exposes the public port, the public one nothing else.
+    let internal = yaml_file("deploy/k8s/base/service.yaml");
+    assert!(
+        internal["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["targetPort"] == "admin")
+    );
+    let outside = yaml_file("deploy/k8s/base/service-public.yaml");
+    let out_ports = outside["spec"]["ports"].as_array().unwrap();
+    assert_eq!(out_ports.len(), 1);
+    assert_eq!(out_ports[0]["targetPort"], "public");
+    let k = std::fs::read_to_string(crate::support::repo_path(
+        "deploy/k8s/base/kustomization.yaml",
+    ))
+    .unwrap();
+    assert!(k.contains("service-public.yaml"));
+    assert!(
+        cfg.admin.public_url.starts_with("https://"),
+        "administrators' browsers reach the callback over TLS: {}",
+        cfg.admin.public_url
+    );
+    // compose: the same split.
+    let compose = yaml_file("deploy/compose.yaml");
+    let env = &compose["services"]["worker"]["environment"];
+    let compose_public = env["OUTLOOK_SYNC__ADMIN__PUBLIC_LISTEN"].as_str().unwrap();
+    let compose_port = compose_public.rsplit(':').next().unwrap();
+    assert!(
+        env["OUTLOOK_SYNC__ADMIN__PUBLIC_URL"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{compose_port}"))
+    );
+}
+
+// ---- the OpenAPI document: valid, and what the routes answer ------------------------------------
+
+fn openapi() -> Value {
+    let text = std::fs::read_to_string(crate::support::repo_path("schemas/admin-api.openapi.yaml"))
+        .unwrap();
+    serde_yaml_ng::from_str(&text).expect("the OpenAPI document is valid YAML")
+}
+
+#[test]
+fn the_openapi_document_is_valid_openapi_3_1_by_openapi_spec_validator() {
+    let tool =
+        crate::support::repo_path("target/tools/openapi-spec-validator/bin/openapi-spec-validator");
+    assert!(
+        tool.exists(),
+        "this test needs openapi-spec-validator (PyPI), which is missing at {}: install it with \
+         `bash scripts/tools/openapi-spec-validator.sh` (scripts/test.sh runs it)",
+        tool.display()
+    );
+    let out = std::process::Command::new(&tool)
+        .arg(crate::support::repo_path("schemas/admin-api.openapi.yaml"))
+        .output()
+        .expect("openapi-spec-validator runs");
+    assert!(
+        out.status.success(),
+        "schemas/admin-api.openapi.yaml is not valid OpenAPI 3.1:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_openapi_document_gives_every_response_a_schema_and_splits_no_description() {
+    let doc = openapi();
+    // An unquoted flow-mapping description with a comma becomes keys with null values.
+    fn nulls(v: &Value, at: &str, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    if x.is_null() {
+                        out.push(format!("{at}/{k}"));
+                    }
+                    nulls(x, &format!("{at}/{k}"), out);
+                }
+            }
+            Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    nulls(x, &format!("{at}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut split = Vec::new();
+    nulls(&doc, "", &mut split);
+    assert!(
+        split.is_empty(),
+        "keys without a value (a description split at a comma?): {split:?}"
+    );
+    let mut missing = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let Some(responses) = op["responses"].as_object() else {
+                continue;
+            };
+            for (status, r) in responses {
+                let r = resolve(&doc, r);
+                let has_schema = r["content"]
+                    .as_object()
+                    .is_some_and(|c| !c.is_empty() && c.values().all(|m| m["schema"].is_object()));
+                if !has_schema {
+                    missing.push(format!("{method} {path} {status}"));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "responses without a schema: {missing:?}"
+    );
+}
+
+/// Follows a `$ref` to `#/components/...`.
+fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
+    match v["$ref"].as_str() {
+        Some(r) => doc
+            .pointer(r.trim_start_matches('#'))
+            .unwrap_or_else(|| panic!("unresolved {r}")),
+        None => v,
+    }
+}
+
+/// The documented path template a concrete path matches (`/v1/jobs/3f…` → `/v1/jobs/{job}`).
+fn template_of(doc: &Value, path: &str) -> Option<String> {
+    let path = path.split('?').next().unwrap();
+    let segs: Vec<&str> = path.split('/').collect();
+    doc["paths"].as_object().unwrap().keys().find_map(|t| {
+        let ts: Vec<&str> = t.split('/').collect();
+        (ts.len() == segs.len()
+            && ts
+                .iter()
+                .zip(&segs)
+                .all(|(a, b)| a == b || (a.starts_with('{') && !b.is_empty())))
+        .then(|| t.clone())
+    })
+}
+
+/// Holds each live answer to the document: the status is documented for the route, and the body
+/// matches its schema (JSON Schema 2020-12, formats checked).
+struct Contract {
+    doc: Value,
+    seen: Mutex<Vec<(String, String, u16)>>,
+}
+
+impl Contract {
+    fn check(&self, method: &str, path: &str, status: u16, content_type: &str, body: &str) {
+        let doc = &self.doc;
+        let template = template_of(doc, path)
+            .unwrap_or_else(|| panic!("{method} {path}: no such path in the document"));
+        let op = &doc["paths"][&template][method.to_ascii_lowercase()];
+        assert!(op.is_object(), "{method} {template}: not in the document");
+        let documented = &op["responses"][status.to_string()];
+        assert!(
+            documented.is_object(),
+            "{method} {template} answered {status}, which the document does not list: {body}"
+        );
+        let response = resolve(doc, documented);
+        let media = content_type.split(';').next().unwrap().trim();
+        let schema = &response["content"][media]["schema"];
+        assert!(
+            schema.is_object(),
+            "{method} {template} {status}: the document has no {media} schema"
+        );
+        let instance = if media == "application/json" {
+            serde_json::from_str(body)
+                .unwrap_or_else(|e| panic!("{method} {path} {status}: not JSON ({e}): {body}"))
+        } else {
+            Value::String(body.to_string())
+        };
+        let mut root = schema.clone();
+        root["components"] = doc["components"].clone();
+        let validator = jsonschema::draft202012::options()
+            .should_validate_formats(true)
+            .build(&root)
+            .unwrap_or_else(|e| {
+                panic!("{method} {template} {status}: the schema does not compile: {e}")
+            });
+        let errors: Vec<String> = validator
+            .iter_errors(&instance)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{method} {path} answered {status} against its schema with {errors:?}: {body}"
+        );
+        self.seen
+            .lock()
+            .unwrap()
+            .push((method.to_string(), template, status));
+    }
+}
+
+impl Api {
+    /// A call whose answer is held to the OpenAPI document.
+    async fn checked(
+        &self,
+        contract: &Contract,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, String)>,
+    ) -> (u16, Value) {
+        let (ct, b) = match body {
+            Some((ct, b)) => (ct, Some(reqwest::Body::from(b))),
+            None => ("", None),
+        };
+        let (status, headers, text) = self.raw(method, path, token, b, ct).await;
+        let content_type = headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let local = path.strip_prefix(&self.base).unwrap_or(path);
+        contract.check(method, local, status, &content_type, &text);
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_what_the_openapi_document_says_in_success_and_in_error() {
+    let sb = sandbox("admin-openapi").await;
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().display().to_string();
+    let api = serve(&sb, |c| {
+        c.admin.bulk_sync_max_rows = 2;
+        c.dlq.archive_dir = archive;
+    })
+    .await;
+    let contract = Contract {
+        doc: openapi(),
+        seen: Mutex::new(Vec::new()),
+    };
+    let t = tenant(
+        &sb,
+        "oa",
+        |a| a,
+        &[
+            ("taro", MailboxKind::Ok),
+            ("hanako", MailboxKind::Ok),
+            ("jiro", MailboxKind::Ok),
+        ],
+    );
+    let c = &contract;
+    let tok = Some(TOKEN);
+    let json = |v: Value| Some(("application/json", v.to_string()));
+    let expect = |what: &str, got: (u16, Value), want: u16| -> Value {
+        assert_eq!(got.0, want, "{what}: {}", got.1);
+        got.1
+    };
+
+    // Companies and credentials.
+    let plan = json!({"plan": "standard", "options": []});
+    expect(
+        "put company",
+        api.checked(c, "PUT", "/v1/companies/acme", tok, json(plan.clone()))
+            .await,
+        200,
+    );
+    expect(
+        "put company, bad",
+        api.checked(
+            c,
+            "PUT",
+            "/v1/companies/acme",
+            tok,
+            json(json!({"plan": "gold"})),
+        )
+        .await,
+        422,
+    );
+    expect(
+        "list",
+        api.checked(c, "GET", "/v1/companies", tok, None).await,
+        200,
+    );
+    expect(
+        "list, no token",
+        api.checked(c, "GET", "/v1/companies", None, None).await,
+        401,
+    );
+    expect(
+        "get",
+        api.checked(c, "GET", "/v1/companies/acme", tok, None).await,
+        200,
+    );
+    expect(
+        "get, unknown",
+        api.checked(c, "GET", "/v1/companies/nobody", tok, None)
+            .await,
+        404,
+    );
+    expect(
+        "credentials",
+        api.checked(
+            c,
+            "PUT",
+            "/v1/companies/acme/microsoft365",
+            tok,
+            json(t.credentials()),
+        )
+        .await,
+        200,
+    );
+    let bad = json!({"tenant_id": "..", "client_id": t.client_id, "client_secret": "x"});
+    expect(
+        "credentials, bad tenant",
+        api.checked(c, "PUT", "/v1/companies/acme/microsoft365", tok, json(bad))
+            .await,
+        422,
+    );
+    expect(
+        "integration",
+        api.checked(c, "GET", "/v1/companies/acme/microsoft365", tok, None)
+            .await,
+        200,
+    );
+    expect(
+        "verify",
+        api.checked(
+            c,
+            "POST",
+            "/v1/companies/acme/microsoft365/verify",
+            tok,
+            None,
+        )
+        .await,
+        200,
+    );
+    expect(
+        "verify, no credentials",
+        {
+            api.checked(
+                c,
+                "PUT",
+                "/v1/companies/lite",
+                tok,
+                json(json!({"plan": "lite"})),
+            )
+            .await;
+            api.checked(
+                c,
+                "POST",
+                "/v1/companies/lite/microsoft365/verify",
+                tok,
+                None,
+            )
+            .await
+        },
+        409,
+    );
+    expect(
+        "enable",
+        api.checked(
+            c,
+            "POST",
+            "/v1/companies/acme/microsoft365/enable",
+            tok,
+            None,
+        )
+        .await,
+        200,
+    );
+    expect(
+        "enable on lite",
+        api.checked(
+            c,
+            "POST",
+            "/v1/companies/lite/microsoft365/enable",
+            tok,
+            None,
+        )
+        .await,
+        409,
+    );
+    expect(
+        "remove credentials",
+        api.checked(
+            c,
+            "DELETE",
+            "/v1/companies/lite/microsoft365/credentials",
+            tok,
+            None,
+        )
+        .await,
+        200,
+    );
+
+    // Consent, through Microsoft's (the emulator's) redirect.
+    let link = expect(
+        "consent link",
+        api.checked(
+            c,
+            "POST",
+            "/v1/companies/acme/microsoft365/consent",
+            tok,
+            None,
+        )
+        .await,
+        200,
+    );
+    let (status, headers, _) = api
+        .raw("GET", link["url"].as_str().unwrap(), None, None, "")
+        .await;
+    assert_eq!(status, 302);
+    let location = headers["location"].to_str().unwrap().to_string();
+    expect(
+        "callback",
+        api.checked(c, "GET", &location, None, None).await,
+        200,
+    );
+    expect(
+        "callback, used state",
+        api.checked(c, "GET", &location, None, None).await,
+        422,
+    );
+
+    // Users.
+    let link_body = |local: &str| json(json!({"mailbox": t.upn(local)}));
+    expect(
+        "link",
+        api.checked(
+            c,
+            "PUT",
+            "/v1/companies/acme/users/u-1",
+            tok,
+            link_body("taro"),
+        )
+        .await,
+        200,
+    );
+    expect(
+        "link, bad address",
+        api.checked(
+            c,
+            "PUT",
+            "/v1/companies/acme/users/u-2",
+            tok,
+            json(json!({"mailbox": "nope"})),
+        )
+        .await,
+        422,
+    );
+    expect(
+        "link 2",
+        api.checked(
+            c,
+            "PUT",
+            "/v1/companies/acme/users/u-2",
+            tok,
+            link_body("hanako"),
+        )
+        .await,
+        200,
+    );
+    expect(
+        "users",
+        api.checked(c, "GET", "/v1/companies/acme/users", tok, None)
+            .await,
+        200,
+    );
+    expect(
+        "user",
+        api.checked(c, "GET", "/v1/companies/acme/users/u-1", tok, None)
+            .await,
+        200,
+    );
+    expect(
+        "user, unknown",
+        api.checked(c, "GET", "/v1/companies/acme/users/u-9", tok, None)
+            .await,
+        404,
+    );
+    expect(
+        "verify user",
+        api.checked(c, "POST", "/v1/companies/acme/users/u-1/verify", tok, None)
+            .await,
+        200,
+    );
+    let csv = |s: &str| Some(("text/csv", s.to_string()));
+    expect(
+        "bulk preflight",
+        api.checked(
+            c,
+            "POST",
+            "/v1/companies/acme/bulk-links?dry_run=true",
+            tok,
+            csv(&format!("cyzen_user_id,email\nu-3,{}\n", t.upn("jiro"))),
+        )
+        .await,
+        200,
+    );
+    let job = expect(
+        "bulk job",
+        api.checked(
+            c,
+            "POST",
+            "/v1/companies/acme/bulk-links",
+            tok,
+            csv(&format!(
+                "u-3,{}\nu-4,bad\nu-5,{}\n",
+                t.upn("jiro"),
+                t.upn("nobody")
+            )),
+        )
+        .await,
+        202,
+    );
+    let job_path = format!("/v1/jobs/{}", job["id"].as_str().unwrap());
+    for _ in 0..300 {
+        let v = expect(
+            "job",
+            api.checked(c, "GET", &job_path, tok, None).await,
+            200,
+        );
+        if v["state"] != "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    expect(
+        "job, unknown",
+        api.checked(c, "GET", "/v1/jobs/nope", tok, None).await,
+        404,
+    );
+    expect(
+        "unlink",
+        api.checked(c, "DELETE", "/v1/companies/acme/users/u-2", tok, None)
+            .await,
+        200,
+    );
+    expect(
+        "unlink, bad flag",
+        api.checked(
+            c,
+            "DELETE",
+            "/v1/companies/acme/users/u-1?delete_copies=maybe",
+            tok,
+            None,
+        )
+        .await,
+        422,
+    );
+    expect(
+        "disable",
+        api.checked(
+            c,
+            "POST",
+            "/v1/companies/acme/microsoft365/disable",
+            tok,
+            None,
+        )
+        .await,
+        200,
+    );
+
+    // Dead letters and the ledger.
+    dead_letters(
+        &sb,
+        &["ev-1", "ev-2"]
+            .map(|id| crate::deadletter::flush_dead_letter(id, "acme", "s-1", &t.upn("taro"))),
+    )
+    .await;
+    expect(
+        "dlq list",
+        api.checked(c, "GET", "/v1/dlq/messages?company=acme", tok, None)
+            .await,
+        200,
+    );
+    expect(
+        "dlq list by age",
+        api.checked(c, "GET", "/v1/dlq/messages?since=2h", tok, None)
+            .await,
+        200,
+    );
+    expect(
+        "dlq list, bad time",
+        api.checked(c, "GET", "/v1/dlq/messages?since=yesterday", tok, None)
+            .await,
+        400,
+    );
+    expect(
+        "dlq summary",
+        api.checked(c, "GET", "/v1/dlq/summary?stage=flush", tok, None)
+            .await,
+        200,
+    );
+    expect(
+        "dlq show",
+        api.checked(c, "GET", "/v1/dlq/messages/ev-1", tok, None)
+            .await,
+        200,
+    );
+    expect(
+        "dlq show, unknown",
+        api.checked(c, "GET", "/v1/dlq/messages/nothing", tok, None)
+            .await,
+        404,
+    );
+    expect(
+        "dlq replay, dry run",
+        api.checked(
+            c,
+            "POST",
+            "/v1/dlq/replay",
+            tok,
+            json(json!({"filter": {"company": "acme"}, "dry_run": true})),
+        )
+        .await,
+        200,
+    );
+    expect(
+        "dlq replay, unknown field",
+        api.checked(c, "POST", "/v1/dlq/replay", tok, json(json!({"nope": 1})))
+            .await,
+        422,
+    );
+    let purge =
+        |n: u64| json(json!({"filter": {"company": "acme"}, "confirm": true, "expected": n}));
+    expect(
+        "dlq purge, wrong count",
+        api.checked(c, "POST", "/v1/dlq/purge", tok, purge(5)).await,
+        409,
+    );
+    expect(
+        "dlq purge",
+        api.checked(c, "POST", "/v1/dlq/purge", tok, purge(2)).await,
+        200,
+    );
+    expect(
+        "ledger",
+        api.checked(c, "GET", "/v1/ledger/acme/s-1", tok, None)
+            .await,
+        200,
+    );
+
+    // Last: remove the integration (a job).
+    let job = expect(
+        "remove integration",
+        api.checked(
+            c,
+            "DELETE",
+            "/v1/companies/acme/microsoft365?delete_copies=false",
+            tok,
+            None,
+        )
+        .await,
+        202,
+    );
+    api.wait_job(&job).await;
+
+    // Every route was held to the document with a success.
+    let seen = contract.seen.lock().unwrap().clone();
+    let succeeded: BTreeSet<(String, String)> = seen
+        .iter()
+        .filter(|(_, _, s)| (200..300).contains(s))
+        .map(|(m, t, _)| (m.clone(), t.clone()))
+        .collect();
+    let unexercised: Vec<_> = outlook_sync::admin::api::routes()
+        .into_iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .filter(|r| !succeeded.contains(r))
+        .collect();
+    assert!(
+        unexercised.is_empty(),
+        "routes never checked with a success: {unexercised:?}"
+    );
+    assert!(seen.iter().filter(|(_, _, s)| *s >= 400).count() >= 15);
+    sb.cleanup().await;
+}
+
+// ---- CSV as a Japanese administrator writes it ------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shift_jis_csv_with_a_japanese_header_is_read_as_excel_in_japan_saves_it() {
+    let sb = sandbox("admin-sjis").await;
+    let api = serve(&sb, |_| {}).await;
+    let t = tenant(
+        &sb,
+        "sjis",
+        |a| a,
+        &[("taro", MailboxKind::Ok), ("hanako", MailboxKind::Ok)],
+    );
+    company(&api, "acme", "standard", &t).await;
+    let upload = |bytes: Vec<u8>| {
+        let api = &api;
+        async move {
+            let (status, _, text) = api
+                .raw(
+                    "POST",
+                    "/v1/companies/acme/bulk-links?dry_run=true",
+                    Some(TOKEN),
+                    Some(bytes.into()),
+                    "text/csv",
+                )
+                .await;
+            (status, serde_json::from_str::<Value>(&text).unwrap())
+        }
+    };
+    // Excel's "CSV (コンマ区切り)": Shift_JIS (CP932), CRLF, a Japanese header, a name column.
+    let text = format!(
+        "氏名,ユーザーID,メールアドレス,操作\r\n山田 太郎,u-1,{},連携\r\n髙橋 花子,u-2,{},\r\n",
+        t.upn("taro"),
+        t.upn("hanako")
+    );
+    let (sjis, _, unmappable) = encoding_rs::SHIFT_JIS.encode(&text);
+    assert!(!unmappable);
+    let (status, report) = upload(sjis.into_owned()).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["rows"], 2, "the header is not a row: {report}");
+    let outcomes: Vec<(&str, &str)> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["user_id"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![("u-1", "would_link"), ("u-2", "would_link")],
+        "{report}"
+    );
+    // UTF-8 with a BOM and the English header: the same.
+    let utf8 = format!(
+        "\u{feff}cyzen_user_id,email\r\nu-1,{}\r\nu-2,{}\r\n",
+        t.upn("taro"),
+        t.upn("hanako")
+    );
+    let (status, report) = upload(utf8.into_bytes()).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["rows"], 2, "{report}");
+    // Bytes that are neither: refused in both languages, naming what to do.
+    let (status, v) = upload(b"u-1,\x82\xff\x82@x.com\r\n".to_vec()).await;
+    assert_eq!(status, 422, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_csv");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Shift_JIS"),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message_ja"]
+            .as_str()
+            .unwrap()
+            .contains("Shift_JIS"),
+        "{v}"
     );
     sb.cleanup().await;
 }

@@ -167,7 +167,7 @@ impl Msg {
 
 /// A flush dead letter of event `id` (a valid `schedule.created` of `schedule` in `company`)
 /// for `mailbox`, as the flush publishes it.
-fn flush_dead_letter(
+pub(crate) fn flush_dead_letter(
     id: &str,
     company: &str,
     schedule: &str,
@@ -980,10 +980,10 @@ async fn the_admin_router_serves_every_operation() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 400, "a purge needs confirm: true");
+    assert_eq!(r.status(), 422, "a purge needs confirm: true");
     let r = http
         .post(format!("{base}/dlq/purge"))
-        .json(&serde_json::json!({"filter": {"company": "globex"}, "confirm": true}))
+        .json(&serde_json::json!({"filter": {"company": "globex"}, "confirm": true, "expected": 2}))
         .send()
         .await
         .unwrap();

@@ -608,3 +608,268 @@ fn the_access_token_scan_finds_a_jwt_and_nothing_else() {
     assert!(shows(secret, secret));
     assert!(!shows("beta~Secr3t.012 and 3456789", secret));
 }
+
+// ---- a hardened listener -----------------------------------------------------------------------
+
+/// Raises this process's soft file-descriptor limit to at least `need` (within the hard limit),
+/// or fails the test saying why.
+fn raise_fd_limit(need: u64) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let cur = getrlimit(Resource::Nofile);
+    if cur.current.is_none_or(|c| c >= need) {
+        return;
+    }
+    let mut want = cur;
+    want.current = Some(cur.maximum.map_or(need, |m| m.min(need)));
+    setrlimit(Resource::Nofile, want).expect("raising the soft file-descriptor limit");
+    let now = getrlimit(Resource::Nofile).current;
+    assert!(
+        now.is_none_or(|c| c >= need),
+        "this test opens {need} sockets but the file-descriptor limit is {now:?} (hard {:?}): raise it (ulimit -n)",
+        cur.maximum
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_half_open_connections_never_starves_healthz_and_the_sync_goes_on() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const FLOOD: usize = 1_000;
+    const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
+    raise_fd_limit(FLOOD as u64 + 512);
+    let sb = match Sandbox::start("slowloris", 1, Settings::default()).await {
+        Ok(sb) => sb,
+        Err(e) => panic!("this test needs the local RabbitMQ and Redis: {e}"),
+    };
+    sb.company(
+        "flood",
+        outlook_sync::tenants::Plan::Standard,
+        &[("u-1", "taro", MailboxKind::Ok)],
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut cfg = sb.cfg.clone();
+    cfg.admin.listen = format!("127.0.0.1:{port}");
+    cfg.admin.header_read_timeout_seconds = HEADER_TIMEOUT.as_secs();
+    cfg.validate().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    // The worker gets 256 file descriptors, as in the report: fewer than the flood.
+    let child = std::process::Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -n 256 && exec \"$0\" --config \"$1\" run")
+        .arg(env!("CARGO_BIN_EXE_outlook-sync"))
+        .arg(&path)
+        .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed however the test ends (bash execs the binary, so this is its pid).
+    let mut child = KillOnDrop(child);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            break;
+        }
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!(
+                "outlook-sync run exited with {status}: {}",
+                std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "outlook-sync run never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The flood: connections that send half a request head and nothing more.
+    let mut flood = Vec::with_capacity(FLOOD);
+    let flood_started = Instant::now();
+    for _ in 0..FLOOD / 100 {
+        let batch = futures_util::future::join_all((0..100).map(|_| async {
+            let mut s = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::net::TcpStream::connect(("127.0.0.1", port)),
+            )
+            .await
+            .expect("the admin port stopped accepting connections during the flood")
+            .expect("connecting to the admin port");
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+            s
+        }))
+        .await;
+        flood.extend(batch);
+    }
+    let flooded = Instant::now();
+    // Watched from now on: each half-open connection must be closed by the server within its
+    // header timeout of the flood (some go earlier, to make room).
+    let limit = flooded + HEADER_TIMEOUT + Duration::from_secs(2);
+    let watch = tokio::spawn(futures_util::future::join_all(flood.into_iter().map(
+        |mut s| async move {
+            let mut buf = [0u8; 256];
+            loop {
+                match tokio::time::timeout_at(limit.into(), s.read(&mut buf)).await {
+                    Err(_) => return true,                  // still open at the limit
+                    Ok(Ok(0)) | Ok(Err(_)) => return false, // closed (FIN or reset)
+                    Ok(Ok(_)) => continue,                  // an answer (408): then it closes
+                }
+            }
+        },
+    )));
+
+    // /healthz answers at once, every time, on new connections.
+    for i in 0..5 {
+        let t = Instant::now();
+        let r = http.get(format!("{base}/healthz")).send().await;
+        let took = t.elapsed();
+        assert!(
+            matches!(&r, Ok(r) if r.status() == 200),
+            "/healthz #{i} during the flood: {r:?}"
+        );
+        assert!(took < Duration::from_secs(1), "/healthz #{i} took {took:?}");
+    }
+
+    // The sync goes on: a published event reaches Outlook (the emulator).
+    sb.publish(&[Ev::created("flood", "sch-flood")
+        .title("During the flood")
+        .people("u-1", &[])
+        .wire()])
+        .await
+        .unwrap();
+    let mailbox = crate::support::mailbox("taro", "flood");
+    wait_for(
+        "the copy in Outlook during the flood",
+        Duration::from_secs(30),
+        || crate::support::subjects(&sb, &mailbox).contains(&"During the flood".to_string()),
+    )
+    .await;
+
+    let open = watch
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|open| *open)
+        .count();
+    assert_eq!(
+        open,
+        0,
+        "{open} of {FLOOD} half-open connections were still open {:?} after the flood was \
+         sent (it took {:?} to send), past the header timeout ({HEADER_TIMEOUT:?}) and 2 s",
+        limit - flooded,
+        flooded - flood_started
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status();
+    let _ = tokio::task::spawn_blocking(move || child.0.wait()).await;
+    sb.cleanup().await;
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Serves `app` on a loopback port with short limits; returns the port.
+async fn limited(app: axum::Router, header: u64, idle: u64, request: u64) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let limits = outlook_sync::admin::listener::Limits {
+        header_read_timeout: Duration::from_secs(header),
+        idle_timeout: Duration::from_secs(idle),
+        request_timeout: Duration::from_secs(request),
+        max_connections: 64,
+    };
+    tokio::spawn(outlook_sync::admin::listener::serve(
+        listener,
+        app,
+        limits,
+        std::future::pending(),
+    ));
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_its_timeout_gets_503_request_timeout_in_the_error_shape() {
+    let app = axum::Router::new().route(
+        "/slow",
+        axum::routing::get(|| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            "late"
+        }),
+    );
+    let port = limited(app, 5, 30, 1).await;
+    outlook_sync::install_crypto_provider();
+    let started = Instant::now();
+    let r = reqwest::get(format!("http://127.0.0.1:{port}/slow"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "request_timeout", "{v}");
+    assert!(
+        v["error"]["message_ja"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_answer_is_disconnected_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SIZE: usize = 64 << 20;
+    let app = axum::Router::new().route("/big", axum::routing::get(|| async { vec![b'x'; SIZE] }));
+    let port = limited(app, 1, 1, 60).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Read nothing for a while: the server's writes stall on the full socket buffers.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the stalled connection was never closed");
+    assert!(
+        got < SIZE,
+        "the whole answer ({got} bytes) was delivered: the idle connection was not closed"
+    );
+}
