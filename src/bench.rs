@@ -118,7 +118,7 @@ async fn bare_consume(
 ) -> Result<(Duration, String), BenchError> {
     let q = format!(
         "{}.bare{}",
-        sb.cfg.redis.key_prefix,
+        crate::store::keys(&sb.cfg).prefix(),
         if decode { "-decode" } else { "" }
     );
     let ch = declare_like_work_queue(sb, &q).await?;
@@ -374,7 +374,7 @@ async fn stage_backlog(
     }
     // Make everything due now.
     let mut r = sb.redis.clone();
-    let due = format!("{}:due", sb.cfg.redis.key_prefix);
+    let due = crate::store::keys(&sb.cfg).due();
     let members: Vec<String> = r.zrange(&due, 0, -1).await?;
     for chunk in members.chunks(1000) {
         let mut pipe = redis::pipe();
@@ -427,7 +427,7 @@ async fn worker_peak_rss(
     n: usize,
     binary: &std::path::Path,
 ) -> Result<f64, BenchError> {
-    let dir = std::env::temp_dir().join(format!("{}-rss", sb.cfg.redis.key_prefix));
+    let dir = std::env::temp_dir().join(format!("{}-rss", crate::store::keys(&sb.cfg).prefix()));
     std::fs::create_dir_all(&dir).map_err(|e| BenchError::Other(e.to_string()))?;
     let mut cfg = sb.cfg.clone();
     cfg.window.seconds = 3600;
@@ -460,7 +460,7 @@ async fn worker_peak_rss(
         sb.publish_bulk(&items).await?;
         published += k;
     }
-    let due = format!("{}:due", sb.cfg.redis.key_prefix);
+    let due = crate::store::keys(&sb.cfg).due();
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let staged: usize = r.zcard(&due).await?;
@@ -584,7 +584,7 @@ pub async fn run(
         let decode_rate = n as f64 / t.elapsed().as_secs_f64();
         let windows = Windows::new(
             sb.redis.clone(),
-            crate::store::Keys::new(&format!("{}:probe", sb.cfg.redis.key_prefix)),
+            crate::store::Keys::new(&crate::store::keys(&sb.cfg).scratch("probe")),
             sb.cfg.window(),
         );
         let cpu = CpuSample::now();
@@ -608,7 +608,7 @@ pub async fn run(
         for (i, raws) in bodies.chunks(500).enumerate() {
             let mut inv = floor.prepare_invoke();
             for (k, raw) in raws.iter().enumerate() {
-                inv.key(format!("{}:floor:{i}:{k}", sb.cfg.redis.key_prefix))
+                inv.key(crate::store::keys(&sb.cfg).scratch(&format!("floor:{i}:{k}")))
                     .arg(raw.as_slice());
             }
             let _: usize = inv.invoke_async(&mut sb.redis.clone()).await?;

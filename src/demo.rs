@@ -299,11 +299,11 @@ impl Sandbox {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut quiet_since: Option<tokio::time::Instant> = None;
         let mut r = self.redis.clone();
-        let p = &self.cfg.redis.key_prefix;
+        let keys = crate::store::keys(&self.cfg);
         while tokio::time::Instant::now() < deadline {
             let depth = self.queue_depth(&self.cfg.amqp.queue).await?;
-            let due: u64 = r.zcard(format!("{p}:due")).await?;
-            let inflight: u64 = r.zcard(format!("{p}:inflight")).await?;
+            let due: u64 = r.zcard(keys.due()).await?;
+            let inflight: u64 = r.zcard(keys.inflight()).await?;
             if depth == 0 && due == 0 && inflight == 0 {
                 let since = *quiet_since.get_or_insert_with(tokio::time::Instant::now);
                 if since.elapsed() >= Duration::from_millis(500) {
@@ -331,7 +331,7 @@ impl Sandbox {
         }
         let _ = self.conn.close(200, "bye".into()).await;
         let mut r = self.redis.clone();
-        let pattern = format!("{}:*", self.cfg.redis.key_prefix);
+        let pattern = crate::store::keys(&self.cfg).all_pattern();
         let keys: Vec<String> = r.keys(&pattern).await.unwrap_or_default();
         for chunk in keys.chunks(500) {
             let _: Result<(), _> = r.del(chunk).await;
@@ -801,7 +801,7 @@ async fn demo_in(sb: &Sandbox, window_seconds: u64) -> Result<DemoOutcome, Sandb
 async fn worker_metrics_summary(sb: &Sandbox) -> String {
     let mut r = sb.redis.clone();
     let staged: u64 = r
-        .keys::<_, Vec<String>>(format!("{}:s:*", sb.cfg.redis.key_prefix))
+        .keys::<_, Vec<String>>(crate::store::keys(&sb.cfg).staged_pattern())
         .await
         .map(|k| k.len() as u64)
         .unwrap_or(0);

@@ -1,9 +1,9 @@
 //! The tenant directory in Redis: companies (credentials, plan, enabled) and their linked users
 //! (cyzen user → mailbox, linked-at, status). The flush reads it; the admin API writes it.
 //!
-//! Keys: `{prefix}:company:{company}` (a JSON document; the client secret sealed with
-//! AES-256-GCM, see [`crate::crypto`]), `{prefix}:companies` (the set of company ids) and
-//! `{prefix}:users:{company}` (a hash of user id → JSON).
+//! Keys (`store::keys`): `company:{company}` (a JSON document; the client secret sealed with
+//! AES-256-GCM, see [`crate::crypto`]), `companies` (the set of company ids) and
+//! `users:{company}` (a hash of user id → JSON).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -290,7 +290,7 @@ pub enum DirectoryError {
 #[derive(Clone)]
 pub struct Directory {
     redis: ConnectionManager,
-    prefix: String,
+    names: crate::store::Keys,
     keys: Arc<KeyRing>,
 }
 
@@ -306,10 +306,10 @@ pub struct ResealReport {
 impl Directory {
     /// A directory without encryption keys: it reads companies without credentials, and
     /// refuses to store a secret. Use [`Directory::from_config`] or [`Directory::with_keys`].
-    pub fn new(redis: ConnectionManager, prefix: &str) -> Self {
+    pub fn new(redis: ConnectionManager, keys: crate::store::Keys) -> Self {
         Self {
             redis,
-            prefix: prefix.to_string(),
+            names: keys,
             keys: Arc::new(KeyRing::default()),
         }
     }
@@ -318,7 +318,7 @@ impl Directory {
     pub fn from_config(redis: ConnectionManager, cfg: &crate::config::Config) -> Self {
         let keys =
             KeyRing::from_config(&cfg.secrets).expect("secrets.* are checked by Config::validate");
-        Self::new(redis, &cfg.redis.key_prefix).with_keys(Arc::new(keys))
+        Self::new(redis, crate::store::keys(cfg)).with_keys(Arc::new(keys))
     }
 
     pub fn with_keys(mut self, keys: Arc<KeyRing>) -> Self {
@@ -327,15 +327,15 @@ impl Directory {
     }
 
     fn company_key(&self, company: &str) -> String {
-        format!("{}:company:{company}", self.prefix)
+        self.names.company(company)
     }
 
     fn companies_key(&self) -> String {
-        format!("{}:companies", self.prefix)
+        self.names.companies()
     }
 
     fn users_key(&self, company: &str) -> String {
-        format!("{}:users:{company}", self.prefix)
+        self.names.users(company)
     }
 
     async fn read_doc(&self, company: &str) -> Result<Option<CompanyDoc>, DirectoryError> {

@@ -157,7 +157,7 @@ pub fn routes() -> Vec<(&'static str, &'static str)> {
 /// (`admin::router(health).merge(admin::api::router(admin))`).
 pub fn router(admin: Admin) -> Router {
     let tokens = AdminTokens::new(&admin.config().admin.tokens);
-    let jobs = Jobs::new(admin.redis.clone(), &admin.config().redis.key_prefix);
+    let jobs = Jobs::new(admin.redis.clone(), crate::store::keys(admin.config()));
     let dead_letters = crate::deadletter::api::router(crate::deadletter::api::DlqApi::new(
         admin.config(),
         admin.redis.clone(),
@@ -183,7 +183,7 @@ pub fn router(admin: Admin) -> Router {
 /// which a customer administrator's browser reaches from the internet. Everything else answers
 /// 404 there.
 pub fn public_router(admin: Admin) -> Router {
-    let jobs = Jobs::new(admin.redis.clone(), &admin.config().redis.key_prefix);
+    let jobs = Jobs::new(admin.redis.clone(), crate::store::keys(admin.config()));
     public()
         .router
         .with_state(ApiState { admin, jobs })

@@ -27,7 +27,7 @@ struct PendingConsent {
 impl Admin {
     fn state_key(&self, state: &str) -> String {
         let hash = hex::encode(Sha256::digest(state.as_bytes()));
-        format!("{}:consent-state:{hash}", self.cfg.redis.key_prefix)
+        crate::store::keys(&self.cfg).consent_state(&hash)
     }
 
     /// Where Microsoft sends the administrator back.

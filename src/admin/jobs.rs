@@ -1,6 +1,6 @@
 //! Long admin operations (a large bulk file, removing a company's integration) run as jobs: the
 //! API answers 202 with the job's id at once, and `GET /v1/jobs/{job}` shows its progress and,
-//! when done, its result. The record lives in Redis (`{prefix}:job:{id}`, kept a day), so any
+//! when done, its result. The record lives in Redis (`job:{id}` (`store::keys`), kept a day), so any
 //! pod can answer for it; the work itself runs in the pod that accepted it (if that pod dies,
 //! the job stays `running` until it expires: run the operation again, it is idempotent).
 
@@ -49,19 +49,16 @@ pub struct JobRecord {
 #[derive(Clone)]
 pub struct Jobs {
     redis: ConnectionManager,
-    prefix: String,
+    keys: crate::store::Keys,
 }
 
 impl Jobs {
-    pub fn new(redis: ConnectionManager, prefix: &str) -> Jobs {
-        Jobs {
-            redis,
-            prefix: prefix.to_string(),
-        }
+    pub fn new(redis: ConnectionManager, keys: crate::store::Keys) -> Jobs {
+        Jobs { redis, keys }
     }
 
     fn key(&self, id: &str) -> String {
-        format!("{}:job:{id}", self.prefix)
+        self.keys.job(id)
     }
 
     async fn write(&self, rec: &JobRecord) -> Result<(), redis::RedisError> {

@@ -123,6 +123,16 @@ impl Keys {
         format!("{}:job:{id}", self.prefix)
     }
 
+    /// A scratch key (the benchmark's probes), under the prefix so it is cleaned up with it.
+    pub fn scratch(&self, name: &str) -> String {
+        format!("{}:scratch:{name}", self.prefix)
+    }
+
+    /// `s:*`: every staged schedule (tests and the benchmark count them).
+    pub fn staged_pattern(&self) -> String {
+        format!("{}:s:*", self.prefix)
+    }
+
     /// The dead-letter operations' keys of one queue (`lock`, …).
     pub fn dlq(&self, queue: &str, what: &str) -> String {
         format!("{}:dlq:{queue}:{what}", self.prefix)

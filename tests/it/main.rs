@@ -2,6 +2,7 @@
 //! in-process Graph emulator). Each test uses its own queue names and key prefix.
 
 mod admin;
+mod architecture;
 mod bad_input;
 mod case_ids;
 mod config;
