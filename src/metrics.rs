@@ -454,7 +454,11 @@ pub mod known {
         };
         let mut out: Vec<&'static str> = mailbox.iter().map(|p| p.code()).collect();
         out.extend(token.iter().map(|p| p.code()));
-        out.extend(["graph_rejected", "retries_exhausted"]);
+        out.extend([
+            "graph_rejected",
+            "retries_exhausted",
+            "retry_time_exhausted",
+        ]);
         out
     }
 

@@ -42,6 +42,18 @@ pub fn schedule(base: Duration, max: Duration) -> backon::ExponentialBackoff {
         .build()
 }
 
+/// A duration in plain words: `45 s`, `12 min 5 s`, `3 h 20 min`, `2 d 4 h`.
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{} ms", d.as_millis()),
+        1..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        3600..86_400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
 /// A background task that lives exactly as long as its owner (a lease, a claim): if the owner's
 /// task is cancelled or the worker dies, the task stops (a renewer: the lease then runs out).
 pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
@@ -68,5 +80,18 @@ mod tests {
         assert!(waits[7] >= max, "reaches the cap: {waits:?}");
         b.reset();
         assert!(b.delay() < max, "a reset starts over");
+    }
+
+    #[test]
+    fn a_duration_reads_in_the_largest_units_that_fit() {
+        for (secs, words) in [
+            (0, "0 ms"),
+            (45, "45 s"),
+            (725, "12 min 5 s"),
+            (12_000, "3 h 20 min"),
+            (187_200, "2 d 4 h"),
+        ] {
+            assert_eq!(human_duration(Duration::from_secs(secs)), words);
+        }
     }
 }

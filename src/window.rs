@@ -73,10 +73,12 @@ pub struct StagedSchedule {
     pub raw: Vec<u8>,
     /// Its `schedule.created` was staged through this Redis: no copy can predate our mapping.
     pub born_here: bool,
+    /// When it was last staged (or replayed), ms since the epoch: the retry budget counts from it.
+    pub staged_at_ms: Option<u64>,
 }
 
-/// `HMGET rev event born` of one schedule.
-type StagedRow = (Option<u64>, Option<Vec<u8>>, Option<String>);
+/// `HMGET rev event born staged_at` of one schedule.
+type StagedRow = (Option<u64>, Option<Vec<u8>>, Option<String>, Option<u64>);
 
 /// KEYS[1] = due; KEYS[1+i] = the schedule hash of event i.
 /// ARGV[1] = due score (ms), ARGV[2] = retention (s), ARGV[3] = now (ms);
@@ -122,7 +124,7 @@ for i = 1, n do
     due[#due + 1] = ARGV[base + 2]
     out[i] = 1
   elseif replay then
-    redis.call('HSET', key, 'replay', curs)
+    redis.call('HSET', key, 'replay', curs, 'staged_at', ARGV[3])
     due[#due + 1] = ARGV[1]
     due[#due + 1] = ARGV[base + 2]
     out[i] = 2
@@ -412,17 +414,19 @@ impl Windows {
                 .arg(self.schedule_key(&m.company_id, &m.schedule_id))
                 .arg("rev")
                 .arg("event")
-                .arg("born");
+                .arg("born")
+                .arg("staged_at");
         }
         let mut r = self.redis.clone();
         let rows: Vec<StagedRow> = pipe.query_async(&mut r).await?;
         Ok(rows
             .into_iter()
-            .map(|(rev, raw, born)| match (rev, raw) {
+            .map(|(rev, raw, born, staged_at)| match (rev, raw) {
                 (Some(revision), Some(raw)) => Some(StagedSchedule {
                     revision,
                     raw,
                     born_here: born.is_some(),
+                    staged_at_ms: staged_at,
                 }),
                 _ => None,
             })

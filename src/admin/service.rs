@@ -344,6 +344,7 @@ impl Admin {
                 redis.clone(),
                 keys,
                 Duration::from_secs(cfg.graph.mailbox_lease_seconds),
+                cfg.mailbox_budget(),
             ),
             graph,
             redis,

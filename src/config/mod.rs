@@ -207,6 +207,11 @@ pub struct GraphConfig {
     pub request_timeout_ms: u64,
     /// A token is renewed this many seconds before it expires.
     pub token_refresh_margin_seconds: u64,
+    /// Graph's request budget per app and mailbox (`mailbox_request_budget` requests per
+    /// `mailbox_budget_window_seconds`; GRAPH.md: 10,000 per 600 s). Each mailbox's requests are
+    /// paced within it, across workers, so a backlog never runs into 429 to find it.
+    pub mailbox_request_budget: u32,
+    pub mailbox_budget_window_seconds: u64,
     /// Allows `http://` `base_url` and `login_url` to a host other than this machine (a Graph
     /// emulator in a compose network). The client secret then travels unencrypted: never in
     /// production; a worker logs a warning at start while it is on.
@@ -216,12 +221,17 @@ pub struct GraphConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
-    /// Attempts for one change before it becomes a dead letter.
+    /// Attempts for one change before it becomes a dead letter, counting only the failures
+    /// that could repeat forever for the same request (5xx without `Retry-After`, timeouts).
     pub max_attempts: u32,
     pub initial_backoff_ms: u64,
     pub max_backoff_ms: u64,
     /// A `Retry-After` longer than this is capped (and logged), in seconds.
     pub max_retry_after_seconds: u64,
+    /// How long a change is retried at most, from when it was staged, in seconds: past it, a
+    /// change Graph still throttles (or that still fails) becomes a dead letter saying so. A 429
+    /// or 503 with `Retry-After` is waited out without counting against `max_attempts`.
+    pub give_up_after_seconds: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -323,6 +333,8 @@ impl Default for GraphConfig {
             batch_size: 20,
             request_timeout_ms: 30_000,
             token_refresh_margin_seconds: 300,
+            mailbox_request_budget: 10_000,
+            mailbox_budget_window_seconds: 600,
             allow_insecure_http: false,
         }
     }
@@ -335,6 +347,7 @@ impl Default for RetryConfig {
             initial_backoff_ms: 500,
             max_backoff_ms: 60_000,
             max_retry_after_seconds: 600,
+            give_up_after_seconds: 86_400,
         }
     }
 }
@@ -572,6 +585,15 @@ impl Config {
         if r.max_attempts == 0 {
             return Err(bad("retry.max_attempts", "must be at least 1"));
         }
+        if r.give_up_after_seconds == 0 {
+            return Err(bad("retry.give_up_after_seconds", "must be at least 1"));
+        }
+        if g.mailbox_request_budget < 10 || g.mailbox_budget_window_seconds == 0 {
+            return Err(bad(
+                "graph.mailbox_request_budget",
+                "must be at least 10 requests per graph.mailbox_budget_window_seconds (at least 1)",
+            ));
+        }
         if r.initial_backoff_ms == 0 || r.initial_backoff_ms > r.max_backoff_ms {
             return Err(bad(
                 "retry.initial_backoff_ms",
@@ -748,6 +770,19 @@ impl Config {
 
     pub fn window(&self) -> Duration {
         Duration::from_secs(self.window.seconds)
+    }
+
+    /// Graph's request budget per app and mailbox, as the worker paces it.
+    pub fn mailbox_budget(&self) -> crate::store::pace::Budget {
+        crate::store::pace::Budget::new(
+            self.graph.mailbox_request_budget,
+            Duration::from_secs(self.graph.mailbox_budget_window_seconds),
+        )
+    }
+
+    /// `retry.give_up_after_seconds`.
+    pub fn give_up_after(&self) -> Duration {
+        Duration::from_secs(self.retry.give_up_after_seconds)
     }
 
     pub fn admin_addr(&self) -> SocketAddr {

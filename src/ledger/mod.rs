@@ -138,7 +138,10 @@ pub fn words(reason: &str) -> &'static str {
         "tenant_not_found" => "the company's tenant id is wrong",
         "invalid_scope" => "the token endpoint refused the requested scope",
         "retries_exhausted" => {
-            "Graph kept failing (throttling or outages) until the retry budget ran out"
+            "Graph kept failing (errors or timeouts without Retry-After) until retry.max_attempts ran out"
+        }
+        "retry_time_exhausted" => {
+            "Graph kept throttling or failing for longer than retry.give_up_after_seconds; the change was given up"
         }
         "graph_rejected" => "Graph rejected the change as invalid",
         "throttled_or_unavailable" => "Graph throttled or was unavailable; retrying",

@@ -10,6 +10,7 @@
 //! | `m:{company}/{schedule}` | hash | mailbox → the copy (`store::copies`) | `store::copies` |
 //! | `copies-of:{company}:{mailbox}` | set | the schedules with a copy in a mailbox | `store::copies` |
 //! | `lease:{company}:{mailbox}` | string | the token of the worker writing to the mailbox | `store::lease` |
+//! | `rate:{company}:{mailbox}` | string | the mailbox's paced request budget (µs) while no one holds it | `store::pace` |
 //! | `ledger:{company}/{schedule}` | list | the sync ledger's entries, newest first | `ledger` |
 //! | `company:{company}`, `companies`, `users:{company}` | string, set, hash | the tenant directory | `tenants` |
 //! | `consent-state:{sha256}` | string | a pending admin consent | `admin::consent` |
@@ -99,6 +100,11 @@ impl Keys {
         format!("{}:lease:{company}:{mailbox}", self.prefix)
     }
 
+    /// A mailbox's paced request budget (its theoretical arrival time), `store::pace`.
+    pub fn mailbox_rate(&self, company: &str, mailbox: &str) -> String {
+        format!("{}:rate:{company}:{mailbox}", self.prefix)
+    }
+
     pub fn ledger(&self, m: &Member) -> String {
         format!("{}:ledger:{}", self.prefix, m.encode())
     }
@@ -163,6 +169,7 @@ mod tests {
             k.copies(&m),
             k.copies_of("c", "a@b"),
             k.mailbox_lease("c", "a@b"),
+            k.mailbox_rate("c", "a@b"),
             k.ledger(&m),
             k.company("c"),
             k.companies(),

@@ -15,6 +15,7 @@ use redis::aio::ConnectionManager;
 use tracing::warn;
 
 use super::keys::Keys;
+use super::pace::{self, Budget};
 use crate::runtime::AbortOnDrop;
 
 const RELEASE_LUA: &str = r#"
@@ -76,12 +77,18 @@ impl Leases {
 
     /// Gives leases back (best effort: a lease not given back runs out).
     pub async fn give_back(&self, held: &[(String, String)]) {
+        self.give_back_after(held, redis::pipe()).await;
+    }
+
+    /// Gives leases back in the same round trip as `before`'s commands, which run first (while
+    /// the leases are still held).
+    pub async fn give_back_after(&self, held: &[(String, String)], before: redis::Pipeline) {
         if held.is_empty() {
             return;
         }
         let mut r = self.redis.clone();
         if let Err(e) = self
-            .invoke_all::<()>(&self.release, held, &[], &mut r)
+            .invoke_all::<()>(&self.release, held, &[], before, &mut r)
             .await
         {
             warn!(error = %e, leases = held.len(), "leases not given back; they run out by themselves");
@@ -95,7 +102,9 @@ impl Leases {
         }
         let mut r = self.redis.clone();
         let ttl = self.ttl.as_millis() as u64;
-        let out: Vec<i64> = self.invoke_all(&self.extend, held, &[ttl], &mut r).await?;
+        let out: Vec<i64> = self
+            .invoke_all(&self.extend, held, &[ttl], redis::pipe(), &mut r)
+            .await?;
         Ok(out.into_iter().map(|n| n == 1).collect())
     }
 
@@ -106,9 +115,9 @@ impl Leases {
         script: &redis::Script,
         held: &[(String, String)],
         extra: &[u64],
+        mut pipe: redis::Pipeline,
         r: &mut ConnectionManager,
     ) -> Result<T, redis::RedisError> {
-        let mut pipe = redis::pipe();
         for (key, token) in held {
             let mut inv = script.key(key);
             inv.arg(token);
@@ -159,34 +168,62 @@ pub fn token() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// The exclusive, expiring lease on one mailbox, shared by all workers.
+/// The exclusive, expiring lease on one mailbox, shared by all workers. It carries the
+/// mailbox's paced request budget (`store::pace`): read when taken, written back when given up.
 #[derive(Clone)]
 pub struct MailboxLeases {
     leases: Leases,
     keys: Keys,
+    budget: Budget,
 }
 
-/// A held mailbox lease (see [`MailboxLeases::acquire`]), renewed until released or dropped.
+/// A mailbox lease just taken: its token, and the budget's TAT its last holder left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    pub token: String,
+    pub tat_us: Option<u64>,
+}
+
+/// A mailbox lease to give back: the mailbox, its token, and the budget's TAT now.
+pub type Given = (String, String, Option<u64>);
+
+/// A held mailbox lease (see [`MailboxLeases::acquire`]), renewed until released or dropped;
+/// it paces its requests within the mailbox's budget.
 pub struct LeaseGuard {
-    leases: Leases,
-    key: String,
+    leases: MailboxLeases,
+    company: String,
+    mailbox: String,
     token: String,
+    tat_us: Option<u64>,
     _renewer: AbortOnDrop,
 }
 
 impl LeaseGuard {
+    /// Waits until `n` more requests fit the mailbox's budget, and reserves them.
+    pub async fn pace(&mut self, n: usize) {
+        loop {
+            match self.leases.budget.reserve(self.tat_us, pace::now_us(), n) {
+                Ok(tat) => {
+                    self.tat_us = Some(tat);
+                    return;
+                }
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+
     pub async fn release(self) {
-        self.leases
-            .give_back(&[(self.key.clone(), self.token.clone())])
-            .await;
+        let given = [(self.mailbox.clone(), self.token.clone(), self.tat_us)];
+        self.leases.release_many(&self.company, &given).await;
     }
 }
 
 impl MailboxLeases {
-    pub fn new(redis: ConnectionManager, keys: Keys, ttl: Duration) -> Self {
+    pub fn new(redis: ConnectionManager, keys: Keys, ttl: Duration, budget: Budget) -> Self {
         Self {
             leases: Leases::new(redis, ttl),
             keys,
+            budget,
         }
     }
 
@@ -197,6 +234,10 @@ impl MailboxLeases {
 
     pub fn leases(&self) -> &Leases {
         &self.leases
+    }
+
+    pub fn budget(&self) -> Budget {
+        self.budget
     }
 
     /// Takes one mailbox's lease, trying every 30–60 ms (backon, with jitter) for up to `wait`;
@@ -214,12 +255,10 @@ impl MailboxLeases {
             Held,
             Redis(redis::RedisError),
         }
-        let key = self.key(company, mailbox);
+        let mailboxes = [mailbox.to_string()];
         let take = || async {
-            let token = token();
-            match self.leases.try_take(&[(key.clone(), token.clone())]).await {
-                Ok(taken) if taken == [true] => Ok(token),
-                Ok(_) => Err(Miss::Held),
+            match self.try_acquire_many(company, &mailboxes).await {
+                Ok(mut taken) => taken.pop().flatten().ok_or(Miss::Held),
                 Err(e) => Err(Miss::Redis(e)),
             }
         };
@@ -229,15 +268,18 @@ impl MailboxLeases {
             .with_jitter()
             .with_max_times(tries);
         match take.retry(schedule).when(|m| matches!(m, Miss::Held)).await {
-            Ok(token) => {
+            Ok(taken) => {
+                let key = self.key(company, mailbox);
                 let held: Held = Arc::new(std::sync::Mutex::new(BTreeMap::from([(
-                    key.clone(),
-                    token.clone(),
+                    key,
+                    taken.token.clone(),
                 )])));
                 Ok(Some(LeaseGuard {
-                    leases: self.leases.clone(),
-                    key,
-                    token,
+                    leases: self.clone(),
+                    company: company.to_string(),
+                    mailbox: mailbox.to_string(),
+                    token: taken.token,
+                    tat_us: taken.tat_us,
                     _renewer: self.leases.keep_renewed(held, None),
                 }))
             }
@@ -246,30 +288,60 @@ impl MailboxLeases {
         }
     }
 
-    /// Tries to take several mailboxes' leases at once (one round trip); a token for each taken.
+    /// Tries to take several mailboxes' leases at once (one round trip), reading each one's
+    /// budget as its last holder left it.
     pub async fn try_acquire_many(
         &self,
         company: &str,
         mailboxes: &[String],
-    ) -> Result<Vec<Option<String>>, redis::RedisError> {
-        let wanted: Vec<(String, String)> = mailboxes
-            .iter()
-            .map(|m| (self.key(company, m), token()))
-            .collect();
-        let taken = self.leases.try_take(&wanted).await?;
-        Ok(wanted
-            .into_iter()
-            .zip(taken)
-            .map(|((_, t), ok)| ok.then_some(t))
+    ) -> Result<Vec<Option<Taken>>, redis::RedisError> {
+        if mailboxes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tokens: Vec<String> = mailboxes.iter().map(|_| token()).collect();
+        let mut pipe = redis::pipe();
+        for (m, t) in mailboxes.iter().zip(&tokens) {
+            pipe.cmd("SET")
+                .arg(self.key(company, m))
+                .arg(t)
+                .arg("NX")
+                .arg("PX")
+                .arg(self.leases.ttl.as_millis() as u64);
+            pipe.cmd("GET").arg(self.keys.mailbox_rate(company, m));
+        }
+        let mut r = self.leases.redis.clone();
+        let flat: Vec<Option<String>> = pipe.query_async(&mut r).await?;
+        Ok(flat
+            .chunks(2)
+            .zip(tokens)
+            .map(|(pair, token)| {
+                pair[0].as_ref().map(|_| Taken {
+                    token,
+                    tat_us: pair[1].as_deref().and_then(|t| t.parse().ok()),
+                })
+            })
             .collect())
     }
 
-    /// Gives mailbox leases back: `(mailbox, token)`.
-    pub async fn release_many(&self, company: &str, held: &[(String, String)]) {
-        let held: Vec<(String, String)> = held
+    /// Gives mailbox leases back, leaving each one's budget for its next holder (one round trip).
+    pub async fn release_many(&self, company: &str, given: &[Given]) {
+        let now = pace::now_us();
+        let mut before = redis::pipe();
+        for (m, _, tat) in given {
+            if let Some(tat) = tat.filter(|t| *t > now) {
+                before
+                    .cmd("SET")
+                    .arg(self.keys.mailbox_rate(company, m))
+                    .arg(tat)
+                    .arg("PX")
+                    .arg(self.budget.window().as_millis() as u64)
+                    .ignore();
+            }
+        }
+        let held: Vec<(String, String)> = given
             .iter()
-            .map(|(m, t)| (self.key(company, m), t.clone()))
+            .map(|(m, t, _)| (self.key(company, m), t.clone()))
             .collect();
-        self.leases.give_back(&held).await;
+        self.leases.give_back_after(&held, before).await;
     }
 }

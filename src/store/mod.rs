@@ -8,6 +8,7 @@
 pub mod copies;
 pub mod keys;
 pub mod lease;
+pub mod pace;
 
 use std::time::Duration;
 

@@ -16,7 +16,9 @@ use crate::event::ScheduleEvent;
 use crate::graph::client::GraphRequest;
 use crate::graph::mapping::MappingOptions;
 use crate::graph::requests;
+use crate::store::lease::Given;
 use crate::store::lease::Held as HeldLeases;
+use crate::store::pace::{self, Budget};
 use crate::store::{CopyRecord, MailboxLeases};
 
 /// A request a change can send.
@@ -165,6 +167,8 @@ pub struct Mailbox {
     /// Since when the oldest queued change waits (for the linger).
     pub oldest: Instant,
     pub backoff: backon::ExponentialBackoff,
+    /// The mailbox's paced request budget while this worker holds its lease (`store::pace`).
+    pub tat_us: Option<u64>,
 }
 
 impl Mailbox {
@@ -178,6 +182,7 @@ impl Mailbox {
             next_lease_try: now,
             oldest: now,
             backoff,
+            tat_us: None,
         }
     }
 
@@ -262,18 +267,19 @@ pub struct Queues {
     boxes: BTreeMap<MailboxKey, Mailbox>,
     /// The leases held (lease key → token), renewed by the flush's renewer.
     held: HeldLeases,
-}
-
-impl Default for Queues {
-    fn default() -> Self {
-        Queues {
-            boxes: BTreeMap::new(),
-            held: Arc::new(std::sync::Mutex::new(BTreeMap::new())),
-        }
-    }
+    /// Graph's request budget per mailbox, which every batch is paced within.
+    budget: Budget,
 }
 
 impl Queues {
+    pub fn new(budget: Budget) -> Queues {
+        Queues {
+            boxes: BTreeMap::new(),
+            held: Arc::new(std::sync::Mutex::new(BTreeMap::new())),
+            budget,
+        }
+    }
+
     /// The held leases, for the renewer.
     pub fn held_leases(&self) -> HeldLeases {
         self.held.clone()
@@ -363,13 +369,14 @@ impl Queues {
                     continue;
                 };
                 match t {
-                    Some(t) => {
+                    Some(taken) => {
                         leased += 1;
                         self.held
                             .lock()
                             .expect("leases")
-                            .insert(lease_key, t.clone());
-                        b.lease = Some(t);
+                            .insert(lease_key, taken.token.clone());
+                        b.lease = Some(taken.token);
+                        b.tat_us = taken.tat_us;
                         // Everything queued is re-read under this lease.
                         let queued: Vec<u64> = b.pending.drain(..).collect();
                         b.unprepared.extend(queued);
@@ -422,14 +429,40 @@ impl Queues {
             .is_some_and(|b| b.lease.is_some() && b.pending.contains(&id))
     }
 
-    /// See [`next_batch`].
+    /// See [`next_batch`]; every mailbox in it is paced within its request budget: one whose
+    /// budget is spent waits (holding its lease) until its next requests fit.
     pub fn next_batch(
         &mut self,
         batch_size: usize,
         linger: Duration,
         sendable: &dyn Fn(u64) -> bool,
     ) -> Option<(String, Vec<u64>)> {
-        next_batch(&mut self.boxes, batch_size, linger, sendable)
+        let now_us = pace::now_us();
+        let now = Instant::now();
+        for b in self.boxes.values_mut() {
+            if b.lease.is_none() || b.busy || b.pending.is_empty() || b.not_before > now {
+                continue;
+            }
+            let n = b.pending.len().min(batch_size);
+            if let Err(wait) = self.budget.reserve(b.tat_us, now_us, n) {
+                b.not_before = now + wait;
+            }
+        }
+        let before: BTreeMap<MailboxKey, usize> = self
+            .boxes
+            .iter()
+            .filter(|(_, b)| !b.busy)
+            .map(|(k, b)| (k.clone(), b.pending.len()))
+            .collect();
+        let picked = next_batch(&mut self.boxes, batch_size, linger, sendable)?;
+        for (key, was) in before {
+            if let Some(b) = self.boxes.get_mut(&key).filter(|b| b.busy) {
+                let n = was - b.pending.len();
+                // Checked above: it fits (or the mailbox would not have been ready).
+                b.tat_us = self.budget.reserve(b.tat_us, now_us, n).ok().or(b.tat_us);
+            }
+        }
+        Some(picked)
     }
 
     /// Frees the mailboxes of a finished batch. Those in `waits` wait out their `Retry-After`
@@ -464,24 +497,25 @@ impl Queues {
     /// (what they still have queued is re-read under their next lease), and forgets idle
     /// mailboxes. Returns how many leases were given back.
     pub async fn release_idle(&mut self, leases: &MailboxLeases) -> usize {
-        let mut release: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        let mut release: BTreeMap<String, Vec<Given>> = BTreeMap::new();
         let now = Instant::now();
         for ((company, mailbox), b) in self.boxes.iter_mut() {
             if !b.busy
                 && b.not_before <= now
                 && let Some(t) = b.lease.take()
             {
-                release
-                    .entry(company.clone())
-                    .or_default()
-                    .push((mailbox.clone(), t));
+                release.entry(company.clone()).or_default().push((
+                    mailbox.clone(),
+                    t,
+                    b.tat_us.take(),
+                ));
             }
         }
         let mut n = 0;
         for (company, given) in release {
             {
                 let mut held = self.held.lock().expect("leases");
-                for (m, _) in &given {
+                for (m, _, _) in &given {
                     held.remove(&leases.key(&company, m));
                 }
             }

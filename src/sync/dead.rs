@@ -37,7 +37,7 @@ pub async fn publish(
     claimed: &Claimed,
     mailbox: &str,
     e: &GraphError,
-    reason: &'static str,
+    (reason, why): (&'static str, Option<&str>),
     attempts: u32,
     (first_failure, last_failure): (Option<Timestamp>, Option<Timestamp>),
 ) -> Settlement {
@@ -46,7 +46,11 @@ pub async fn publish(
     let dl = DeadLetter {
         stage: "flush",
         reason: reason.to_string(),
-        error: e.to_string(),
+        // Graph's last words, and why the service stopped trying where that is more than them.
+        error: match why {
+            Some(why) => format!("{why}; the last answer: {e}"),
+            None => e.to_string(),
+        },
         company_id: Some(company.clone()),
         schedule_id: Some(ev.schedule_id.clone()),
         revision: Some(ev.revision),

@@ -86,7 +86,7 @@ impl<'a> Engine<'a> {
             next_id: 0,
             held: HashMap::new(),
             work: HashMap::new(),
-            queues: Queues::default(),
+            queues: Queues::new(s.cfg.mailbox_budget()),
             credentials: HashMap::new(),
             claims: Arc::new(std::sync::Mutex::new(HashSet::new())),
             inflight: FuturesUnordered::new(),
@@ -199,6 +199,8 @@ impl<'a> Engine<'a> {
                 attempts: 0,
                 first_failure: None,
                 last_failure: None,
+                throttled: 0,
+                last_retry_after: None,
             };
             self.work.insert(wid, work);
         }
@@ -514,6 +516,8 @@ impl<'a> Engine<'a> {
             graph_base: s.graph.base_url(),
             attempts: w.attempts,
             max_attempts: s.cfg.retry.max_attempts,
+            age: w.age(Duration::ZERO),
+            give_up_after: s.cfg.give_up_after(),
         };
         match outcome::decide(&request, res.as_ref().map(|r| &r.body), &cx) {
             Transition::Again(step) => {
@@ -534,9 +538,16 @@ impl<'a> Engine<'a> {
                 request: next,
                 retry_after,
                 refresh_token,
+                counted,
             } => {
                 if refresh_token {
                     s.graph.forget_token(&w.company);
+                }
+                if !counted {
+                    // Throttling: waited out, not an attempt spent.
+                    w.attempts -= 1;
+                    w.throttled += 1;
+                    w.last_retry_after = retry_after;
                 }
                 if let Err(e) = &res {
                     let entry = graph_entry(
@@ -609,8 +620,16 @@ impl<'a> Engine<'a> {
             return Settlement::Settled;
         };
         let failures = (w.first_failure, w.last_failure);
+        let explained = (reason == outcome::RETRY_TIME_EXHAUSTED)
+            .then(|| w.gave_up_after(self.s.cfg.give_up_after()));
         let settlement = super::dead::publish(
-            self.s, &w.claimed, &w.mailbox, e, reason, w.attempts, failures,
+            self.s,
+            &w.claimed,
+            &w.mailbox,
+            e,
+            (reason, explained.as_deref()),
+            w.attempts,
+            failures,
         )
         .await;
         let Step::Ready(request) = &w.step else {
@@ -623,7 +642,7 @@ impl<'a> Engine<'a> {
             }
             Settlement::Unsettled => (ledger::Outcome::Retrying, "dead_letter_publish_failed"),
         };
-        let entry = graph_entry(
+        let mut entry = graph_entry(
             w.revision(),
             &w.mailbox,
             request.op(),
@@ -632,6 +651,9 @@ impl<'a> Engine<'a> {
             e,
             w.attempts,
         );
+        if let (ledger::Outcome::DeadLettered, Some(words)) = (kind, explained) {
+            entry.words = words;
+        }
         self.notes.push((w.claimed.member.clone(), entry));
         if matches!(e.class, ErrorClass::Mailbox(_)) {
             let _ = self

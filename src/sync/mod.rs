@@ -88,6 +88,7 @@ impl Flusher {
                 redis,
                 keys,
                 Duration::from_secs(cfg.graph.mailbox_lease_seconds),
+                cfg.mailbox_budget(),
             ),
             graph,
             metrics,

@@ -17,10 +17,14 @@ pub struct Context<'a> {
     pub schedule_id: &'a str,
     /// The Graph base URL (a lookup's next page is made relative to it).
     pub graph_base: &'a str,
-    /// Attempts of the current request, this one included.
+    /// Attempts of the current request that count (this one included, if it counts).
     pub attempts: u32,
     /// `retry.max_attempts`.
     pub max_attempts: u32,
+    /// How long ago the change was staged.
+    pub age: Duration,
+    /// `retry.give_up_after_seconds`.
+    pub give_up_after: Duration,
 }
 
 /// How the copy's record changes when a change finishes.
@@ -50,11 +54,14 @@ pub enum Transition {
         written: bool,
     },
     /// Retry `request` after the mailbox waits (`retry_after` if Graph gave one, else the
-    /// backoff). `refresh_token`: the token is forgotten first.
+    /// backoff). `refresh_token`: the token is forgotten first. `counted`: the failure counts
+    /// against `max_attempts` (Graph throttling, a 429 or 503 that says `Retry-After`, does not:
+    /// it is waited out, within `give_up_after`).
     Retry {
         request: Request,
         retry_after: Option<Duration>,
         refresh_token: bool,
+        counted: bool,
     },
     /// Give up: a dead letter with this reason.
     GiveUp { reason: &'static str },
@@ -138,18 +145,42 @@ fn failed(request: &Request, e: &GraphError, cx: &Context<'_>) -> Transition {
         // The copy was deleted in Outlook: create it again (after recording a new intent).
         (ErrorClass::ItemGone, Request::Update { .. }) => Transition::Again(Step::NeedsIntent),
         (ErrorClass::Retryable { .. } | ErrorClass::RefreshToken, _)
+            if cx.age >= cx.give_up_after =>
+        {
+            Transition::GiveUp {
+                reason: RETRY_TIME_EXHAUSTED,
+            }
+        }
+        (ErrorClass::Retryable { .. }, _) if is_throttled(e) => Transition::Retry {
+            request: retried(request, e),
+            retry_after: e.retry_after,
+            refresh_token: false,
+            counted: false,
+        },
+        (ErrorClass::Retryable { .. } | ErrorClass::RefreshToken, _)
             if cx.attempts < cx.max_attempts =>
         {
             Transition::Retry {
                 request: retried(request, e),
                 retry_after: e.retry_after,
                 refresh_token: e.class == ErrorClass::RefreshToken,
+                counted: true,
             }
         }
         (class, _) => Transition::GiveUp {
             reason: give_up_reason(class),
         },
     }
+}
+
+/// The reason of a change given up on because Graph kept refusing it for longer than
+/// `retry.give_up_after_seconds`.
+pub const RETRY_TIME_EXHAUSTED: &str = "retry_time_exhausted";
+
+/// Graph slowing us down, not failing: a 429, or a 503 that says when to come back. Waited
+/// out, never counted against the attempts (Microsoft's guidance: back off and retry).
+pub fn is_throttled(e: &GraphError) -> bool {
+    matches!(e.status, Some(429) | Some(503)) && e.retry_after.is_some()
 }
 
 /// What is sent again after a retryable failure. A create that failed ambiguously (a timeout, a
@@ -185,12 +216,19 @@ mod tests {
     const BASE: &str = "https://graph.microsoft.com/v1.0";
 
     fn cx(attempts: u32) -> Context<'static> {
+        aged(attempts, Duration::from_secs(60))
+    }
+
+    /// A context for a change staged `age` ago, with a give-up time of an hour.
+    fn aged(attempts: u32, age: Duration) -> Context<'static> {
         Context {
             company_id: "acme",
             schedule_id: "CaseX",
             graph_base: BASE,
             attempts,
             max_attempts: 3,
+            age,
+            give_up_after: Duration::from_secs(3600),
         }
     }
 
@@ -233,6 +271,44 @@ mod tests {
     }
 
     #[test]
+    fn throttling_is_waited_out_however_often_until_the_time_budget_is_spent() {
+        let e = err(
+            Some(429),
+            ErrorClass::Retryable {
+                after: Some(Duration::from_millis(300)),
+            },
+        );
+        let update = Request::Update {
+            event_id: "E".into(),
+        };
+        // A thousand 429s in a row never spend the attempts: none of them counts.
+        for _ in 0..1000 {
+            assert!(matches!(
+                decide(&update, Err(&e), &aged(1, Duration::from_secs(59 * 60))),
+                Transition::Retry { counted: false, .. }
+            ));
+        }
+        assert_eq!(
+            decide(&update, Err(&e), &aged(1, Duration::from_secs(3600))),
+            Transition::GiveUp {
+                reason: RETRY_TIME_EXHAUSTED
+            }
+        );
+        // A 503 without Retry-After may repeat forever: it counts.
+        let flaky = err(Some(503), ErrorClass::Retryable { after: None });
+        assert!(matches!(
+            decide(&update, Err(&flaky), &cx(1)),
+            Transition::Retry { counted: true, .. }
+        ));
+        assert_eq!(
+            decide(&update, Err(&flaky), &cx(3)),
+            Transition::GiveUp {
+                reason: "retries_exhausted"
+            }
+        );
+    }
+
+    #[test]
     fn every_reason_a_change_is_given_up_for_is_a_metric_label_from_the_start() {
         let known = crate::metrics::known::flush_dead_letter_reasons();
         for class in [
@@ -246,6 +322,7 @@ mod tests {
             let reason = give_up_reason(&class);
             assert!(known.contains(&reason), "{reason} is not pre-registered");
         }
+        assert!(known.contains(&RETRY_TIME_EXHAUSTED));
     }
 
     #[test]
@@ -359,6 +436,13 @@ mod tests {
                 },
             ),
             ("503", Some(503), ErrorClass::Retryable { after: None }),
+            (
+                "503 with Retry-After",
+                Some(503),
+                ErrorClass::Retryable {
+                    after: Some(Duration::from_secs(5)),
+                },
+            ),
             ("timeout", None, ErrorClass::Retryable { after: None }),
             ("401", Some(401), ErrorClass::RefreshToken),
             ("404 item", Some(404), ErrorClass::ItemGone),
@@ -377,9 +461,11 @@ mod tests {
         for request in every_request() {
             for (name, status, class) in &classes {
                 let e = err(*status, class.clone());
-                for attempts in [1, 3] {
-                    let got = decide(&request, Err(&e), &cx(attempts));
+                for (attempts, age) in [(1, 60), (3, 60), (1, 3600), (3, 7200)] {
+                    let got = decide(&request, Err(&e), &aged(attempts, Duration::from_secs(age)));
                     let within_budget = attempts < 3;
+                    let within_time = age < 3600;
+                    let throttled = is_throttled(&e);
                     let want = match (class, &request) {
                         (ErrorClass::ItemGone, Request::Delete { .. }) => Transition::Finished {
                             copy: CopyFate::Remove,
@@ -391,7 +477,14 @@ mod tests {
                             Transition::Again(Step::NeedsIntent)
                         }
                         (ErrorClass::Retryable { .. } | ErrorClass::RefreshToken, _)
-                            if within_budget =>
+                            if !within_time =>
+                        {
+                            Transition::GiveUp {
+                                reason: RETRY_TIME_EXHAUSTED,
+                            }
+                        }
+                        (ErrorClass::Retryable { .. } | ErrorClass::RefreshToken, _)
+                            if within_budget || throttled =>
                         {
                             let ambiguous_create = matches!(request, Request::Create { .. })
                                 && !matches!(status, Some(429) | Some(401));
@@ -403,6 +496,7 @@ mod tests {
                                 },
                                 retry_after: e.retry_after,
                                 refresh_token: *class == ErrorClass::RefreshToken,
+                                counted: !throttled,
                             }
                         }
                         (ErrorClass::Retryable { .. } | ErrorClass::RefreshToken, _) => {
@@ -420,7 +514,10 @@ mod tests {
                             reason: "graph_rejected",
                         },
                     };
-                    assert_eq!(got, want, "{request:?} × {name} at attempt {attempts}");
+                    assert_eq!(
+                        got, want,
+                        "{request:?} × {name} at attempt {attempts}, staged {age} s ago"
+                    );
                 }
             }
         }

@@ -29,10 +29,14 @@ pub struct Work {
     pub user: String,
     pub kind: OpKind,
     pub step: Step,
-    /// Attempts of the current request.
+    /// Attempts of the current request that count against `retry.max_attempts`.
     pub attempts: u32,
     pub first_failure: Option<Timestamp>,
     pub last_failure: Option<Timestamp>,
+    /// How often Graph throttled this change (429, or 503 with `Retry-After`), and the last
+    /// `Retry-After` it gave: a change given up on says so.
+    pub throttled: u32,
+    pub last_retry_after: Option<std::time::Duration>,
 }
 
 impl Work {
@@ -42,6 +46,42 @@ impl Work {
 
     pub fn revision(&self) -> u64 {
         self.claimed.event.revision
+    }
+
+    /// How long ago the change was staged (or replayed); `fallback` if the record predates
+    /// the staging time.
+    pub fn age(&self, fallback: std::time::Duration) -> std::time::Duration {
+        match self.claimed.staged.staged_at_ms {
+            Some(at) => std::time::Duration::from_millis(
+                (Timestamp::now().as_millisecond().max(0) as u64).saturating_sub(at),
+            ),
+            None => fallback,
+        }
+    }
+
+    /// Why a change Graph kept refusing was given up, in plain words.
+    pub fn gave_up_after(&self, give_up_after: std::time::Duration) -> String {
+        let tried = match (self.first_failure, self.last_failure) {
+            (Some(a), Some(b)) => format!(
+                "for {}",
+                crate::runtime::human_duration(b.duration_since(a).unsigned_abs())
+            ),
+            _ => "for a while".into(),
+        };
+        let last = self
+            .last_retry_after
+            .map(|d| {
+                format!(
+                    ", the last asking to wait {}",
+                    crate::runtime::human_duration(d)
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            "Graph kept throttling or failing this change {tried} ({} answers of 429 or 503 with Retry-After{last}); it was given up {} after it was staged (retry.give_up_after_seconds)",
+            self.throttled,
+            crate::runtime::human_duration(give_up_after),
+        )
     }
 }
 

@@ -22,4 +22,5 @@ mod security;
 mod shutdown;
 mod supervision;
 mod support;
+mod throttling;
 mod window;
