@@ -237,3 +237,18 @@ pub fn event_properties(event_id: &str, event_type: &str) -> BasicProperties {
         .with_type(ShortString::from(event_type.to_string()))
         .with_timestamp(jiff::Timestamp::now().as_second().max(0) as u64)
 }
+
+/// Ready messages in a queue (a passive declare: fails if the queue does not exist).
+pub async fn ready_count(ch: &lapin::Channel, queue: &str) -> Result<u32, lapin::Error> {
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    Ok(q.message_count())
+}

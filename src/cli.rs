@@ -91,6 +91,19 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::deadletter::command::LedgerCommand,
     },
+    /// Is anything still waiting? The work queue, what the workers hold, staged, due and claimed
+    /// schedules, open changes and those waiting on a throttled mailbox, fleet-wide.
+    Backlog {
+        /// Print it as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Wait until nothing is waiting anywhere (exit 0), or until --timeout (exit 1).
+        #[arg(long)]
+        wait_empty: bool,
+        /// How long --wait-empty waits, in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
     /// Load and check the configuration, then print it (secrets redacted).
     CheckConfig,
     /// Print the commented default configuration.
@@ -121,6 +134,20 @@ pub async fn main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let cfg = load_config(cli.config.as_deref())?;
             crate::telemetry::init_logging(&quiet_log(&cfg));
             Ok(crate::deadletter::command::run_dlq(&cfg, command).await?)
+        }
+        Command::Backlog {
+            json,
+            wait_empty,
+            timeout,
+        } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            crate::telemetry::init_logging(&quiet_log(&cfg));
+            backlog(
+                &cfg,
+                json,
+                wait_empty.then(|| std::time::Duration::from_secs(timeout)),
+            )
+            .await
         }
         Command::Ledger { command } => {
             let cfg = load_config(cli.config.as_deref())?;
@@ -425,4 +452,81 @@ async fn publish(cfg: &Config, args: &PublishArgs) -> anyhow::Result<std::proces
     );
     let _ = conn.close(200, "done".into()).await;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `outlook-sync backlog`: prints what waits where; with `wait`, polls until nothing has waited
+/// anywhere for three reports in a row (exit 0) or the time is up (exit 1).
+async fn backlog(
+    cfg: &Config,
+    json: bool,
+    wait: Option<std::time::Duration>,
+) -> anyhow::Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    let redis = crate::store::connect(cfg).await.with_context(|| {
+        format!(
+            "cannot reach Redis at {} (redis.url)",
+            amqp::redacted(&cfg.redis.url)
+        )
+    })?;
+    let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+    let mut quiet = 0;
+    loop {
+        let b = crate::fleet::backlog(cfg, redis.clone()).await?;
+        quiet = if b.empty { quiet + 1 } else { 0 };
+        let done = match deadline {
+            None => true,
+            Some(_) if quiet >= 3 => true,
+            Some(d) => tokio::time::Instant::now() >= d,
+        };
+        if done {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&b)?);
+            } else {
+                print!("{}", backlog_text(&b));
+            }
+            let waited_in_vain = deadline.is_some() && !b.empty;
+            return Ok(if waited_in_vain {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
+        tokio::time::sleep(crate::fleet::BEAT / 2).await;
+    }
+}
+
+fn backlog_text(b: &crate::fleet::Backlog) -> String {
+    let words = [
+        ("queued", "on the work queue"),
+        ("in_hand", "received by a worker, not acked yet"),
+        ("staged", "staged, window still open"),
+        ("due", "due, waiting for a worker"),
+        ("claimed", "being flushed"),
+        ("open_changes", "changes open in the workers"),
+        (
+            "waiting_on_mailboxes",
+            "  of which waiting on a throttled mailbox",
+        ),
+    ];
+    let mut out = String::new();
+    for ((_, n), (_, label)) in b.parts().iter().zip(words) {
+        let n = n.map_or_else(
+            || "? (RabbitMQ did not answer)".to_string(),
+            |n| n.to_string(),
+        );
+        out.push_str(&format!("{label:<42} {n}\n"));
+    }
+    out.push_str(&format!(
+        "{:<42} {}\n{:<42} {}\n",
+        "the oldest has waited",
+        crate::runtime::human_duration(std::time::Duration::from_secs_f64(b.oldest_age_seconds)),
+        "workers reporting",
+        b.workers
+    ));
+    out.push_str(if b.empty {
+        "nothing is waiting: every change published so far is in Outlook or a dead letter\n"
+    } else {
+        "changes are still on their way to Outlook\n"
+    });
+    out
 }

@@ -41,6 +41,8 @@ pub struct Ingest {
     windows: Windows,
     metrics: Arc<Metrics>,
     ready: watch::Sender<bool>,
+    /// What this worker holds (`in_hand`: received, not acked yet), for the fleet's backlog.
+    load: Arc<crate::fleet::Load>,
 }
 
 /// Batches staged at once: one is validated and staged while the next is being received.
@@ -62,7 +64,14 @@ impl Ingest {
             windows,
             metrics,
             ready,
+            load: crate::fleet::Load::new(),
         }
+    }
+
+    /// Reports what it holds into `load` (the worker's, shared with its flush).
+    pub fn with_load(mut self, load: Arc<crate::fleet::Load>) -> Self {
+        self.load = load;
+        self
     }
 
     fn stager(&self) -> Stager {
@@ -83,7 +92,10 @@ impl Ingest {
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         while !*shutdown.borrow() {
-            match self.consume(&mut shutdown).await {
+            let consumed = self.consume(&mut shutdown).await;
+            // Whatever was not acked goes back to the queue with the connection.
+            self.load.acked(u64::MAX);
+            match consumed {
                 Ok(()) => backoff.reset(),
                 Err(e) => {
                     self.ready.send_replace(false);
@@ -127,16 +139,17 @@ impl Ingest {
         loop {
             let first = loop {
                 let busy = !staging.is_empty();
-                let front = staging.front_mut().map(|(_, t)| t);
+                let front = staging.front_mut().map(|(_, _, t)| t);
                 tokio::select! {
                     d = consumer.next() => break d,
                     done = async { front.expect("checked").await }, if busy => {
-                        let (last, _) = staging.pop_front().expect("checked");
+                        let (last, n, _) = staging.pop_front().expect("checked");
                         ack(&ch, last, done).await?;
+                        self.load.acked(n);
                     }
                     _ = shutdown.changed() => {
                         // Unacked deliveries go back to the queue when the connection closes.
-                        for (_, task) in staging.drain(..) {
+                        for (_, _, task) in staging.drain(..) {
                             task.abort();
                         }
                         let _ = conn.close(200, "shutting down".into()).await;
@@ -149,32 +162,40 @@ impl Ingest {
             };
             let mut batch = Vec::with_capacity(a.ingest_batch);
             batch.push(first?);
+            self.load.took(1);
             let deadline = tokio::time::Instant::now() + wait;
             while batch.len() < a.ingest_batch {
                 match tokio::time::timeout_at(deadline, consumer.next()).await {
-                    Ok(Some(d)) => batch.push(d?),
+                    Ok(Some(d)) => {
+                        batch.push(d?);
+                        self.load.took(1);
+                    }
                     Ok(None) | Err(_) => break,
                 }
             }
             let last = batch.last().expect("never empty").delivery_tag;
+            let n = batch.len() as u64;
             let task = tokio::spawn(self.stager().handle_batch(
                 ch.clone(),
                 publisher.clone(),
                 batch,
                 shutdown.clone(),
             ));
-            staging.push_back((last, task));
+            staging.push_back((last, n, task));
             while staging.len() >= BATCHES_IN_FLIGHT
-                || staging.front().is_some_and(|(_, t)| t.is_finished())
+                || staging.front().is_some_and(|(_, _, t)| t.is_finished())
             {
-                let (last, task) = staging.pop_front().expect("checked");
+                let (last, n, task) = staging.pop_front().expect("checked");
                 ack(&ch, last, task.await).await?;
+                self.load.acked(n);
             }
         }
     }
 }
 
+/// A batch being staged: its last delivery tag, its size, and the staging task.
 type StageTask = (
+    u64,
     u64,
     tokio::task::JoinHandle<Result<BatchReport, amqp::AmqpError>>,
 );

@@ -12,6 +12,7 @@ pub mod deadletter;
 #[cfg(feature = "emulator")]
 pub mod demo;
 pub mod event;
+pub mod fleet;
 pub mod graph;
 pub mod ingest;
 pub mod internal_events;

@@ -54,6 +54,37 @@ pub struct Metrics {
     /// When a company's recorded client secret expires (Unix time, seconds; base unit).
     pub secret_expiry_timestamp_seconds: Family<Labels, Gauge>,
     pub companies_secret_expiring: Gauge,
+    // The fleet as one (`fleet`), exported by one worker at a time, and pacing.
+    pub fleet: FleetMetrics,
+}
+
+/// The fleet-wide backlog, exported by the worker holding the `fleet-reporter` lease (the others
+/// export nothing for it), and the time mailboxes waited for their paced budget.
+#[derive(Default)]
+pub struct FleetMetrics {
+    pub backlog: Family<Labels, Gauge>,
+    pub backlog_oldest_age_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
+    pub mailbox_paced_wait_seconds: Counter<f64, AtomicU64>,
+}
+
+impl FleetMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "fleet_backlog",
+            "What is still waiting, fleet-wide, by part of the pipeline (queued, in_hand, staged, due, claimed, open_changes, waiting_on_mailboxes); exported by one worker at a time",
+            self.backlog.clone(),
+        );
+        registry.register(
+            "fleet_backlog_oldest_age_seconds",
+            "How long the oldest waiting item has waited, fleet-wide; exported by one worker at a time",
+            self.backlog_oldest_age_seconds.clone(),
+        );
+        registry.register(
+            "mailbox_paced_wait_seconds",
+            "Time mailboxes waited for Graph's request budget (graph.mailbox_request_budget) before sending",
+            self.mailbox_paced_wait_seconds.clone(),
+        );
+    }
 }
 
 impl Metrics {
@@ -91,6 +122,7 @@ impl Metrics {
             shutdown_released_claims: Counter::default(),
             secret_expiry_timestamp_seconds: Family::default(),
             companies_secret_expiring: Gauge::default(),
+            fleet: FleetMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -229,6 +261,7 @@ impl Metrics {
             "Companies whose recorded client secret expires within admin.secret_expiry_warning_days (or has expired)",
             m.companies_secret_expiring.clone(),
         );
+        m.fleet.register(&mut registry);
         let mut m = m;
         m.registry = registry;
         m.start_known_series_at_zero();

@@ -231,6 +231,15 @@ pub struct Inspection {
     pub claimed_until: Option<jiff::Timestamp>,
 }
 
+/// Schedules by stage of the window (see [`Windows::counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub staged: u64,
+    pub due: u64,
+    pub claimed: u64,
+    pub oldest_due_ms: Option<u64>,
+}
+
 /// The staging store.
 #[derive(Clone)]
 pub struct Windows {
@@ -506,6 +515,38 @@ impl Windows {
             .filter(|(_, t)| t.as_str() == token)
             .filter_map(|(m, _)| Member::decode(m))
             .collect())
+    }
+
+    /// How many schedules are staged and not due yet, due and unclaimed, and claimed; and the
+    /// due time of the oldest due one (ms). One round trip.
+    pub async fn counts(&self) -> Result<Counts, redis::RedisError> {
+        let now = now_ms();
+        let mut r = self.redis.clone();
+        let (staged, due, claimed, first): (u64, u64, u64, Vec<(String, f64)>) = redis::pipe()
+            .cmd("ZCOUNT")
+            .arg(self.keys.due())
+            .arg(format!("({now}"))
+            .arg("+inf")
+            .cmd("ZCOUNT")
+            .arg(self.keys.due())
+            .arg("-inf")
+            .arg(now)
+            .cmd("ZCARD")
+            .arg(self.keys.inflight())
+            .cmd("ZRANGE")
+            .arg(self.keys.due())
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .query_async(&mut r)
+            .await?;
+        let oldest_due_ms = first.first().map(|(_, s)| *s as u64).filter(|t| *t <= now);
+        Ok(Counts {
+            staged,
+            due,
+            claimed,
+            oldest_due_ms,
+        })
     }
 
     /// The due backlog: how many schedules wait and the due time of the oldest (ms).

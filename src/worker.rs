@@ -68,12 +68,15 @@ impl Worker {
         let redis = store::connect_lazy(&cfg)?;
         let metrics = Metrics::new();
         let windows = Windows::new(redis.clone(), store::keys(&cfg), cfg.window());
-        let ingest = Arc::new(Ingest::new((*cfg).clone(), windows, metrics.clone()));
+        let load = crate::fleet::Load::new();
+        let ingest =
+            Arc::new(Ingest::new((*cfg).clone(), windows, metrics.clone()).with_load(load.clone()));
         let flusher = Flusher::new(
             cfg.clone(),
             redis.clone(),
             GraphClient::new(&cfg.graph),
             metrics.clone(),
+            load.clone(),
         );
         let (shutdown, rx) = watch::channel(false);
         let tasks = vec![
@@ -85,6 +88,15 @@ impl Worker {
                 let (f, rx) = (flusher.clone(), rx.clone());
                 async move { f.run(rx).await }
             }),
+            // What this worker holds, for the fleet's backlog (and its metrics, from one worker).
+            tokio::spawn(crate::fleet::report(
+                cfg.clone(),
+                redis.clone(),
+                flusher.claim_token().to_string(),
+                load,
+                metrics.clone(),
+                rx.clone(),
+            )),
             // The dead-letter queue's depth, for the dashboard and the alerts.
             tokio::spawn(crate::deadletter::watch_depth(
                 (*cfg).clone(),

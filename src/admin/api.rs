@@ -136,13 +136,14 @@ fn public() -> Routes {
 
 /// The dead-letter and ledger operations (`deadletter::api`), under `/v1`, behind the same
 /// bearer token.
-const DEAD_LETTER_ROUTES: [(&str, &str); 6] = [
+const DEAD_LETTER_ROUTES: [(&str, &str); 7] = [
     ("GET", "/v1/dlq/messages"),
     ("GET", "/v1/dlq/messages/{id}"),
     ("GET", "/v1/dlq/summary"),
     ("POST", "/v1/dlq/replay"),
     ("POST", "/v1/dlq/purge"),
     ("GET", "/v1/ledger/{company}/{schedule}"),
+    ("GET", "/v1/backlog"),
 ];
 
 /// Every (method, path) the admin API serves, in axum's path syntax (`{company}`).

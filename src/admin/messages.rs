@@ -272,6 +272,10 @@ pub fn reason(code: &str) -> Text {
             "Redisに接続できないため、同期履歴を表示できません",
             "Redis cannot be reached, so the sync ledger cannot be shown",
         ),
+        "backlog_unavailable" => t(
+            "Redisに接続できないため、処理待ちの件数を表示できません",
+            "Redis cannot be reached, so the backlog cannot be shown",
+        ),
         _ => GENERIC,
     }
 }

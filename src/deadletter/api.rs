@@ -9,6 +9,7 @@
 //! | `POST /dlq/replay` with a [`ReplayRequest`] | replay (or `"dry_run": true`) | [`ReplayReport`] |
 //! | `POST /dlq/purge` with a [`PurgeBody`] (`"confirm": true` and `"expected"` required) | purge, archived to `dlq.archive_dir` | [`PurgeReport`] |
 //! | `GET /ledger/{company}/{schedule}?target=&limit=` | why the schedule is (not) in Outlook | [`SyncView`] |
+//! | `GET /backlog` | everything still waiting, fleet-wide | [`Backlog`](crate::fleet::Backlog) |
 //!
 //! `since` and `until` take RFC 3339 or an age (`2h`, `7d`); `id` takes several ids separated
 //! by commas. Errors answer the admin API's shape (`{"error": {"code", "message",
@@ -72,6 +73,7 @@ pub fn router(state: DlqApi) -> Router {
         .route("/dlq/replay", post(replay))
         .route("/dlq/purge", post(purge))
         .route("/ledger/{company}/{schedule}", get(ledger_view))
+        .route("/backlog", get(backlog))
         .with_state(state)
 }
 
@@ -282,6 +284,20 @@ async fn purge(State(s): State<DlqApi>, Json(body): Json<PurgeBody>) -> Result<R
     };
     let v = detached(async move { s.dlq.purge(&req, &Control::new(), &mut |_| {}).await }).await?;
     Ok(Json(v).into_response())
+}
+
+/// Everything still waiting, fleet-wide (`fleet::backlog`).
+async fn backlog(State(s): State<DlqApi>) -> Result<Response, ApiError> {
+    let b = crate::fleet::backlog(&s.cfg, s.redis.clone())
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "backlog_unavailable",
+                e.to_string(),
+            )
+        })?;
+    Ok(Json(b).into_response())
 }
 
 async fn ledger_view(

@@ -16,6 +16,7 @@
 //! | `consent-state:{sha256}` | string | a pending admin consent | `admin::consent` |
 //! | `job:{id}` | string | a long admin job's record | `admin::jobs` |
 //! | `dlq:{queue}:{what}` | string | the dead-letter operations' lock and marks | `deadletter` |
+//! | `fleet`, `fleet:{token}`, `fleet-reporter` | sorted set, string, string | what each worker holds; who exports the fleet-wide figures | `fleet` |
 
 /// A schedule, as the staging, the claims and the copies name it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -127,6 +128,21 @@ impl Keys {
 
     pub fn job(&self, id: &str) -> String {
         format!("{}:job:{id}", self.prefix)
+    }
+
+    /// The workers that reported their load recently, by when the report expires (`fleet`).
+    pub fn fleet(&self) -> String {
+        format!("{}:fleet", self.prefix)
+    }
+
+    /// One worker's report of what it holds.
+    pub fn fleet_worker(&self, token: &str) -> String {
+        format!("{}:fleet:{token}", self.prefix)
+    }
+
+    /// The lease of the worker that exports the fleet-wide figures.
+    pub fn fleet_reporter(&self) -> String {
+        format!("{}:fleet-reporter", self.prefix)
     }
 
     /// A scratch key (the benchmark's probes), under the prefix so it is cleaned up with it.

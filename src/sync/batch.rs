@@ -269,6 +269,8 @@ pub struct Queues {
     held: HeldLeases,
     /// Graph's request budget per mailbox, which every batch is paced within.
     budget: Budget,
+    /// Time mailboxes were set to wait for their budget since it was last taken.
+    paced: Duration,
 }
 
 impl Queues {
@@ -277,7 +279,22 @@ impl Queues {
             boxes: BTreeMap::new(),
             held: Arc::new(std::sync::Mutex::new(BTreeMap::new())),
             budget,
+            paced: Duration::ZERO,
         }
+    }
+
+    /// The time mailboxes were set to wait for their budget since the last call.
+    pub fn take_paced(&mut self) -> Duration {
+        std::mem::take(&mut self.paced)
+    }
+
+    /// Changes queued in mailboxes that wait (`Retry-After`, backoff, or their budget).
+    pub fn waiting(&self, now: Instant) -> usize {
+        self.boxes
+            .values()
+            .filter(|b| b.not_before > now)
+            .map(Mailbox::queued)
+            .sum()
     }
 
     /// The held leases, for the renewer.
@@ -446,6 +463,7 @@ impl Queues {
             let n = b.pending.len().min(batch_size);
             if let Err(wait) = self.budget.reserve(b.tat_us, now_us, n) {
                 b.not_before = now + wait;
+                self.paced += wait;
             }
         }
         let before: BTreeMap<MailboxKey, usize> = self

@@ -112,6 +112,31 @@ impl<'a> Engine<'a> {
         self.queues.held_leases()
     }
 
+    /// Tells the fleet what this worker's flush holds: open changes, those waiting on their
+    /// mailbox, and when the oldest was staged.
+    pub fn report_load(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let load = &self.s.load;
+        load.open.store(self.work.len() as u64, Relaxed);
+        let waiting = self.queues.waiting(Instant::now());
+        load.waiting.store(waiting as u64, Relaxed);
+        let oldest = self
+            .work
+            .values()
+            .filter_map(|w| w.claimed.staged.staged_at_ms)
+            .min()
+            .unwrap_or(0);
+        load.oldest_open_ms.store(oldest, Relaxed);
+        let paced = self.queues.take_paced();
+        if !paced.is_zero() {
+            self.s
+                .metrics
+                .fleet
+                .mailbox_paced_wait_seconds
+                .inc_by(paced.as_secs_f64());
+        }
+    }
+
     /// Nothing in flight.
     pub fn idle(&self) -> bool {
         self.inflight.is_empty()

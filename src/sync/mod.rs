@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     /// This worker's claim token.
     pub token: String,
     pub default_zone: jiff::tz::TimeZone,
+    /// What this worker holds, for the fleet's backlog (`open`, `waiting`, `oldest_open_ms`).
+    pub load: Arc<crate::fleet::Load>,
     /// The flush's own AMQP connection for dead letters, opened on first use.
     dead_letters: tokio::sync::Mutex<Option<(lapin::Connection, Arc<Publisher>)>>,
 }
@@ -75,6 +77,7 @@ impl Flusher {
         redis: ConnectionManager,
         graph: GraphClient,
         metrics: Arc<Metrics>,
+        load: Arc<crate::fleet::Load>,
     ) -> Self {
         let keys = store::keys(&cfg);
         let default_zone =
@@ -98,6 +101,7 @@ impl Flusher {
                 &uuid::Uuid::new_v4().simple().to_string()[..12]
             ),
             default_zone,
+            load,
             dead_letters: tokio::sync::Mutex::new(None),
             cfg,
         };
@@ -134,6 +138,7 @@ impl Flusher {
         let mut next_claim = Instant::now();
         let mut errors = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let mut progress = Progress::new();
+        let mut last_load = Instant::now();
         let mut claiming: Option<ClaimFuture> = None;
         loop {
             let stopping = *shutdown.borrow();
@@ -145,6 +150,10 @@ impl Flusher {
             }
             e.settle().await;
             progress.log(&mut e);
+            if last_load.elapsed() >= Duration::from_secs(1) {
+                e.report_load();
+                last_load = Instant::now();
+            }
             // Take more work while there is room for it; claiming runs beside the sending, so a
             // slow intake never delays a batch.
             let room = !stopping && e.has_room();
@@ -186,6 +195,7 @@ impl Flusher {
         }
         e.abandon();
         e.settle().await;
+        e.report_load();
     }
 
     /// Renews this worker's claims every third of the claim lease until dropped.

@@ -3,6 +3,7 @@
 
 mod admin;
 mod architecture;
+mod backlog;
 mod bad_input;
 mod case_ids;
 mod config;
