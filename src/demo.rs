@@ -118,7 +118,7 @@ impl Sandbox {
         let redis = crate::store::connect(&cfg)
             .await
             .map_err(|source| SandboxError::Redis {
-                url: cfg.redis.url.clone(),
+                url: amqp::redacted(&cfg.redis.url),
                 source,
             })?;
         Ok(Sandbox {

@@ -164,12 +164,14 @@ pub enum CommandError {
     Dlq(#[from] DlqError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// `url` is redacted; the error is shown once (it is not a `source`, whose chain would
+    /// repeat it).
     #[error(
-        "Redis is unreachable at {url} ({source}); the dead-letter operations take their lock there"
+        "cannot reach Redis at {url} ({error}); the dlq and ledger commands read and lock there: check redis.url and that Redis is running"
     )]
     Redis {
         url: String,
-        source: redis::RedisError,
+        error: redis::RedisError,
     },
     #[error("{0}")]
     Usage(String),
@@ -180,9 +182,9 @@ pub enum CommandError {
 async fn redis(cfg: &Config) -> Result<redis::aio::ConnectionManager, CommandError> {
     crate::store::connect(cfg)
         .await
-        .map_err(|source| CommandError::Redis {
-            url: cfg.redis.url.clone(),
-            source,
+        .map_err(|error| CommandError::Redis {
+            url: crate::amqp::redacted(&cfg.redis.url),
+            error,
         })
 }
 

@@ -1498,3 +1498,21 @@ async fn dlq_list_dlq_show_and_ledger_show_print_control_characters_from_a_dead_
     );
     sb.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_is_named_without_its_password() {
+    let mut cfg = support::config("dlq-no-redis");
+    cfg.redis.url = "redis://:s3cret-redis-pass@127.0.0.1:1/".into();
+    for args in [&["dlq", "list"][..], &["ledger", "show", "acme", "s-1"][..]] {
+        let out = run_cli(&cfg, args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot reach Redis at redis://:***@127.0.0.1:1/")
+                && stderr.contains("check redis.url"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("s3cret-redis-pass"), "{args:?}: {stderr}");
+        assert_eq!(stderr.matches("Connection refused").count(), 1, "{stderr}");
+    }
+}
