@@ -259,10 +259,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Operator commands print their results; their logs only say what went wrong.
+/// Operator commands print their results; their logs only say what went wrong (and not twice:
+/// the dead-letter operations' own failure and purge lines repeat what the command prints).
 fn quiet_log(cfg: &Config) -> crate::config::LogConfig {
     crate::config::LogConfig {
-        filter: "warn,lapin=off".into(),
+        filter: "warn,lapin=off,outlook_sync::deadletter::ops=error".into(),
         ..cfg.log.clone()
     }
 }

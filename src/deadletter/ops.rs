@@ -32,18 +32,18 @@ pub enum DlqError {
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error(
-        "the dead-letter queue {queue:?} does not exist on this broker (a worker declares it when it starts; check amqp.dead_letter_queue)"
+        "the dead-letter queue {queue} does not exist on this broker (a worker declares it when it starts; check amqp.dead_letter_queue)"
     )]
     NoQueue { queue: String },
     #[error("another dead-letter operation is running ({holder}); try again when it has finished")]
     Busy { holder: String },
     #[error(
-        "no dead letter has the id {0:?} (a dead-letter id, a prefix of at least 6 characters, or an event id)"
+        "no dead letter has the id {0} (give a dead-letter id, a prefix of at least 6 characters, or an event id)"
     )]
     NotFound(String),
     #[error("invalid request: {0}")]
     Invalid(String),
-    #[error("the archive {path}: {source}")]
+    #[error("cannot write the archive {path}; what was not archived stays in the queue")]
     Archive {
         path: String,
         #[source]

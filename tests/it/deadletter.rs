@@ -1516,3 +1516,37 @@ async fn an_unreachable_redis_is_named_without_its_password() {
         assert_eq!(stderr.matches("Connection refused").count(), 1, "{stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_dlq_command_says_what_happened_once_in_plain_words() {
+    let w = world("dlq-errors").await;
+    w.publish(&[flush_dead_letter("ev-1", "acme", "s-1", "a@x")])
+        .await;
+    let out = run_cli(&w.cfg, &["dlq", "show", "zzzzzzzz"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: no dead letter has the id zzzzzzzz (give a dead-letter id, a prefix of at least 6 characters, or an event id)\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // A directory where the archive file should be: it cannot be written.
+    let archive = dir.path().display().to_string();
+    let out = run_cli(
+        &w.cfg,
+        &["dlq", "purge", "--all", "--yes", "--archive", &archive],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error = stderr.lines().last().unwrap_or_default();
+    assert_eq!(
+        error,
+        format!(
+            "error: cannot write the archive {archive}; what was not archived stays in the queue: Is a directory (os error 21)"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("WARN"), "{stderr}");
+    assert_eq!(w.depth(&w.cfg.amqp.dead_letter_queue).await, 1);
+    w.cleanup().await;
+}
