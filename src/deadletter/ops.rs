@@ -43,12 +43,9 @@ pub enum DlqError {
     NotFound(String),
     #[error("invalid request: {0}")]
     Invalid(String),
-    #[error("cannot write the archive {path}; what was not archived stays in the queue")]
-    Archive {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The I/O error is in the message (not a `source`, whose chain would repeat it).
+    #[error("cannot write the archive {path} ({error}); what was not archived stays in the queue")]
+    Archive { path: String, error: std::io::Error },
     #[error(
         "RabbitMQ did not take the republished dead letter {id} ({why}); it stays in the dead-letter queue, and nothing was acked that was not safely republished"
     )]
@@ -630,9 +627,9 @@ impl ArchiveFile {
     }
 
     fn append(&mut self, queue: &str, removed: &[&Taken]) -> Result<(), DlqError> {
-        let err = |source| DlqError::Archive {
+        let err = |error| DlqError::Archive {
             path: self.path.display().to_string(),
-            source,
+            error,
         };
         if self.file.is_none() {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -673,9 +670,9 @@ impl ArchiveFile {
             buf.push(b'\n');
         }
         let path = self.path.display().to_string();
-        let io = |source| DlqError::Archive {
+        let io = |error| DlqError::Archive {
             path: path.clone(),
-            source,
+            error,
         };
         file.write_all(&buf).map_err(io)?;
         file.sync_data().map_err(io)?;

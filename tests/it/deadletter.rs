@@ -1542,7 +1542,7 @@ async fn a_failed_dlq_command_says_what_happened_once_in_plain_words() {
     assert_eq!(
         error,
         format!(
-            "error: cannot write the archive {archive}; what was not archived stays in the queue: Is a directory (os error 21)"
+            "error: cannot write the archive {archive} (Is a directory (os error 21)); what was not archived stays in the queue"
         ),
         "{stderr}"
     );
