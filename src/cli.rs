@@ -308,10 +308,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Operator commands print their results; their logs only say what went wrong.
+/// Operator commands print their results; their logs only say what went wrong (and not twice:
+/// the dead-letter operations' own failure and purge lines repeat what the command prints).
 fn quiet_log(cfg: &Config) -> crate::config::LogConfig {
     crate::config::LogConfig {
-        filter: "warn,lapin=off".into(),
+        filter: "warn,lapin=off,outlook_sync::deadletter::ops=error".into(),
         ..cfg.log.clone()
     }
 }
@@ -400,14 +401,19 @@ fn validate(
 }
 
 async fn publish(cfg: &Config, args: &PublishArgs) -> anyhow::Result<std::process::ExitCode> {
+    use crate::terminal::escape;
     let mut messages = Vec::new();
     let mut refused = 0usize;
     for path in &args.files {
         for (label, body) in read_messages(path)? {
+            let label = escape(&label).into_owned();
             match event::decode(&body) {
                 Ok(ev) => messages.push((label, ev.event_id, ev.event_type.routing_key(), body)),
                 Err(e) if args.allow_invalid => {
-                    eprintln!("publishing invalid {label} anyway: {e}");
+                    eprintln!(
+                        "{label} breaks the contract; publishing it anyway (--allow-invalid): {}",
+                        escape(&e.to_string())
+                    );
                     let wire: Option<WireEvent> = serde_json::from_slice(&body).ok();
                     let (id, key) = wire
                         .map(|w| (w.event_id, w.event_type.routing_key()))
@@ -416,24 +422,35 @@ async fn publish(cfg: &Config, args: &PublishArgs) -> anyhow::Result<std::proces
                 }
                 Err(e) => {
                     refused += 1;
-                    eprintln!("not publishing {label}: {e}");
+                    eprintln!(
+                        "{label} breaks the contract, so it is not published: {}",
+                        escape(&e.to_string())
+                    );
                 }
             }
         }
     }
     if refused > 0 {
+        let (which, them) = if refused == 1 {
+            ("1 message breaks".to_string(), "it")
+        } else {
+            (format!("{refused} messages break"), "them")
+        };
         bail!(
-            "{refused} message(s) break the contract; fix them, or pass --allow-invalid to publish them anyway"
+            "{which} the contract, so nothing was published; fix {them}, or pass --allow-invalid to publish {them} anyway"
         );
     }
-    let conn = amqp::connect(&cfg.amqp.url, "outlook-sync publish").await?;
+    let conn = amqp::connect(&cfg.amqp.url, "outlook-sync publish")
+        .await
+        .context("nothing was published: RabbitMQ is not reachable (amqp.url; scripts/services.sh starts a local one)")?;
     let publisher = Publisher::new(&conn).await?;
     if args.declare {
         Topology::new(&cfg.amqp)
             .declare(publisher.channel())
             .await?;
     }
-    for (label, id, key, body) in &messages {
+    let exchange = escape(&cfg.amqp.exchange);
+    for (i, (label, id, key, body)) in messages.iter().enumerate() {
         publisher
             .publish(
                 &cfg.amqp.exchange,
@@ -442,13 +459,25 @@ async fn publish(cfg: &Config, args: &PublishArgs) -> anyhow::Result<std::proces
                 amqp::event_properties(id, key),
             )
             .await
-            .with_context(|| format!("publishing {label}"))?;
-        println!("published {label} as {key} (message_id {id})");
+            .with_context(|| {
+                let before = match i {
+                    0 => "nothing was published".to_string(),
+                    1 => "the message before it was published and confirmed".to_string(),
+                    n => format!("the {n} messages before it were published and confirmed"),
+                };
+                format!("publishing {label} to exchange {exchange} failed; {before}")
+            })?;
+        println!(
+            "published {label} with routing key {key} and message id {}",
+            escape(id)
+        );
     }
     println!(
-        "{} event(s) published to exchange {:?}, confirmed by the broker",
-        messages.len(),
-        cfg.amqp.exchange
+        "RabbitMQ confirmed {} published to exchange {exchange}",
+        match messages.len() {
+            1 => "the event".to_string(),
+            n => format!("each of the {n} events"),
+        }
     );
     let _ = conn.close(200, "done".into()).await;
     Ok(std::process::ExitCode::SUCCESS)

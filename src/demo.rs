@@ -118,7 +118,7 @@ impl Sandbox {
         let redis = crate::store::connect(&cfg)
             .await
             .map_err(|source| SandboxError::Redis {
-                url: cfg.redis.url.clone(),
+                url: amqp::redacted(&cfg.redis.url),
                 source,
             })?;
         Ok(Sandbox {
@@ -457,91 +457,59 @@ impl Ev {
     }
 }
 
-/// One user's Outlook calendar as a readable table.
+/// One user's Outlook calendar as a readable table (the shared printer: display-width
+/// alignment, escaped cells), sorted by when.
 pub fn calendar_table(title: &str, events: &[serde_json::Value]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "{title}");
+    let mut out = format!("{}\n", crate::terminal::escape(title));
     if events.is_empty() {
-        let _ = writeln!(out, "  (no events)");
+        out.push_str("  (no events)\n");
         return out;
     }
-    let mut rows: Vec<[String; 5]> = events
-        .iter()
-        .map(|e| {
-            let get = |p: &str| {
-                e.pointer(p)
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("")
-                    .to_string()
-            };
-            let all_day = e.get("isAllDay").and_then(|v| v.as_bool()) == Some(true);
-            let zone = get("/originalStartTimeZone");
-            let shown =
-                |p: &str| local_time(&get(p), &get(&p.replace("dateTime", "timeZone")), &zone);
-            let (start, end) = (shown("/start/dateTime"), shown("/end/dateTime"));
-            let when = if all_day {
-                // Outlook's end is exclusive; cyzen shows the last day.
-                let last = end
-                    .get(..10)
-                    .and_then(|d| d.parse::<jiff::civil::Date>().ok())
-                    .and_then(|d| d.yesterday().ok())
-                    .map(|d| d.to_string())
-                    .unwrap_or_default();
-                format!("{} → {last} (all day)", start.get(..10).unwrap_or(&start))
-            } else {
-                format!(
-                    "{} → {}",
-                    start.get(..16).unwrap_or(&start).replace('T', " "),
-                    end.get(11..16).unwrap_or(&end)
-                )
-            };
-            [
-                when,
-                zone,
-                get("/subject"),
-                get("/location/displayName"),
-                get("/sensitivity"),
-            ]
-        })
-        .collect();
+    let mut rows: Vec<Vec<String>> = events.iter().map(calendar_row).collect();
     rows.sort();
-    let headers = ["when", "zone", "subject", "location", "sensitivity"];
-    let widths: Vec<usize> = (0..5)
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].chars().count())
-                .chain([headers[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let line = |cells: &[&str]| {
-        let mut l = String::from("  ");
-        for (i, c) in cells.iter().enumerate() {
-            let pad = widths[i].saturating_sub(c.chars().count());
-            let _ = write!(l, "{c}{}  ", " ".repeat(pad));
-        }
-        l.trim_end().to_string()
-    };
-    let _ = writeln!(out, "{}", line(&headers));
-    let _ = writeln!(
-        out,
-        "{}",
-        line(
-            &widths
-                .iter()
-                .map(|w| "-".repeat(*w))
-                .collect::<Vec<_>>()
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-        )
-    );
-    for r in &rows {
-        let cells: Vec<&str> = r.iter().map(String::as_str).collect();
-        let _ = writeln!(out, "{}", line(&cells));
-    }
+    out.push_str(&crate::terminal::table(
+        &["WHEN", "ZONE", "SUBJECT", "LOCATION", "SENSITIVITY"],
+        &rows,
+    ));
     out
+}
+
+/// One Outlook event (Graph JSON) as a calendar row: when (in its own zone), zone, subject,
+/// location, sensitivity.
+fn calendar_row(e: &serde_json::Value) -> Vec<String> {
+    let get = |p: &str| {
+        e.pointer(p)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    let all_day = e.get("isAllDay").and_then(|v| v.as_bool()) == Some(true);
+    let zone = get("/originalStartTimeZone");
+    let shown = |p: &str| local_time(&get(p), &get(&p.replace("dateTime", "timeZone")), &zone);
+    let (start, end) = (shown("/start/dateTime"), shown("/end/dateTime"));
+    let when = if all_day {
+        // Outlook's end is exclusive; cyzen shows the last day.
+        let last = end
+            .get(..10)
+            .and_then(|d| d.parse::<jiff::civil::Date>().ok())
+            .and_then(|d| d.yesterday().ok())
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        format!("{} → {last} (all day)", start.get(..10).unwrap_or(&start))
+    } else {
+        format!(
+            "{} → {}",
+            start.get(..16).unwrap_or(&start).replace('T', " "),
+            end.get(11..16).unwrap_or(&end)
+        )
+    };
+    vec![
+        when,
+        zone,
+        get("/subject"),
+        get("/location/displayName"),
+        get("/sensitivity"),
+    ]
 }
 
 /// A Graph `dateTime` shown in the event's original zone (Graph answers in UTC unless asked).
@@ -607,97 +575,9 @@ async fn demo_in(sb: &Sandbox, window_seconds: u64) -> Result<DemoOutcome, Sandb
     let worker = sb.worker().await?;
     let wait = Duration::from_secs(window_seconds * 3 + 20);
 
-    // Window 1: the morning's plans.
-    let dup = Ev::created(c, "sch-1002")
-        .title("Weekly sales meeting")
-        .at(
-            "2026-11-30T09:00:00+09:00",
-            "2026-11-30T09:30:00+09:00",
-            "Asia/Tokyo",
-        )
-        .place("Head office, room 3", "")
-        .people("u-200", &["u-100", "u-300"])
-        .wire();
-    let window1 = vec![
-        Ev::created(c, "sch-1001")
-            .title("Visit: Tanaka Industries")
-            .memo("Bring the renewal quote.")
-            .at(
-                "2026-11-30T10:00:00+09:00",
-                "2026-11-30T11:30:00+09:00",
-                "Asia/Tokyo",
-            )
-            .place(
-                "Tanaka Industries HQ",
-                "1-2-3 Marunouchi, Chiyoda-ku, Tokyo",
-            )
-            .people("u-100", &["u-200"])
-            .wire(),
-        Ev::updated(c, "sch-1001", 2)
-            .title("Visit: Tanaka Industries (renewal)")
-            .memo("Bring the renewal quote.")
-            .at(
-                "2026-11-30T10:00:00+09:00",
-                "2026-11-30T11:30:00+09:00",
-                "Asia/Tokyo",
-            )
-            .place(
-                "Tanaka Industries HQ",
-                "1-2-3 Marunouchi, Chiyoda-ku, Tokyo",
-            )
-            .people("u-100", &["u-200"])
-            .wire(),
-        dup.clone(),
-        dup,
-        Ev::created(c, "sch-1003")
-            .title("Trade fair, Osaka")
-            .all_day("2026-12-01", "2026-12-02")
-            .place("INTEX Osaka", "1-5-102 Nanko-kita, Suminoe-ku, Osaka")
-            .people("u-300", &["u-100"])
-            .wire(),
-        Ev::created(c, "sch-1004")
-            .title("Clinic")
-            .at(
-                "2026-11-30T17:00:00+09:00",
-                "2026-11-30T18:00:00+09:00",
-                "Asia/Tokyo",
-            )
-            .people("u-200", &[])
-            .private()
-            .wire(),
-        Ev::created(c, "sch-1005")
-            .title("Client dinner")
-            .at(
-                "2026-11-30T19:00:00+09:00",
-                "2026-11-30T21:00:00+09:00",
-                "Asia/Tokyo",
-            )
-            .people("u-100", &["u-999"])
-            .wire(),
-        Ev::created(c, "sch-1006")
-            .title("Demo for Kato Trading")
-            .at(
-                "2026-11-30T14:00:00+09:00",
-                "2026-11-30T15:00:00+09:00",
-                "Asia/Tokyo",
-            )
-            .people("u-300", &["u-400"])
-            .wire(),
-    ];
+    let window1 = morning(c);
     sb.publish(&window1).await?;
-    let mut invalid = serde_json::to_value(
-        Ev::created(c, "sch-1007")
-            .title("Typo in the time")
-            .at(
-                "2026-11-30T16:00:00+09:00",
-                "2026-11-30T15:00:00+09:00",
-                "Asia/Tokyo",
-            )
-            .wire(),
-    )
-    .expect("json");
-    invalid["event_id"] = "bad-1".into();
-    sb.publish_raw("bad-1", "schedule.created", invalid.to_string().as_bytes())
+    sb.publish_raw("bad-1", "schedule.created", &typo(c))
         .await?;
     let _ = writeln!(
         report,
@@ -706,7 +586,102 @@ async fn demo_in(sb: &Sandbox, window_seconds: u64) -> Result<DemoOutcome, Sandb
     );
     sb.wait_idle(wait).await?;
 
-    // Window 2: the afternoon's edits, one of them delivered out of order.
+    sb.publish(&afternoon(c)).await?;
+    let _ = writeln!(
+        report,
+        "window 2: moved sch-1002 to Tuesday and took Jiro off it (revision 3 arrived before 2), added Jiro to sch-1001, deleted sch-1005"
+    );
+    if !sb.wait_idle(wait).await? {
+        let _ = writeln!(
+            report,
+            "warning: the worker was still busy after {} seconds; the calendars below may not show every change yet",
+            wait.as_secs()
+        );
+    }
+    worker.stop(Duration::from_secs(10)).await;
+
+    let _ = writeln!(report);
+    let calendars = calendars(sb, c, &tenant, &mut report).await?;
+    let dead_letters = sb.queue_depth(&sb.cfg.amqp.dead_letter_queue).await?;
+    totals(sb, dead_letters, &mut report).await;
+    Ok(DemoOutcome {
+        calendars,
+        dead_letters,
+        report,
+    })
+}
+
+/// A visit to Tanaka Industries (created, then renamed), in Tokyo.
+fn tanaka_visit(c: &str, revision: u64, memo: &str, others: &[&str]) -> Ev {
+    let ev = if revision == 1 {
+        Ev::created(c, "sch-1001").title("Visit: Tanaka Industries")
+    } else {
+        Ev::updated(c, "sch-1001", revision).title("Visit: Tanaka Industries (renewal)")
+    };
+    ev.memo(memo)
+        .at(
+            "2026-11-30T10:00:00+09:00",
+            "2026-11-30T11:30:00+09:00",
+            "Asia/Tokyo",
+        )
+        .place(
+            "Tanaka Industries HQ",
+            "1-2-3 Marunouchi, Chiyoda-ku, Tokyo",
+        )
+        .people("u-100", others)
+}
+
+/// A one-off timed schedule in Tokyo on 30 November.
+fn tokyo(c: &str, schedule: &str, title: &str, hours: (&str, &str)) -> Ev {
+    Ev::created(c, schedule).title(title).at(
+        &format!("2026-11-30T{}:00+09:00", hours.0),
+        &format!("2026-11-30T{}:00+09:00", hours.1),
+        "Asia/Tokyo",
+    )
+}
+
+/// Window 1: the morning's plans (the weekly meeting is delivered twice).
+fn morning(c: &str) -> Vec<WireEvent> {
+    let weekly = tokyo(c, "sch-1002", "Weekly sales meeting", ("09:00", "09:30"))
+        .place("Head office, room 3", "")
+        .people("u-200", &["u-100", "u-300"])
+        .wire();
+    let quote = "Bring the renewal quote.";
+    vec![
+        tanaka_visit(c, 1, quote, &["u-200"]).wire(),
+        tanaka_visit(c, 2, quote, &["u-200"]).wire(),
+        weekly.clone(),
+        weekly,
+        Ev::created(c, "sch-1003")
+            .title("Trade fair, Osaka")
+            .all_day("2026-12-01", "2026-12-02")
+            .place("INTEX Osaka", "1-5-102 Nanko-kita, Suminoe-ku, Osaka")
+            .people("u-300", &["u-100"])
+            .wire(),
+        tokyo(c, "sch-1004", "Clinic", ("17:00", "18:00"))
+            .people("u-200", &[])
+            .private()
+            .wire(),
+        tokyo(c, "sch-1005", "Client dinner", ("19:00", "21:00"))
+            .people("u-100", &["u-999"])
+            .wire(),
+        tokyo(c, "sch-1006", "Demo for Kato Trading", ("14:00", "15:00"))
+            .people("u-300", &["u-400"])
+            .wire(),
+    ]
+}
+
+/// An event that breaks the contract (it ends before it starts), as published bytes.
+fn typo(c: &str) -> Vec<u8> {
+    let mut invalid =
+        serde_json::to_value(tokyo(c, "sch-1007", "Typo in the time", ("16:00", "15:00")).wire())
+            .expect("json");
+    invalid["event_id"] = "bad-1".into();
+    invalid.to_string().into_bytes()
+}
+
+/// Window 2: the afternoon's edits, one of them delivered out of order.
+fn afternoon(c: &str) -> Vec<WireEvent> {
     let moved = |rev: u64, others: &[&str]| {
         Ev::updated(c, "sch-1002", rev)
             .title("Weekly sales meeting (moved to Tuesday)")
@@ -719,38 +694,28 @@ async fn demo_in(sb: &Sandbox, window_seconds: u64) -> Result<DemoOutcome, Sandb
             .people("u-200", others)
             .wire()
     };
-    let window2 = vec![
+    vec![
         moved(3, &["u-100"]),
         moved(2, &["u-100", "u-300"]),
-        Ev::updated(c, "sch-1001", 3)
-            .title("Visit: Tanaka Industries (renewal)")
-            .memo("Bring the renewal quote. Jiro joins for the demo.")
-            .at(
-                "2026-11-30T10:00:00+09:00",
-                "2026-11-30T11:30:00+09:00",
-                "Asia/Tokyo",
-            )
-            .place(
-                "Tanaka Industries HQ",
-                "1-2-3 Marunouchi, Chiyoda-ku, Tokyo",
-            )
-            .people("u-100", &["u-200", "u-300"])
-            .wire(),
+        tanaka_visit(
+            c,
+            3,
+            "Bring the renewal quote. Jiro joins for the demo.",
+            &["u-200", "u-300"],
+        )
+        .wire(),
         Ev::deleted(c, "sch-1005", 2).wire(),
-    ];
-    sb.publish(&window2).await?;
-    let _ = writeln!(
-        report,
-        "window 2: moved sch-1002 to Tuesday and took Jiro off it (revision 3 arrived before 2), added Jiro to sch-1001, deleted sch-1005"
-    );
-    let idle = sb.wait_idle(wait).await?;
-    if !idle {
-        let _ = writeln!(report, "warning: the worker did not go idle in {wait:?}");
-    }
-    worker.stop(Duration::from_secs(10)).await;
+    ]
+}
 
+/// Each demo user's calendar in the emulator, as a table in the report.
+async fn calendars(
+    sb: &Sandbox,
+    c: &str,
+    tenant: &TenantInfo,
+    report: &mut String,
+) -> Result<BTreeMap<String, Vec<serde_json::Value>>, SandboxError> {
     let mut calendars = BTreeMap::new();
-    let _ = writeln!(report);
     for (user, local, name, _) in DEMO_USERS {
         let mailbox = format!("{local}@{}", tenant.domain);
         let events = sb.emulator.emulator.calendar(&mailbox);
@@ -769,12 +734,15 @@ async fn demo_in(sb: &Sandbox, window_seconds: u64) -> Result<DemoOutcome, Sandb
             &format!("{name} <{mailbox}>, {user}, {status}"),
             &events,
         ));
-        let _ = writeln!(report);
+        report.push('\n');
         calendars.insert(mailbox, events);
     }
-    let dead_letters = sb.queue_depth(&sb.cfg.amqp.dead_letter_queue).await?;
+    Ok(calendars)
+}
+
+/// What Graph, Redis and the dead-letter queue saw.
+async fn totals(sb: &Sandbox, dead_letters: u32, report: &mut String) {
     let stats = sb.emulator.emulator.stats();
-    let m = &worker_metrics_summary(sb).await;
     let _ = writeln!(
         report,
         "Graph: {} writes in {} $batch requests ({} creates, {} updates, {} deletes), {} throttled",
@@ -785,17 +753,12 @@ async fn demo_in(sb: &Sandbox, window_seconds: u64) -> Result<DemoOutcome, Sandb
         stats.events_deleted,
         stats.throttled
     );
-    let _ = writeln!(report, "{m}");
+    let _ = writeln!(report, "{}", worker_metrics_summary(sb).await);
     let _ = writeln!(
         report,
         "dead-letter queue {}: {dead_letters} messages (the invalid event, and Sachiko's copy: no Exchange mailbox)",
         sb.cfg.amqp.dead_letter_queue
     );
-    Ok(DemoOutcome {
-        calendars,
-        dead_letters,
-        report,
-    })
 }
 
 async fn worker_metrics_summary(sb: &Sandbox) -> String {
@@ -808,4 +771,59 @@ async fn worker_metrics_summary(sb: &Sandbox) -> String {
     format!(
         "Redis: {staged} schedules staged (latest revision of each kept; duplicates and older revisions dropped)"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(subject: &str, location: &str, start: &str, end: &str) -> serde_json::Value {
+        serde_json::json!({
+            "subject": subject,
+            "isAllDay": false,
+            "originalStartTimeZone": "Tokyo Standard Time",
+            "start": {"dateTime": start, "timeZone": "Tokyo Standard Time"},
+            "end": {"dateTime": end, "timeZone": "Tokyo Standard Time"},
+            "location": {"displayName": location},
+            "sensitivity": "normal",
+        })
+    }
+
+    #[test]
+    fn a_calendar_with_full_width_japanese_lines_up_by_display_width() {
+        let t = calendar_table(
+            "Taro Yamada <taro@acme.onmicrosoft.com>",
+            &[
+                event(
+                    "顧客訪問（東京）",
+                    "田中工業 本社",
+                    "2026-11-30T10:00:00.0000000",
+                    "2026-11-30T11:30:00.0000000",
+                ),
+                event(
+                    "Weekly sales meeting",
+                    "Head office, room 3",
+                    "2026-12-01T09:00:00.0000000",
+                    "2026-12-01T09:30:00.0000000",
+                ),
+            ],
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        // LOCATION and SENSITIVITY start at the same display column on every row.
+        let column = |line: &str, cell: &str| {
+            crate::terminal::width(
+                &line[..line
+                    .find(cell)
+                    .unwrap_or_else(|| panic!("{cell} in {line}"))],
+            )
+        };
+        let location = column(lines[1], "LOCATION");
+        assert_eq!(column(lines[2], "田中工業"), location, "{t}");
+        assert_eq!(column(lines[3], "Head office"), location, "{t}");
+        let sensitivity = column(lines[1], "SENSITIVITY");
+        assert_eq!(column(lines[2], "normal"), sensitivity, "{t}");
+        assert_eq!(column(lines[3], "normal"), sensitivity, "{t}");
+        assert!(lines[2].contains("2026-11-30 10:00 → 11:30"), "{t}");
+    }
 }

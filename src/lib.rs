@@ -24,6 +24,7 @@ pub mod store;
 pub mod sync;
 pub mod telemetry;
 pub mod tenants;
+pub mod terminal;
 pub mod window;
 pub mod worker;
 

@@ -189,7 +189,7 @@ fn outcome_words(o: Outcome) -> &'static str {
 
 /// A bulk report as tables: each row, then how many rows had each outcome and each reason.
 pub fn bulk_text(company: &str, r: &BulkReport) -> String {
-    use crate::deadletter::table::table;
+    use crate::terminal::table;
     let mut out = format!(
         "bulk file for company {company}{}: {} row(s)\n",
         if r.dry_run {

@@ -7,12 +7,13 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use super::ops::{Archive, Dlq, DlqError, PurgeRequest, ReplayRequest};
+use super::ops::{Archive, Dlq, DlqError, Listing, PurgeRequest, ReplayRequest};
 use super::queue::{Control, Progress};
 use super::record::{Filter, parse_time};
 use super::table;
 use crate::config::Config;
 use crate::ledger::{self, EntryFilter, LedgerError};
+use crate::terminal::count;
 
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
@@ -163,12 +164,14 @@ pub enum CommandError {
     Dlq(#[from] DlqError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// `url` is redacted; the error is shown once (it is not a `source`, whose chain would
+    /// repeat it).
     #[error(
-        "Redis is unreachable at {url} ({source}); the dead-letter operations take their lock there"
+        "cannot reach Redis at {url} ({error}); the dlq and ledger commands read and lock there: check redis.url and that Redis is running"
     )]
     Redis {
         url: String,
-        source: redis::RedisError,
+        error: redis::RedisError,
     },
     #[error("{0}")]
     Usage(String),
@@ -179,9 +182,9 @@ pub enum CommandError {
 async fn redis(cfg: &Config) -> Result<redis::aio::ConnectionManager, CommandError> {
     crate::store::connect(cfg)
         .await
-        .map_err(|source| CommandError::Redis {
-            url: cfg.redis.url.clone(),
-            source,
+        .map_err(|error| CommandError::Redis {
+            url: crate::amqp::redacted(&cfg.redis.url),
+            error,
         })
 }
 
@@ -210,37 +213,29 @@ fn stop_on_ctrl_c(control: &Control) -> tokio::task::JoinHandle<()> {
     })
 }
 
-fn progress_line(verb: &'static str) -> impl FnMut(&Progress) + Send + Sync {
-    move |p: &Progress| {
-        eprintln!(
-            "{verb}: {}/{} read, {} {verb}ed, {} kept",
-            p.scanned,
-            p.total,
-            if verb == "replay" {
-                p.replayed
-            } else {
-                p.removed
-            },
-            p.kept
-        );
-    }
+fn progress_line(op: table::Op) -> impl FnMut(&Progress) + Send + Sync {
+    move |p: &Progress| eprintln!("{}", table::progress(op, p))
+}
+
+/// Prints `v` as JSON, or as the text `text` makes of it.
+fn print<T: serde::Serialize>(v: &T, as_json: bool, text: fn(&T) -> String) -> std::io::Result<()> {
+    let out = if as_json { json(v) } else { text(v) };
+    std::io::stdout().lock().write_all(out.as_bytes())
 }
 
 pub async fn run_dlq(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CommandError> {
     let dlq = Dlq::new(cfg, redis(cfg).await?);
-    let mut out = std::io::stdout().lock();
     match cmd {
-        DlqCommand::List { filter, json: j } => {
-            let l = dlq.list(&filter.filter()?).await?;
-            out.write_all(if j { json(&l) } else { table::listing(&l) }.as_bytes())?;
+        DlqCommand::List { filter, json } => {
+            print(&dlq.list(&filter.filter()?).await?, json, table::listing)?;
         }
-        DlqCommand::Summary { filter, json: j } => {
-            let s = dlq.summary(&filter.filter()?).await?;
-            out.write_all(if j { json(&s) } else { table::summary(&s) }.as_bytes())?;
+        DlqCommand::Summary { filter, json } => {
+            print(&dlq.summary(&filter.filter()?).await?, json, table::summary)?;
         }
-        DlqCommand::Show { id, json: j } => {
-            let rs = dlq.show(&id).await?;
-            out.write_all(if j { json(&rs) } else { table::records(&rs) }.as_bytes())?;
+        DlqCommand::Show { id, json } => {
+            print(&dlq.show(&id).await?, json, |rs: &Vec<_>| {
+                table::records(rs)
+            })?;
         }
         DlqCommand::Replay {
             filter,
@@ -248,7 +243,7 @@ pub async fn run_dlq(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CommandE
             dry_run,
             limit,
             include_invalid,
-            json: j,
+            json,
         } => {
             let req = ReplayRequest {
                 filter: filter.filter()?,
@@ -259,18 +254,10 @@ pub async fn run_dlq(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CommandE
             };
             let control = Control::new();
             let watcher = stop_on_ctrl_c(&control);
-            let mut progress = progress_line("replay");
+            let mut progress = progress_line(table::Op::Replay);
             let report = dlq.replay(&req, &control, &mut progress).await;
             watcher.abort();
-            let report = report?;
-            out.write_all(
-                if j {
-                    json(&report)
-                } else {
-                    table::replay(&report)
-                }
-                .as_bytes(),
-            )?;
+            print(&report?, json, table::replay)?;
         }
         DlqCommand::Purge {
             filter,
@@ -278,74 +265,80 @@ pub async fn run_dlq(cfg: &Config, cmd: DlqCommand) -> Result<ExitCode, CommandE
             archive,
             no_archive,
             yes,
-            json: j,
+            json,
         } => {
-            let filter = filter.filter()?;
-            if filter.is_empty() && !all {
-                return Err(CommandError::Usage(
-                    "no filter given: pass --all to purge every dead letter".into(),
-                ));
-            }
             let archive = match (archive, no_archive) {
                 (_, true) => Archive::Discard,
                 (Some(p), false) => Archive::Path(p),
                 (None, false) => Archive::Path(dlq.archive_path()),
             };
-            let listing = dlq.list(&filter).await?;
-            if listing.records.is_empty() {
-                writeln!(out, "no dead letter matches; nothing purged")?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            if !yes {
-                let stdin = std::io::stdin();
-                if !stdin.is_terminal() {
-                    return Err(CommandError::Usage(format!(
-                        "{} dead letter(s) match; refusing to purge without confirmation (stdin is not a terminal): pass --yes",
-                        listing.records.len()
-                    )));
-                }
-                let mut err = std::io::stderr().lock();
-                err.write_all(table::listing(&listing).as_bytes())?;
-                let whereto = match &archive {
-                    Archive::Path(p) => format!("archived to {}", p.display()),
-                    _ => "NOT archived".into(),
-                };
-                write!(
-                    err,
-                    "purge these {} dead letter(s) ({whereto})? type yes to go on: ",
-                    listing.records.len()
-                )?;
-                err.flush()?;
-                let mut answer = String::new();
-                stdin.read_line(&mut answer)?;
-                if !matches!(answer.trim(), "yes" | "y") {
-                    writeln!(out, "not purged")?;
-                    return Ok(ExitCode::from(1));
-                }
-            }
-            let req = PurgeRequest {
-                filter,
-                all,
-                expected: Some(listing.records.iter().map(|r| r.id.clone()).collect()),
-                archive,
-            };
-            let control = Control::new();
-            let watcher = stop_on_ctrl_c(&control);
-            let mut progress = progress_line("purge");
-            let report = dlq.purge(&req, &control, &mut progress).await;
-            watcher.abort();
-            let report = report?;
-            out.write_all(
-                if j {
-                    json(&report)
-                } else {
-                    table::purge(&report)
-                }
-                .as_bytes(),
-            )?;
+            return purge(&dlq, filter.filter()?, all, archive, yes, json).await;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `dlq purge`: shows what matches, asks (unless `--yes`), then purges exactly what was shown.
+async fn purge(
+    dlq: &Dlq,
+    filter: Filter,
+    all: bool,
+    archive: Archive,
+    yes: bool,
+    json: bool,
+) -> Result<ExitCode, CommandError> {
+    if filter.is_empty() && !all {
+        return Err(CommandError::Usage(
+            "no filter was given: pass --all to purge every dead letter, or a filter such as --company or --reason".into(),
+        ));
+    }
+    let listing = dlq.list(&filter).await?;
+    if listing.records.is_empty() {
+        println!("no dead letter matches; nothing was purged");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !yes && !confirm_purge(&listing, &archive)? {
+        println!("nothing was purged");
+        return Ok(ExitCode::from(1));
+    }
+    let req = PurgeRequest {
+        filter,
+        all,
+        expected: Some(listing.records.iter().map(|r| r.id.clone()).collect()),
+        archive,
+    };
+    let control = Control::new();
+    let watcher = stop_on_ctrl_c(&control);
+    let mut progress = progress_line(table::Op::Purge);
+    let report = dlq.purge(&req, &control, &mut progress).await;
+    watcher.abort();
+    print(&report?, json, table::purge)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Shows what a purge would remove and asks on the terminal; refuses without one.
+fn confirm_purge(listing: &Listing, archive: &Archive) -> Result<bool, CommandError> {
+    let n = count(listing.records.len(), "dead letter", None);
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(CommandError::Usage(format!(
+            "{n} match; refusing to purge without confirmation, because stdin is not a terminal: pass --yes to purge them"
+        )));
+    }
+    let mut err = std::io::stderr().lock();
+    err.write_all(table::listing(listing).as_bytes())?;
+    let whereto = match archive {
+        Archive::Path(p) => format!(
+            "they will be archived in {}",
+            crate::terminal::escape(&p.display().to_string())
+        ),
+        _ => "they will NOT be archived".into(),
+    };
+    write!(err, "purge these {n} ({whereto})? type yes to go on: ")?;
+    err.flush()?;
+    let mut answer = String::new();
+    stdin.read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "yes" | "y"))
 }
 
 pub async fn run_ledger(cfg: &Config, cmd: LedgerCommand) -> Result<ExitCode, CommandError> {
@@ -364,14 +357,6 @@ pub async fn run_ledger(cfg: &Config, cmd: LedgerCommand) -> Result<ExitCode, Co
         &EntryFilter { target, limit },
     )
     .await?;
-    let mut out = std::io::stdout().lock();
-    out.write_all(
-        if j {
-            json(&view)
-        } else {
-            ledger::render(&view)
-        }
-        .as_bytes(),
-    )?;
+    print(&view, j, ledger::render)?;
     Ok(ExitCode::SUCCESS)
 }

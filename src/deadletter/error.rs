@@ -10,23 +10,20 @@ pub enum DlqError {
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error(
-        "the dead-letter queue {queue:?} does not exist on this broker (a worker declares it when it starts; check amqp.dead_letter_queue)"
+        "the dead-letter queue {queue} does not exist on this broker (a worker declares it when it starts; check amqp.dead_letter_queue)"
     )]
     NoQueue { queue: String },
     #[error("another dead-letter operation is running ({holder}); try again when it has finished")]
     Busy { holder: String },
     #[error(
-        "no dead letter has the id {0:?} (a dead-letter id, a prefix of at least 6 characters, or an event id)"
+        "no dead letter has the id {0} (give a dead-letter id, a prefix of at least 6 characters, or an event id)"
     )]
     NotFound(String),
     #[error("invalid request: {0}")]
     Invalid(String),
-    #[error("the archive {path}: {source}")]
-    Archive {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The I/O error is in the message (not a `source`, whose chain would repeat it).
+    #[error("cannot write the archive {path} ({error}); what was not archived stays in the queue")]
+    Archive { path: String, error: std::io::Error },
     #[error(
         "RabbitMQ did not take the republished dead letter {id} ({why}); it stays in the dead-letter queue, and nothing was acked that was not safely republished"
     )]

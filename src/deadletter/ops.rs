@@ -588,9 +588,9 @@ impl ArchiveFile {
     }
 
     fn append(&mut self, queue: &str, removed: &[&Taken]) -> Result<(), DlqError> {
-        let err = |source| DlqError::Archive {
+        let err = |error| DlqError::Archive {
             path: self.path.display().to_string(),
-            source,
+            error,
         };
         if self.file.is_none() {
             // The archive holds event data: only its owner reads it (folder 0700, file 0600).
@@ -638,9 +638,9 @@ impl ArchiveFile {
             buf.push(b'\n');
         }
         let path = self.path.display().to_string();
-        let io = |source| DlqError::Archive {
+        let io = |error| DlqError::Archive {
             path: path.clone(),
-            source,
+            error,
         };
         file.write_all(&buf).map_err(io)?;
         file.sync_data().map_err(io)?;

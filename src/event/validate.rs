@@ -819,7 +819,11 @@ fn schedule_semantics(s: WireSchedule) -> Result<Schedule, ContractError> {
             return Err(err(
                 Reason::EndBeforeStart,
                 "schedule.end",
-                format!("{end} is not after start {start}"),
+                format!(
+                    "{} is not after start {}",
+                    s.end.unwrap_or_default(),
+                    s.start.unwrap_or_default()
+                ),
             ));
         }
         if end.as_second() - start.as_second() > MAX_TIMED_DAYS * 86_400 {

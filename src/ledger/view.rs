@@ -12,6 +12,7 @@ use super::{Entry, EntryFilter, Ledger, Outcome, words};
 use crate::config::Config;
 use crate::store::{self, Copies, Member};
 use crate::tenants::{Directory, UserStatus};
+use crate::terminal::{self, escape};
 
 /// Everything about one schedule's sync, to answer "why is this schedule not in Outlook?".
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -298,14 +299,14 @@ fn explain(
         if p.status.as_deref() == Some("auth_failed") {
             let reason = p.status_reason.as_deref().unwrap_or("");
             why.push(format!(
-                "{who}: {has}: the user is auth failed ({reason}: {}); fix the mailbox and re-verify the user, then `outlook-sync dlq replay --schedule {schedule} --mailbox {mailbox}`",
+                "{who}: {has}: the user is marked auth_failed ({reason}: {}), so the flush skips this mailbox; fix the mailbox and verify the user again, then run `outlook-sync dlq replay --schedule {schedule} --mailbox {mailbox}`",
                 words(reason)
             ));
             continue;
         }
         match latest(mailbox).or_else(|| latest(&format!("user {}", p.user))) {
             Some(e) if e.outcome == Outcome::DeadLettered => why.push(format!(
-                "{who}: {has}: dead-lettered at revision {} ({}: {}){}; fix the cause, then `outlook-sync dlq replay --schedule {schedule} --mailbox {mailbox}`",
+                "{who}: {has}: revision {} became a dead letter ({}: {}){}; fix the cause, then run `outlook-sync dlq replay --schedule {schedule} --mailbox {mailbox}`",
                 e.revision,
                 e.reason,
                 e.words,
@@ -315,9 +316,9 @@ fn explain(
                 format!("{who}: {} at revision {}", e.words, e.revision),
             ),
             Some(e) => why.push(format!(
-                "{who}: {has}: last attempt {} at revision {} ({}: {}){}",
-                e.outcome.as_str(),
+                "{who}: {has}: the last attempt, at revision {}, {} ({}: {}){}",
                 e.revision,
+                outcome_words(e.outcome),
                 e.reason,
                 e.words,
                 graph_words(e)
@@ -326,6 +327,17 @@ fn explain(
         }
     }
     why
+}
+
+/// How an attempt ended, as the end of a sentence.
+fn outcome_words(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Applied => "was applied",
+        Outcome::Skipped => "was skipped",
+        Outcome::Retrying => "failed and is being retried",
+        Outcome::DeadLettered => "became a dead letter",
+        Outcome::Deferred => "was put off because the mailbox was busy",
+    }
 }
 
 fn graph_words(e: &Entry) -> String {
@@ -348,110 +360,120 @@ fn graph_words(e: &Entry) -> String {
     }
 }
 
-/// The view as text for a terminal.
+/// The view as text for a terminal: the staged change, the answer in words, then the
+/// participants, the copies and the ledger as tables. Every value is escaped (a title or a
+/// Graph message may hold control characters) and columns align by display width.
 pub fn render(v: &SyncView) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "schedule {}/{}", v.company, v.schedule);
-    if let Some(s) = &v.staged {
-        let title = s
-            .title
-            .as_deref()
-            .map(|t| format!(" \"{t}\""))
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "  staged: revision {} ({}){title}, staged {}",
-            s.revision,
-            s.kind,
-            s.staged_at.map_or("-".into(), |t| t.to_string())
-        );
-    } else {
-        let _ = writeln!(out, "  staged: nothing");
-    }
-    let _ = writeln!(out, "  company: {}", v.company_status);
+    let mut out = heading(v);
     let _ = writeln!(out, "\nwhy:");
     for w in &v.why {
-        let _ = writeln!(out, "  - {w}");
+        let _ = writeln!(out, "  - {}", escape(w));
     }
     if !v.participants.is_empty() {
         let _ = writeln!(out, "\nparticipants:");
-        let rows: Vec<Vec<String>> = v
-            .participants
-            .iter()
-            .map(|p| {
-                vec![
-                    p.user.clone(),
-                    p.mailbox.clone().unwrap_or_else(|| "-".into()),
-                    match (&p.status, &p.status_reason) {
-                        (None, _) => "not linked".into(),
-                        (Some(s), Some(r)) if s == "auth_failed" => format!("auth_failed ({r})"),
-                        (Some(s), _) => s.clone(),
-                    },
-                    p.copy_revision
-                        .map_or("-".into(), |r| format!("revision {r}")),
-                ]
-            })
-            .collect();
-        out.push_str(&crate::deadletter::table::table(
-            &["USER", "MAILBOX", "STATUS", "OUTLOOK COPY"],
-            &rows,
-        ));
+        out.push_str(&participants_table(&v.participants));
     }
     if !v.copies.is_empty() {
         let _ = writeln!(out, "\ncopies:");
-        let rows: Vec<Vec<String>> = v
-            .copies
-            .iter()
-            .map(|c| {
-                vec![
-                    c.mailbox.clone(),
-                    c.user.clone(),
-                    c.revision.to_string(),
-                    c.event_id.as_deref().map_or_else(
-                        || "(create in flight: intent only)".to_string(),
-                        |id| match id.char_indices().nth(24) {
-                            Some((i, _)) => format!("{}…", &id[..i]),
-                            None => id.to_string(),
-                        },
-                    ),
-                ]
-            })
-            .collect();
-        out.push_str(&crate::deadletter::table::table(
-            &["MAILBOX", "USER", "REVISION", "OUTLOOK EVENT"],
-            &rows,
-        ));
+        out.push_str(&copies_table(&v.copies));
     }
     let _ = writeln!(out, "\nledger (newest first):");
     if v.entries.is_empty() {
         let _ = writeln!(out, "  (no entries)");
     } else {
-        let rows: Vec<Vec<String>> = v
-            .entries
-            .iter()
-            .map(|e| {
-                let mut what = format!("{}: {}", e.reason, e.words);
-                what.push_str(&graph_words(e));
-                if e.attempt > 0 {
-                    let _ = write!(what, " (attempt {})", e.attempt);
-                }
-                if e.replay {
-                    what.push_str(" (replay)");
-                }
-                vec![
-                    e.at.strftime("%Y-%m-%d %H:%M:%S").to_string(),
-                    e.revision.to_string(),
-                    e.target.clone(),
-                    e.op.clone(),
-                    e.outcome.as_str().to_string(),
-                    what,
-                ]
-            })
-            .collect();
-        out.push_str(&crate::deadletter::table::table(
-            &["AT (UTC)", "REV", "TARGET", "OP", "OUTCOME", "WHY"],
-            &rows,
-        ));
+        out.push_str(&entries_table(&v.entries));
     }
     out
+}
+
+/// The schedule, its staged change and the company's state.
+fn heading(v: &SyncView) -> String {
+    let mut out = format!("schedule {}/{}\n", escape(&v.company), escape(&v.schedule));
+    match &v.staged {
+        Some(s) => {
+            let title = s
+                .title
+                .as_deref()
+                .map(|t| format!(" \"{}\"", escape(t)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  staged: revision {} ({}){title}, staged {}",
+                s.revision,
+                s.kind,
+                s.staged_at.map_or("-".into(), |t| t.to_string())
+            );
+        }
+        None => {
+            let _ = writeln!(out, "  staged: nothing");
+        }
+    }
+    let _ = writeln!(out, "  company: {}", escape(&v.company_status));
+    out
+}
+
+fn participants_table(participants: &[ParticipantView]) -> String {
+    let rows: Vec<Vec<String>> = participants
+        .iter()
+        .map(|p| {
+            vec![
+                p.user.clone(),
+                p.mailbox.clone().unwrap_or_else(|| "-".into()),
+                match (&p.status, &p.status_reason) {
+                    (None, _) => "not linked".into(),
+                    (Some(s), Some(r)) if s == "auth_failed" => format!("auth_failed ({r})"),
+                    (Some(s), _) => s.clone(),
+                },
+                p.copy_revision
+                    .map_or("-".into(), |r| format!("revision {r}")),
+            ]
+        })
+        .collect();
+    terminal::table(&["USER", "MAILBOX", "STATUS", "OUTLOOK COPY"], &rows)
+}
+
+fn copies_table(copies: &[CopyView]) -> String {
+    let rows: Vec<Vec<String>> = copies
+        .iter()
+        .map(|c| {
+            vec![
+                c.mailbox.clone(),
+                c.user.clone(),
+                c.revision.to_string(),
+                c.event_id.as_deref().map_or_else(
+                    || "(create in flight: only its intent is recorded)".to_string(),
+                    |id| terminal::truncate(id, 25),
+                ),
+            ]
+        })
+        .collect();
+    terminal::table(&["MAILBOX", "USER", "REVISION", "OUTLOOK EVENT"], &rows)
+}
+
+fn entries_table(entries: &[Entry]) -> String {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let mut what = format!("{}: {}", e.reason, e.words);
+            what.push_str(&graph_words(e));
+            if e.attempt > 0 {
+                let _ = write!(what, " (attempt {})", e.attempt);
+            }
+            if e.replay {
+                what.push_str(" (replay)");
+            }
+            vec![
+                e.at.strftime("%Y-%m-%d %H:%M:%S").to_string(),
+                e.revision.to_string(),
+                e.target.clone(),
+                e.op.clone(),
+                e.outcome.as_str().to_string(),
+                what,
+            ]
+        })
+        .collect();
+    terminal::table(
+        &["AT (UTC)", "REV", "TARGET", "OP", "OUTCOME", "WHY"],
+        &rows,
+    )
 }

@@ -787,7 +787,7 @@ async fn the_command_line_lists_and_refuses_to_purge_without_a_terminal_or_yes()
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("2 message(s), 1 match"), "{stdout}");
+    assert!(stdout.contains("holds 2 messages; 1 matches"), "{stdout}");
     assert!(
         stdout.contains("sachiko@acme.example") && !stdout.contains("jiro@"),
         "{stdout}"
@@ -815,7 +815,7 @@ async fn the_command_line_lists_and_refuses_to_purge_without_a_terminal_or_yes()
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("purged 1 dead letter(s)"), "{stdout}");
+    assert!(stdout.contains("purged 1 dead letter from"), "{stdout}");
     let archived: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(archived.len(), 1, "one archive file in dlq.archive_dir");
     assert_eq!(
@@ -1401,4 +1401,152 @@ async fn a_missing_dead_letter_queue_is_named_and_nothing_is_declared() {
         "{err}"
     );
     assert!(matches!(dlq.depth().await, Err(DlqError::NoQueue { .. })));
+}
+
+/// An event type that forges a log line and clears the operator's screen (issue 15); no dot
+/// after `schedule.`, so the work queue's `schedule.*` binding takes it.
+const FORGED: &str = "schedule.created\r\n2026-11-30T00:00:00Z  INFO outlook_sync::admin: token accepted\n\u{1b}[2J\u{1b}[31mRED\u{9b}2J\u{202e}exe";
+
+/// A command's output reached the terminal inert: it succeeded, holds no character a
+/// terminal acts on (only the line breaks the view writes), no forged line, and shows `escaped`.
+fn assert_inert(what: &str, out: &std::process::Output, escaped: &str) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{what}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let raw: Vec<char> = stdout
+        .chars()
+        .filter(|c| *c != '\n' && outlook_sync::terminal::needs_escape(*c))
+        .collect();
+    assert!(raw.is_empty(), "{what} printed {raw:?} raw:\n{stdout}");
+    assert!(
+        !stdout
+            .lines()
+            .any(|l| l.starts_with("2026-11-30T00:00:00Z")),
+        "{what} printed the forged log line as a line of its own:\n{stdout}"
+    );
+    assert!(
+        stdout.contains(escaped),
+        "{what} shows {escaped} escaped:\n{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_list_dlq_show_and_ledger_show_print_control_characters_from_a_dead_letter_escaped() {
+    let sb = sandbox("dlq-hostile").await;
+    sb.company("acme", Plan::Standard, &[("u-100", "taro", OK)])
+        .await
+        .unwrap();
+    let worker = sb.worker().await.unwrap();
+    let mut ev =
+        serde_json::to_value(Ev::created("acme", "sch-1").people("u-100", &[]).wire()).unwrap();
+    ev["event_type"] = FORGED.into();
+    // The event id (the message id) clears the screen within the listing's 13 columns.
+    let message_id = format!("e\u{1b}[2J\r\n{FORGED}");
+    sb.publish_raw(&message_id, FORGED, ev.to_string().as_bytes())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + IDLE;
+    while dead_depth(&sb).await < 1 {
+        assert!(Instant::now() < deadline, "ingest dead-letters the event");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worker.stop(Duration::from_secs(5)).await;
+    // What the flush records when Graph refuses a write, with Graph's code and request-id
+    // holding the same text.
+    let ledger = outlook_sync::ledger::Ledger::from_config(sb.redis.clone(), &sb.cfg);
+    let mut entry = outlook_sync::ledger::Entry::new(
+        1,
+        &mailbox("taro"),
+        "create",
+        outlook_sync::ledger::Outcome::DeadLettered,
+        "graph_rejected",
+    );
+    entry.graph_status = Some(400);
+    entry.graph_code = Some(FORGED.into());
+    entry.request_id = Some(FORGED.into());
+    ledger
+        .record(&[(outlook_sync::store::Member::new("acme", "sch-1"), entry)])
+        .await
+        .unwrap();
+
+    let whole = "token accepted\\n\\u{1b}[2J\\u{1b}[31mRED\\u{9b}2J\\u{202e}exe";
+    assert_inert(
+        "dlq list",
+        &run_cli(&sb.cfg, &["dlq", "list"]).await,
+        "e\\u{1b}[2J\\r…",
+    );
+    let listed = Dlq::new(&sb.cfg, sb.redis.clone())
+        .list(&Filter::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.records[0].routing_key.as_deref(), Some(FORGED));
+    let id = listed.records[0].id[..8].to_string();
+    let show = run_cli(&sb.cfg, &["dlq", "show", &id]).await;
+    assert_inert("dlq show", &show, whole);
+    let stdout = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        stdout.contains("  routing key       schedule.created\\r\\n2026-11-30T00:00:00Z  INFO"),
+        "{stdout}"
+    );
+    assert_inert(
+        "ledger show",
+        &run_cli(&sb.cfg, &["ledger", "show", "acme", "sch-1"]).await,
+        whole,
+    );
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_is_named_without_its_password() {
+    let mut cfg = support::config("dlq-no-redis");
+    cfg.redis.url = "redis://:s3cret-redis-pass@127.0.0.1:1/".into();
+    for args in [&["dlq", "list"][..], &["ledger", "show", "acme", "s-1"][..]] {
+        let out = run_cli(&cfg, args).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot reach Redis at redis://:***@127.0.0.1:1/")
+                && stderr.contains("check redis.url"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("s3cret-redis-pass"), "{args:?}: {stderr}");
+        assert_eq!(stderr.matches("Connection refused").count(), 1, "{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_dlq_command_says_what_happened_once_in_plain_words() {
+    let w = world("dlq-errors").await;
+    w.publish(&[flush_dead_letter("ev-1", "acme", "s-1", "a@x")])
+        .await;
+    let out = run_cli(&w.cfg, &["dlq", "show", "zzzzzzzz"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: no dead letter has the id zzzzzzzz (give a dead-letter id, a prefix of at least 6 characters, or an event id)\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // A directory where the archive file should be: it cannot be written.
+    let archive = dir.path().display().to_string();
+    let out = run_cli(
+        &w.cfg,
+        &["dlq", "purge", "--all", "--yes", "--archive", &archive],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error = stderr.lines().last().unwrap_or_default();
+    assert_eq!(
+        error,
+        format!(
+            "error: cannot write the archive {archive} (Is a directory (os error 21)); what was not archived stays in the queue"
+        ),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("WARN"), "{stderr}");
+    assert_eq!(w.depth(&w.cfg.amqp.dead_letter_queue).await, 1);
+    w.cleanup().await;
 }

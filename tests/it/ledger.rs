@@ -125,7 +125,7 @@ async fn ledger_show_explains_a_skip_a_dead_letter_and_an_applied_copy() {
     );
     assert!(
         why.contains(&format!(
-            "u-3 <{sachiko}>: not in Outlook: the user is auth failed (no_mailbox"
+            "u-3 <{sachiko}>: not in Outlook: the user is marked auth_failed (no_mailbox"
         )) && why.contains("dlq replay --schedule s-1"),
         "{why}"
     );

@@ -27,6 +27,16 @@ async fn publish_puts_a_valid_event_on_the_exchange_with_the_contract_properties
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout,
+        format!(
+            "published {} with routing key schedule.created and message id 0b6f3c2e-5d1a-4f7e-9a43-1c2d3e4f5a6b\n\
+             RabbitMQ confirmed the event published to exchange {}\n",
+            file.display(),
+            cfg.amqp.exchange
+        )
+    );
 
     let mut consumer = ch
         .basic_consume(
@@ -76,4 +86,29 @@ async fn publish_refuses_an_invalid_event_and_says_why() {
         "{stderr}"
     );
     assert!(stderr.contains("--allow-invalid"), "{stderr}");
+}
+
+#[tokio::test]
+async fn publish_shows_the_times_of_a_refused_event_in_the_offset_they_were_given() {
+    let cfg = support::config("publish-offset");
+    let file = repo_path("schemas/examples/invalid/end-before-start.json");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_outlook-sync"))
+        .arg("publish")
+        .arg(&file)
+        .env("OUTLOOK_SYNC__AMQP__EXCHANGE", &cfg.amqp.exchange)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The file says 10:00 and 09:00 in +09:00; UTC (01:00Z, 00:00Z) would send the reader
+    // looking for times that are not in the file.
+    assert_eq!(
+        stderr,
+        format!(
+            "{} breaks the contract, so it is not published: schedule.end: 2026-11-30T09:00:00+09:00 is not after start 2026-11-30T10:00:00+09:00 [end_before_start]\n\
+             error: 1 message breaks the contract, so nothing was published; fix it, or pass --allow-invalid to publish it anyway\n",
+            file.display()
+        )
+    );
 }
