@@ -245,6 +245,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (admin.listen)"))?;
+    // The address it got (admin.listen may ask for port 0: any free port).
+    let addr = listener.local_addr().unwrap_or(addr);
     tracing::info!(%addr, "serving /healthz, /readyz, /metrics");
     let admin = crate::admin::Admin::new(
         admin_cfg.clone(),
@@ -263,7 +265,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             let l = tokio::net::TcpListener::bind(public_addr)
                 .await
                 .with_context(|| format!("cannot listen on {public_addr} (admin.public_listen)"))?;
-            tracing::info!(addr = %public_addr, "serving the admin-consent callback (only) on the public listener");
+            let got = l
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or(public_addr.to_string());
+            tracing::info!(addr = %got, "serving the admin-consent callback (only) on the public listener");
             let app = crate::admin::api::public_router(admin.clone());
             Some(tokio::spawn(crate::admin::listener::serve(
                 l,

@@ -272,12 +272,23 @@ async fn backlog_with(
 #[derive(Default)]
 struct QueueProbe {
     conn: Option<(lapin::Connection, lapin::Channel)>,
+    /// In a worker: turns true once its ingest declared the queues. Until then the broker is
+    /// not asked (a passive declare of a queue that does not exist closes the channel with an
+    /// error).
+    declared: Option<tokio::sync::watch::Receiver<bool>>,
+    declared_once: bool,
 }
 
 impl QueueProbe {
     /// Ready messages on the work queue (a passive declare); `None` if the broker cannot be
     /// asked (it is asked again next time, on a new connection).
     async fn depth(&mut self, cfg: &Config) -> Option<u64> {
+        if let Some(d) = &self.declared {
+            self.declared_once |= *d.borrow();
+            if !self.declared_once {
+                return None;
+            }
+        }
         let ask = async {
             if self
                 .conn
@@ -304,8 +315,13 @@ impl QueueProbe {
         }
     }
 
+    /// The channel first: a connection closed under a channel still closing is logged as an
+    /// error by lapin.
     async fn close(&mut self) {
-        if let Some((conn, _)) = self.conn.take() {
+        if let Some((conn, ch)) = self.conn.take() {
+            if ch.status().connected() {
+                let _ = ch.close(200, "done".into()).await;
+            }
             let _ = conn.close(200, "done".into()).await;
         }
     }
@@ -320,13 +336,17 @@ pub async fn report(
     token: String,
     load: Arc<Load>,
     metrics: Arc<crate::metrics::Metrics>,
+    declared: tokio::sync::watch::Receiver<bool>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let keys = crate::store::keys(&cfg);
     let fleet = Fleet::new(redis.clone(), keys.clone());
     let reporter = crate::store::Leases::new(redis.clone(), BEAT * 3);
     let lease = [(keys.fleet_reporter(), token.clone())];
-    let mut probe = QueueProbe::default();
+    let mut probe = QueueProbe {
+        declared: Some(declared),
+        ..QueueProbe::default()
+    };
     loop {
         if let Err(e) = fleet.beat(&token, &load.snapshot()).await {
             tracing::debug!(error = %e, "fleet: this worker's load was not reported; retried");

@@ -95,12 +95,14 @@ impl Worker {
                 flusher.claim_token().to_string(),
                 load,
                 metrics.clone(),
+                ingest.ready(),
                 rx.clone(),
             )),
             // The dead-letter queue's depth, for the dashboard and the alerts.
             tokio::spawn(crate::deadletter::watch_depth(
                 (*cfg).clone(),
                 metrics.clone(),
+                ingest.ready(),
                 rx.clone(),
             )),
         ];

@@ -145,11 +145,16 @@ impl DeadLetter {
 /// Samples the dead-letter queue's depth into `outlook_sync_dead_letter_queue_depth` every
 /// `dlq.depth_poll_seconds` until `shutdown` turns true (a worker runs it beside ingest and the
 /// flush). An unreachable broker leaves the gauge as it was and is tried again next time.
+///
+/// It asks only once the worker's ingest has declared the queues (`declared` turned true): a
+/// passive declare of a queue that does not exist yet would close the channel with an error.
 pub async fn watch_depth(
     cfg: crate::config::Config,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    declared: tokio::sync::watch::Receiver<bool>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut declared_once = false;
     let every = std::time::Duration::from_secs(cfg.dlq.depth_poll_seconds);
     let url = cfg.amqp.connection_url();
     let queue = cfg.amqp.dead_letter_queue.clone();
@@ -170,7 +175,8 @@ pub async fn watch_depth(
                 }
             };
         }
-        if let Some((_, ch)) = &conn {
+        declared_once |= *declared.borrow();
+        if let Some((_, ch)) = conn.as_ref().filter(|_| declared_once) {
             match queue::ready_count(ch, &queue).await {
                 Ok(n) => {
                     metrics.dead_letter_queue_depth.set(i64::from(n));

@@ -224,14 +224,11 @@ impl Dlq {
     /// Messages waiting in the dead-letter queue; also sets the depth gauge.
     pub async fn depth(&self) -> Result<u32, DlqError> {
         let conn = amqp::connect(&self.amqp_url, "outlook-sync dlq depth").await?;
-        let result = async {
-            let ch = conn.create_channel().await?;
-            ready_count(&ch, &self.queue)
-                .await
-                .map_err(|e| self.no_queue(e))
-        }
-        .await;
-        let _ = conn.close(200, "done".into()).await;
+        let ch = conn.create_channel().await?;
+        let result = ready_count(&ch, &self.queue)
+            .await
+            .map_err(|e| self.no_queue(e));
+        close(&conn, Some(ch)).await;
         let n = result?;
         if let Some(m) = &self.metrics {
             m.dead_letter_queue_depth.set(i64::from(n));
@@ -289,8 +286,8 @@ impl Dlq {
         let conn = amqp::connect(&self.amqp_url, "outlook-sync dlq").await?;
         let unacked = AtomicUsize::new(0);
         let mut ready_before_close = None;
+        let ch = conn.create_channel().await?;
         let result = async {
-            let ch = conn.create_channel().await?;
             ch.confirm_select(Default::default()).await?;
             ready_count(&ch, &self.queue)
                 .await
@@ -319,8 +316,9 @@ impl Dlq {
             Ok(p)
         }
         .await;
-        // Closing returns whatever is still unacked (an interrupted batch) to the queue.
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "done".into())).await;
+        // Closing returns whatever is still unacked (an interrupted batch) to the queue. The
+        // channel first: a connection closed under a channel still closing is logged as an error.
+        close(&conn, Some(ch)).await;
         let outstanding = unacked.load(Ordering::SeqCst);
         if let (Err(_), Some(before)) = (&result, ready_before_close)
             && outstanding > 0
@@ -336,17 +334,18 @@ impl Dlq {
         let Ok(conn) = amqp::connect(&self.amqp_url, "outlook-sync dlq").await else {
             return;
         };
-        if let Ok(ch) = conn.create_channel().await {
+        let ch = conn.create_channel().await.ok();
+        if let Some(ch) = &ch {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             while tokio::time::Instant::now() < deadline {
-                match ready_count(&ch, &self.queue).await {
+                match ready_count(ch, &self.queue).await {
                     Ok(n) if n as usize >= ready => break,
                     Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                     Err(_) => break,
                 }
             }
         }
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "done".into())).await;
+        close(&conn, ch).await;
     }
 
     /// Every dead letter that matches, in queue order. Leaves the queue as it was.
@@ -684,4 +683,12 @@ pub fn summarize(listing: &Listing) -> Summary {
         ),
         by_stage: groups(rs, |r| r.stage.clone(), false),
     }
+}
+
+/// Closes a channel (if it is still open), then its connection, each within [`CLOSE_TIMEOUT`].
+async fn close(conn: &lapin::Connection, ch: Option<lapin::Channel>) {
+    if let Some(ch) = ch.filter(|c| c.status().connected()) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ch.close(200, "done".into())).await;
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "done".into())).await;
 }

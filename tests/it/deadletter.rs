@@ -871,9 +871,12 @@ async fn the_depth_gauge_follows_the_dead_letter_queue() {
     w.cfg.dlq.depth_poll_seconds = 1;
     let metrics = outlook_sync::metrics::Metrics::new();
     let (tx, rx) = tokio::sync::watch::channel(false);
+    // The queues are declared (world() did it), as a worker's ingest says when it has.
+    let (_declared_tx, declared) = tokio::sync::watch::channel(true);
     let task = tokio::spawn(outlook_sync::deadletter::watch_depth(
         w.cfg.clone(),
         metrics.clone(),
+        declared,
         rx,
     ));
     w.publish(&[

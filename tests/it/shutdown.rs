@@ -307,3 +307,93 @@ async fn outlook_sync_run_exits_zero_on_sigterm_within_its_grace_period() {
     b.stop(Duration::from_secs(10)).await;
     sb.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_start_on_port_zero_logs_the_port_it_got_and_no_error() {
+    outlook_sync::install_crypto_provider();
+    // A broker and a Redis this configuration has never seen: nothing is declared yet.
+    let mut cfg = crate::support::config("fresh-start");
+    cfg.admin.listen = "127.0.0.1:0".into();
+    let token = "9vQm2LxT7rWc4ZpK8sNd3HfJ6bYg1AeU";
+    cfg.admin.tokens = vec![token.into()];
+    cfg.log.format = outlook_sync::config::LogFormat::Json;
+    cfg.log.filter = "info".into();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outlook-sync.toml");
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    let stderr_path = dir.path().join("stderr.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_outlook-sync"))
+        .arg("--config")
+        .arg(&path)
+        .arg("run")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .expect("spawning outlook-sync run");
+    let logs = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        let found = logs().lines().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["message"] == "serving /healthz, /readyz, /metrics")
+                .then(|| v["addr"].as_str().map(str::to_string))
+                .flatten()
+        });
+        if let Some(a) = found {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "no address logged:\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert_ne!(
+        port, 0,
+        "it logged the port it got, not the one it asked for"
+    );
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = http
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().as_u16() == 200);
+        if ready {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready:\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Some seconds of normal running: the dead-letter depth poller has run, the fleet reported,
+    // and an operator looked at the dead letters and the backlog through the admin API.
+    for path in ["/v1/dlq/messages", "/v1/dlq/summary", "/v1/backlog"] {
+        let r = http
+            .get(format!("http://{addr}{path}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status().as_u16(),
+            200,
+            "{path}: {}",
+            r.text().await.unwrap()
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let errors: Vec<String> = logs()
+        .lines()
+        .filter(|l| l.contains("\"level\":\"ERROR\""))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "ERROR lines in normal operation: {errors:#?}"
+    );
+    crate::support::cleanup_amqp(&cfg).await;
+}
