@@ -43,6 +43,10 @@ pub enum CryptoError {
     Corrupt(String),
     #[error("invalid key configuration: {0}")]
     Config(String),
+    #[error(
+        "no secrets keys are configured in this process (secrets.keys), so the company's sealed client secret cannot be opened: configure the same keys as the workers"
+    )]
+    NotConfigured,
 }
 
 /// The configured keys. Cheap to share behind an `Arc`; `Debug` shows key ids only.
@@ -114,6 +118,9 @@ impl KeyRing {
 
     /// Decrypts a value sealed by any configured key for the same `aad`.
     pub fn open(&self, sealed: &Sealed, aad: &str) -> Result<Secret, CryptoError> {
+        if self.keys.is_empty() {
+            return Err(CryptoError::NotConfigured);
+        }
         let cipher = self
             .keys
             .get(&sealed.key_id)

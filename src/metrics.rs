@@ -503,6 +503,7 @@ pub mod known {
             NotSyncing::Disabled,
             NotSyncing::NoCredentials,
             NotSyncing::CredentialsUnreadable,
+            NotSyncing::KeysNotConfigured,
             NotSyncing::UnknownCompany,
         ];
         let _listed = |n: NotSyncing| match n {
@@ -511,6 +512,7 @@ pub mod known {
             | NotSyncing::Disabled
             | NotSyncing::NoCredentials
             | NotSyncing::CredentialsUnreadable
+            | NotSyncing::KeysNotConfigured
             | NotSyncing::UnknownCompany => (),
         };
         let mut out: Vec<&'static str> = company.iter().map(|n| n.code()).collect();

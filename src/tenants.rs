@@ -40,6 +40,9 @@ pub enum NotSyncing {
     NoCredentials,
     /// Credentials are stored but the configured keys cannot decrypt them.
     CredentialsUnreadable,
+    /// Credentials are stored, sealed, and this process has no keys at all to open them (a
+    /// command run without `secrets.keys`): not the credentials' fault.
+    KeysNotConfigured,
     UnknownCompany,
 }
 
@@ -51,6 +54,7 @@ impl NotSyncing {
             NotSyncing::Disabled => "integration_disabled",
             NotSyncing::NoCredentials => "no_credentials",
             NotSyncing::CredentialsUnreadable => "credentials_unreadable",
+            NotSyncing::KeysNotConfigured => "secrets_keys_not_configured",
             NotSyncing::UnknownCompany => "unknown_company",
         }
     }
@@ -192,6 +196,9 @@ impl Company {
             return Err(NotSyncing::Disabled);
         }
         if self.credentials.is_none() {
+            if self.credentials_error.as_deref() == Some(NOT_CONFIGURED.as_str()) {
+                return Err(NotSyncing::KeysNotConfigured);
+            }
             if self.credentials_error.is_some() {
                 return Err(NotSyncing::CredentialsUnreadable);
             }
@@ -200,6 +207,10 @@ impl Company {
         Ok(())
     }
 }
+
+/// The `credentials_error` of sealed credentials read without any key configured.
+static NOT_CONFIGURED: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| CryptoError::NotConfigured.to_string());
 
 /// The company as stored: the secret sealed.
 #[derive(Debug, Clone, Serialize, Deserialize)]

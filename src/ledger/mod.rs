@@ -118,6 +118,9 @@ pub fn words(reason: &str) -> &'static str {
         "credentials_unreadable" => {
             "the company's stored client secret cannot be decrypted with the configured keys"
         }
+        "secrets_keys_not_configured" => {
+            "this command has no secrets keys configured (secrets.keys), so it cannot decrypt the company's credentials; run it with the workers' configuration"
+        }
         "unknown_company" => "the company is not set up for the integration",
         "participant_not_linked" => "this participant is not linked to a Microsoft mailbox",
         "change_before_link" => {

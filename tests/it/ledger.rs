@@ -167,6 +167,25 @@ async fn ledger_show_explains_a_skip_a_dead_letter_and_an_applied_copy() {
         "--target keeps sachiko's entries: {stdout}"
     );
 
+    // Run without the secrets keys (an operator's laptop): it says that, not that the
+    // credentials are unreadable.
+    let mut keyless = sb.cfg.clone();
+    keyless.secrets = Default::default();
+    std::fs::write(&path, toml::to_string(&keyless).unwrap()).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_outlook-sync"))
+        .arg("--config")
+        .arg(&path)
+        .args(["ledger", "show", "acme", "s-1"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("secrets_keys_not_configured") && stdout.contains("secrets.keys"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("credentials_unreadable"), "{stdout}");
+
     // A schedule nobody published.
     let none = ledger::sync_view(
         &sb.cfg,
