@@ -136,6 +136,11 @@ struct History {
     deliveries: Vec<Delivery>,
     /// A burst of 503s on this mailbox (scripted before the first phase).
     burst: Option<(String, u32)>,
+    /// A long throttling of this mailbox: this many 429s, each with `Retry-After`, far more than
+    /// the attempts allow: it must slow the mailbox, never dead-letter a change.
+    throttled: Option<(String, u32)>,
+    /// The users linked with their address in another case (`A@…` for `a@…`): one mailbox.
+    mixed_case: Vec<&'static str>,
 }
 
 fn mailbox(company: &str, local: &str) -> String {
@@ -207,7 +212,13 @@ impl History {
         let mut schedules = Vec::new();
         let mut deliveries = Vec::new();
         for s in 0..rng.random_range(1..=3) {
-            let id = format!("s{}", s + 1);
+            // Ids that differ only in case are different schedules: Graph's tag filter matches
+            // them both, and the flush must keep each copy to its own.
+            let id = if s > 0 && rng.random_bool(0.3) {
+                format!("S{s}")
+            } else {
+                format!("s{}", s + 1)
+            };
             // Most schedules are created after the link; some predate it (first seen as an
             // update of a later revision); a few are only ever deleted.
             let shape = rng.random_range(0..100);
@@ -288,12 +299,26 @@ impl History {
                 MAX_ATTEMPTS * rng.random_range(1..=2),
             )
         });
+        let throttled = rng.random_bool(0.15).then(|| {
+            let (_, local) = LINKED[rng.random_range(0..LINKED.len())];
+            (
+                mailbox(&company, local),
+                MAX_ATTEMPTS * rng.random_range(2..=4),
+            )
+        });
+        let mixed_case = LINKED
+            .iter()
+            .filter(|_| rng.random_bool(0.2))
+            .map(|(user, _)| *user)
+            .collect();
         History {
             seed,
             company,
             schedules,
             deliveries,
             burst,
+            throttled,
+            mixed_case,
         }
     }
 
@@ -327,10 +352,19 @@ impl History {
             "seed {} (company {}), linked: u-1→a, u-2→b, u-3→c; u-9 unlinked{}",
             self.seed,
             self.company,
-            match &self.burst {
-                Some((m, n)) => format!("; {n} scripted 503s on {m}"),
-                None => String::new(),
-            }
+            [
+                self.burst
+                    .as_ref()
+                    .map(|(m, n)| format!("; {n} scripted 503s on {m}")),
+                self.throttled
+                    .as_ref()
+                    .map(|(m, n)| format!("; {n} scripted 429s on {m}")),
+                (!self.mixed_case.is_empty())
+                    .then(|| format!("; linked in upper case: {:?}", self.mixed_case)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<String>()
         );
         for (id, revs) in &self.schedules {
             for r in revs {
@@ -525,6 +559,7 @@ struct Totals {
     replays: usize,
     kills: u64,
     scripted_503: u64,
+    scripted_429: u64,
     answered_429: u64,
     answered_503: u64,
     answered_504: u64,
@@ -561,7 +596,7 @@ async fn every_mailbox_converges_to_the_latest_state_under_faults_kills_and_repl
     println!(
         "RELIABILITY convergence seeds={} schedules={} revisions={} deliveries={} duplicates={} \
          redeliveries={} late={} operator_replays={} worker_kills={} scripted_503={} \
-         graph_429={} graph_503={} graph_504={} graph_dropped={} create_dedupes={} \
+         scripted_429={} graph_429={} graph_503={} graph_504={} graph_dropped={} create_dedupes={} \
          graph_writes={} dead_letters_replayed={} copies_checked={} missing={} duplicated={} \
          stale={} extra={} failed_seeds={} elapsed_s={:.1}",
         totals.seeds,
@@ -574,6 +609,7 @@ async fn every_mailbox_converges_to_the_latest_state_under_faults_kills_and_repl
         totals.replays,
         totals.kills,
         totals.scripted_503,
+        totals.scripted_429,
         totals.answered_429,
         totals.answered_503,
         totals.answered_504,
@@ -703,6 +739,29 @@ async fn run_chunk(seeds: &[u64], totals: &mut Totals) -> Vec<String> {
                 );
             }
             totals.scripted_503 += u64::from(*n);
+        }
+        if let Some((mb, n)) = &h.throttled {
+            for _ in 0..*n {
+                sb.emulator.emulator.script_fault(
+                    ScriptedFault::new(FaultKind::Throttle429 { retry_after: 0.2 })
+                        .path_contains(&format!("/users/{mb}/events")),
+                );
+            }
+            totals.scripted_429 += u64::from(*n);
+        }
+        // Linked with the address in upper case: still the one mailbox the emulator knows.
+        for user in &h.mixed_case {
+            let mut u = sb
+                .directory
+                .user(&h.company, user)
+                .await
+                .expect("directory")
+                .expect("linked");
+            u.mailbox = u.mailbox.to_uppercase();
+            sb.directory
+                .put_user(&h.company, &u)
+                .await
+                .expect("directory");
         }
         totals.seeds += 1;
         totals.schedules += h.schedules.len();
@@ -851,6 +910,19 @@ async fn replay_dead_letters(sb: &Sandbox) -> usize {
         refused.records.is_empty(),
         "valid events became dead letters at ingest: {:?}",
         refused.records
+    );
+    // Throttling slows a mailbox; it never turns a change into a dead letter.
+    let throttled = dlq
+        .list(&Filter {
+            graph_status: Some(429),
+            ..Filter::default()
+        })
+        .await
+        .expect("listing the dead letters");
+    assert!(
+        throttled.records.is_empty(),
+        "throttled changes became dead letters: {:?}",
+        throttled.records
     );
     let report = dlq
         .replay(
