@@ -241,7 +241,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let grace = std::time::Duration::from_secs(cfg.worker.shutdown_grace_seconds);
     // Never fails on an unreachable Redis or RabbitMQ: the worker starts not ready and connects
     // when they are there.
-    let worker = Worker::start(cfg).await.context("cannot use redis.url")?;
+    let worker = Worker::start(cfg).await?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (admin.listen)"))?;

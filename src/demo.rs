@@ -45,6 +45,8 @@ pub enum SandboxError {
     RedisOp(#[from] redis::RedisError),
     #[error("directory: {0}")]
     Directory(#[from] crate::tenants::DirectoryError),
+    #[error("the worker did not start: {0}")]
+    Worker(#[from] crate::worker::StartError),
 }
 
 /// A self-contained world: own queue names, own Redis prefix, own emulator.

@@ -348,6 +348,7 @@ pub async fn report(
         ..QueueProbe::default()
     };
     loop {
+        keep_settings(&cfg, &redis).await;
         if let Err(e) = fleet.beat(&token, &load.snapshot()).await {
             tracing::debug!(error = %e, "fleet: this worker's load was not reported; retried");
         }
@@ -395,4 +396,189 @@ pub async fn report(
             return;
         }
     }
+}
+
+/// The settings every worker consuming one work queue must share: a worker with another
+/// `redis.key_prefix` would stage into a keyspace no one flushes (or count every company as
+/// unknown), another `window.seconds` would flush the same schedules at other times, other names
+/// would dead-letter elsewhere. Recorded in Redis by the work queue's name, outside the prefix
+/// (`outlook-sync-fleet:{vhost}/{queue}`), for as long as a worker with them runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedSettings {
+    pub redis_key_prefix: String,
+    pub window_seconds: u64,
+    pub amqp_exchange: String,
+    pub amqp_dead_letter_exchange: String,
+    pub amqp_dead_letter_queue: String,
+    pub amqp_delivery_limit: u32,
+    pub graph_base_url: String,
+    pub graph_category: String,
+    pub graph_mailbox_request_budget: u32,
+    pub graph_mailbox_budget_window_seconds: u64,
+}
+
+impl SharedSettings {
+    pub fn of(cfg: &Config) -> SharedSettings {
+        SharedSettings {
+            redis_key_prefix: cfg.redis.key_prefix.clone(),
+            window_seconds: cfg.window.seconds,
+            amqp_exchange: cfg.amqp.exchange.clone(),
+            amqp_dead_letter_exchange: cfg.amqp.dead_letter_exchange.clone(),
+            amqp_dead_letter_queue: cfg.amqp.dead_letter_queue.clone(),
+            amqp_delivery_limit: cfg.amqp.delivery_limit,
+            graph_base_url: cfg.graph.base_url.clone(),
+            graph_category: cfg.graph.category.clone(),
+            graph_mailbox_request_budget: cfg.graph.mailbox_request_budget,
+            graph_mailbox_budget_window_seconds: cfg.graph.mailbox_budget_window_seconds,
+        }
+    }
+
+    /// Each setting that differs: (key, this worker's value, the fleet's value).
+    pub fn differences(&self, fleet: &SharedSettings) -> Vec<(&'static str, String, String)> {
+        let mut out = Vec::new();
+        let mut cmp = |key: &'static str, mine: String, theirs: String| {
+            if mine != theirs {
+                out.push((key, mine, theirs));
+            }
+        };
+        cmp(
+            "redis.key_prefix",
+            self.redis_key_prefix.clone(),
+            fleet.redis_key_prefix.clone(),
+        );
+        cmp(
+            "window.seconds",
+            self.window_seconds.to_string(),
+            fleet.window_seconds.to_string(),
+        );
+        cmp(
+            "amqp.exchange",
+            self.amqp_exchange.clone(),
+            fleet.amqp_exchange.clone(),
+        );
+        cmp(
+            "amqp.dead_letter_exchange",
+            self.amqp_dead_letter_exchange.clone(),
+            fleet.amqp_dead_letter_exchange.clone(),
+        );
+        cmp(
+            "amqp.dead_letter_queue",
+            self.amqp_dead_letter_queue.clone(),
+            fleet.amqp_dead_letter_queue.clone(),
+        );
+        cmp(
+            "amqp.delivery_limit",
+            self.amqp_delivery_limit.to_string(),
+            fleet.amqp_delivery_limit.to_string(),
+        );
+        cmp(
+            "graph.base_url",
+            crate::amqp::redacted(&self.graph_base_url),
+            crate::amqp::redacted(&fleet.graph_base_url),
+        );
+        cmp(
+            "graph.category",
+            self.graph_category.clone(),
+            fleet.graph_category.clone(),
+        );
+        cmp(
+            "graph.mailbox_request_budget",
+            self.graph_mailbox_request_budget.to_string(),
+            fleet.graph_mailbox_request_budget.to_string(),
+        );
+        cmp(
+            "graph.mailbox_budget_window_seconds",
+            self.graph_mailbox_budget_window_seconds.to_string(),
+            fleet.graph_mailbox_budget_window_seconds.to_string(),
+        );
+        out
+    }
+}
+
+/// A worker whose shared settings differ from those of the workers already consuming its queue.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this worker's settings differ from those of the workers already consuming {queue}: {}. \
+     Workers sharing a work queue must agree on them: give this worker the fleet's values; to \
+     change them for the whole fleet, stop every worker first (a Recreate rollout, or scale to 0 \
+     and back), so no worker with the old values is left running",
+    .differences
+        .iter()
+        .map(|(k, mine, theirs)| format!("{k} is {mine:?} here and {theirs:?} in the fleet"))
+        .collect::<Vec<_>>()
+        .join("; ")
+)]
+pub struct SettingsConflict {
+    pub queue: String,
+    pub differences: Vec<(&'static str, String, String)>,
+}
+
+/// The Redis key of the shared settings of a work queue: by the queue (and vhost), outside any
+/// key prefix, since the prefix is one of the settings.
+fn settings_key(cfg: &Config) -> String {
+    let vhost = url::Url::parse(&cfg.amqp.url)
+        .ok()
+        .map(|u| u.path().trim_start_matches('/').to_string())
+        .unwrap_or_default();
+    crate::store::keys::fleet_settings(&vhost, &cfg.amqp.queue)
+}
+
+/// How long a record of the shared settings outlives the last worker that refreshed it.
+const SETTINGS_TTL: Duration = Duration::from_secs(30);
+
+/// Joins the fleet of the work queue: records this worker's shared settings if no worker runs,
+/// else checks them against the fleet's. Refreshed with every report ([`keep_settings`]).
+pub async fn join(cfg: &Config, redis: &ConnectionManager) -> Result<(), JoinError> {
+    let key = settings_key(cfg);
+    let mine = SharedSettings::of(cfg);
+    let json = serde_json::to_string(&mine).expect("settings serialize");
+    let mut r = redis.clone();
+    let (set, current): (Option<String>, String) = redis::pipe()
+        .cmd("SET")
+        .arg(&key)
+        .arg(&json)
+        .arg("NX")
+        .arg("PX")
+        .arg(SETTINGS_TTL.as_millis() as u64)
+        .cmd("GET")
+        .arg(&key)
+        .query_async(&mut r)
+        .await
+        .map_err(JoinError::Redis)?;
+    if set.is_some() {
+        return Ok(());
+    }
+    let fleet: SharedSettings = match serde_json::from_str(&current) {
+        Ok(f) => f,
+        // Written by a version with other settings: take it over.
+        Err(_) => return Ok(()),
+    };
+    let differences = mine.differences(&fleet);
+    if differences.is_empty() {
+        Ok(())
+    } else {
+        Err(JoinError::Conflict(SettingsConflict {
+            queue: cfg.amqp.queue.clone(),
+            differences,
+        }))
+    }
+}
+
+/// Why a worker could not join its queue's fleet.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error(transparent)]
+    Conflict(SettingsConflict),
+    #[error("Redis did not answer while this worker checked its settings against the fleet's: {0}")]
+    Redis(redis::RedisError),
+}
+
+/// Keeps the shared settings recorded while this worker runs (with each report).
+async fn keep_settings(cfg: &Config, redis: &ConnectionManager) {
+    let mut r = redis.clone();
+    let _: Result<(), _> = redis::cmd("PEXPIRE")
+        .arg(settings_key(cfg))
+        .arg(SETTINGS_TTL.as_millis() as u64)
+        .query_async(&mut r)
+        .await;
 }

@@ -92,6 +92,28 @@ impl Ingest {
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         while !*shutdown.borrow() {
+            if let Err(e) = crate::fleet::join(&self.cfg, self.windows.redis()).await {
+                // Another fleet's settings (or no Redis): consuming now would stage events where
+                // no one flushes them. Not ready; checked again after the wait.
+                self.ready.send_replace(false);
+                let wait = backoff.delay().max(Duration::from_secs(5));
+                match &e {
+                    crate::fleet::JoinError::Conflict(c) => {
+                        tracing::error!(
+                            retry_in_ms = wait.as_millis() as u64,
+                            "ingest: not consuming: {c}"
+                        )
+                    }
+                    crate::fleet::JoinError::Redis(_) => {
+                        warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "ingest: not consuming until Redis answers")
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
             let consumed = self.consume(&mut shutdown).await;
             // Whatever was not acked goes back to the queue with the connection.
             self.load.acked(u64::MAX);

@@ -273,6 +273,11 @@ impl Windows {
         &self.keys
     }
 
+    /// The Redis connection the staging uses.
+    pub fn redis(&self) -> &ConnectionManager {
+        &self.redis
+    }
+
     fn schedule_key(&self, company: &str, schedule: &str) -> String {
         self.keys.staged(&Member::new(company, schedule))
     }

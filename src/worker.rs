@@ -29,6 +29,15 @@ use crate::store;
 use crate::sync::Flusher;
 use crate::window::Windows;
 
+/// Why a worker did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("redis.url cannot be used: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Conflict(crate::fleet::SettingsConflict),
+}
+
 /// How a [`Worker::stop`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stopped {
@@ -60,12 +69,19 @@ fn timeout_error() -> redis::RedisError {
 }
 
 impl Worker {
-    /// Starts ingest and flush. Fails only on an unusable `redis.url`: an unreachable Redis or
-    /// RabbitMQ makes the worker not ready until they are back, never fails it.
-    pub async fn start(mut cfg: Config) -> Result<Worker, redis::RedisError> {
+    /// Starts ingest and flush. Fails on an unusable `redis.url`, and when the workers already
+    /// consuming the queue run with other shared settings (`fleet::SharedSettings`); an
+    /// unreachable Redis or RabbitMQ makes the worker not ready until they are back, never fails
+    /// it (the settings are then checked before ingest consumes).
+    pub async fn start(mut cfg: Config) -> Result<Worker, StartError> {
         cfg.amqp.url = cfg.amqp.connection_url();
         let cfg = Arc::new(cfg);
         let redis = store::connect_lazy(&cfg)?;
+        match tokio::time::timeout(Duration::from_secs(3), crate::fleet::join(&cfg, &redis)).await {
+            Ok(Err(crate::fleet::JoinError::Conflict(c))) => return Err(StartError::Conflict(c)),
+            // Redis not there yet: checked again before ingest consumes.
+            Ok(Err(crate::fleet::JoinError::Redis(_))) | Err(_) | Ok(Ok(())) => {}
+        }
         let metrics = Metrics::new();
         let windows = Windows::new(redis.clone(), store::keys(&cfg), cfg.window());
         let load = crate::fleet::Load::new();

@@ -17,6 +17,14 @@
 //! | `job:{id}` | string | a long admin job's record | `admin::jobs` |
 //! | `dlq:{queue}:{what}` | string | the dead-letter operations' lock and marks | `deadletter` |
 //! | `fleet`, `fleet:{token}`, `fleet-reporter` | sorted set, string, string | what each worker holds; who exports the fleet-wide figures | `fleet` |
+//!
+//! And one key outside the prefix: `outlook-sync-fleet:{vhost}/{queue}` ([`fleet_settings`]).
+
+/// The settings every worker of one work queue must share (`fleet::SharedSettings`): by the
+/// queue's vhost and name, the one key **outside** every prefix, since the prefix is one of them.
+pub fn fleet_settings(vhost: &str, queue: &str) -> String {
+    format!("outlook-sync-fleet:{vhost}/{queue}")
+}
 
 /// A schedule, as the staging, the claims and the copies name it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

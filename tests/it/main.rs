@@ -3,7 +3,7 @@
 
 mod admin;
 mod architecture;
-mod backlog;
+mod fleet;
 mod bad_input;
 mod case_ids;
 mod config;

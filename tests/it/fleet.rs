@@ -1,4 +1,4 @@
-//! "Is anything still waiting?", fleet-wide: the backlog from the broker, the workers' reports
+//! The fleet as one: "is anything still waiting?" fleet-wide (the backlog from the broker, the
 //! and Redis; `outlook-sync backlog --wait-empty`; the fleet-wide metrics from one worker.
 
 use std::time::Duration;
@@ -199,5 +199,61 @@ async fn the_fleet_wide_figures_are_exported_by_exactly_one_worker() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     other.stop(Duration::from_secs(5)).await;
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_shared_settings_differ_from_the_fleets_refuses_to_start_and_nothing_is_lost()
+ {
+    let sb = sandbox("fleet-settings", 1).await;
+    let c = "acme";
+    sb.company(c, Plan::Standard, &[("u-1", "taro", OK)])
+        .await
+        .unwrap();
+    let a = sb.worker().await.unwrap();
+    // The same queue with another key prefix: it would stage where no one flushes.
+    let mut other_prefix = sb.cfg.clone();
+    other_prefix.redis.key_prefix = format!("{}-other", sb.cfg.redis.key_prefix);
+    let err = match outlook_sync::worker::Worker::start(other_prefix.clone()).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a worker with another redis.key_prefix started"),
+    };
+    for words in [
+        "redis.key_prefix",
+        other_prefix.redis.key_prefix.as_str(),
+        sb.cfg.redis.key_prefix.as_str(),
+        "stop every worker first",
+    ] {
+        assert!(err.contains(words), "{words:?} missing from: {err}");
+    }
+    let mut other_window = sb.cfg.clone();
+    other_window.window.seconds = 5;
+    let err = match outlook_sync::worker::Worker::start(other_window).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a worker with another window.seconds started"),
+    };
+    assert!(
+        err.contains("window.seconds is \"5\" here and \"1\""),
+        "{err}"
+    );
+    // The same settings join.
+    let b = sb.worker().await.unwrap();
+    let events: Vec<_> = (0..20)
+        .map(|i| {
+            Ev::created(c, &format!("s-{i}"))
+                .title(&format!("visit {i}"))
+                .people("u-1", &[])
+                .wire()
+        })
+        .collect();
+    sb.publish(&events).await.unwrap();
+    assert!(sb.wait_idle(Duration::from_secs(40)).await.unwrap());
+    a.stop(Duration::from_secs(5)).await;
+    b.stop(Duration::from_secs(5)).await;
+    assert_eq!(
+        subjects(&sb, &mailbox("taro", c)).len(),
+        20,
+        "every update reached Outlook"
+    );
     sb.cleanup().await;
 }
