@@ -2952,6 +2952,11 @@ async fn every_route_answers_what_the_openapi_document_says_in_success_and_in_er
             .await,
         200,
     );
+    expect(
+        "backlog",
+        api.checked(c, "GET", "/v1/backlog", tok, None).await,
+        200,
+    );
 
     // Last: remove the integration (a job).
     let job = expect(

@@ -101,7 +101,9 @@ fn no_module_but_the_store_builds_a_redis_key() {
     let mut found = Vec::new();
     for f in rust_files(&repo_path("src")) {
         let r = rel(&f);
-        if r.starts_with("src/store/") || r.starts_with("src/config/") {
+        // The store names the keys; the configuration holds the prefix; the fleet compares the
+        // prefix between workers (a setting that must agree), building no key with it.
+        if r.starts_with("src/store/") || r.starts_with("src/config/") || r == "src/fleet.rs" {
             continue;
         }
         for (n, line) in production_code(&f).lines().enumerate() {

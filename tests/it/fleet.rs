@@ -1,5 +1,6 @@
-//! The fleet as one: "is anything still waiting?" fleet-wide (the backlog from the broker, the
-//! and Redis; `outlook-sync backlog --wait-empty`; the fleet-wide metrics from one worker.
+//! The fleet as one: "is anything still waiting?", fleet-wide (the backlog from the broker, the
+//! workers' reports and Redis; `outlook-sync backlog --wait-empty`; the fleet-wide metrics from
+//! one worker), and the settings every worker of one queue must share.
 
 use std::time::Duration;
 

@@ -3,7 +3,6 @@
 
 mod admin;
 mod architecture;
-mod fleet;
 mod bad_input;
 mod case_ids;
 mod config;
@@ -14,6 +13,7 @@ mod demo;
 mod deploy;
 mod emulator;
 mod faults;
+mod fleet;
 mod graph_client;
 mod ledger;
 mod pipeline;
