@@ -37,6 +37,54 @@ pub enum AmqpError {
         exchange: String,
         routing_key: String,
     },
+    /// A queue exists with other arguments than this service declares: retrying cannot help.
+    #[error("{0}")]
+    Inequivalent(String),
+}
+
+impl AmqpError {
+    /// Retrying cannot fix it: the broker's state or this configuration must change first.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, AmqpError::Inequivalent(_))
+    }
+}
+
+/// A queue declared with other arguments (RabbitMQ's `PRECONDITION_FAILED - inequivalent arg`)
+/// in plain words: the argument, what this worker asks for, what the queue has, and what to do.
+fn inequivalent(queue: &str, e: lapin::Error) -> AmqpError {
+    let text = e.to_string();
+    if !text.contains("PRECONDITION_FAILED") {
+        return AmqpError::Protocol(e);
+    }
+    let quoted = |after: &str| -> Option<String> {
+        let rest = &text[text.find(after)? + after.len()..];
+        let start = rest.find('\'')? + 1;
+        let end = start + rest[start..].find('\'')?;
+        Some(rest[start..end].to_string())
+    };
+    let arg = quoted("inequivalent arg").unwrap_or_else(|| "an argument".into());
+    let received = quoted("received the value").unwrap_or_else(|| "?".into());
+    let current = text
+        .split("but current is ")
+        .nth(1)
+        .map(|c| {
+            c.trim_end_matches(|ch: char| ch == '"' || ch == ')' || ch == '}')
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_else(|| "?".into());
+    let setting = match arg.as_str() {
+        "x-delivery-limit" => "amqp.delivery_limit",
+        "x-dead-letter-exchange" => "amqp.dead_letter_exchange",
+        _ => "(fixed by this service)",
+    };
+    AmqpError::Inequivalent(format!(
+        "RabbitMQ already has the queue {queue} with another {arg}: this worker declares it as \
+         {received} ({setting}), the queue has {current}. Either align the setting with the \
+         queue, or move the queue's messages away and delete the queue so that the worker \
+         declares it again (`rabbitmqctl delete_queue {queue}`); the worker does not consume \
+         until then"
+    ))
 }
 
 /// The URL without its password, safe to log.
@@ -150,7 +198,8 @@ impl Topology {
             qopts,
             self.dead_letter_queue_arguments(),
         )
-        .await?;
+        .await
+        .map_err(|e| inequivalent(&self.dead_letter_queue, e))?;
         ch.queue_bind(
             self.dead_letter_queue.as_str().into(),
             self.dead_letter_exchange.as_str().into(),
@@ -164,7 +213,8 @@ impl Topology {
             qopts,
             self.work_queue_arguments(),
         )
-        .await?;
+        .await
+        .map_err(|e| inequivalent(&self.queue, e))?;
         ch.queue_bind(
             self.queue.as_str().into(),
             self.exchange.as_str().into(),

@@ -283,7 +283,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let expiry = tokio::spawn(async move {
         loop {
             if let Err(e) = admin.refresh_secret_expiry_metrics().await {
-                tracing::warn!(error = %e, "cannot refresh the secret-expiry metric");
+                tracing::warn!(error = %e, redis = %amqp::redacted(&admin_cfg.redis.url), "cannot refresh the secret-expiry metric");
             }
             tokio::time::sleep(std::time::Duration::from_secs(600)).await;
         }
@@ -294,7 +294,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         limits,
         shutdown_signal(),
     ));
-    shutdown_signal().await;
+    let mut fatal = worker.fatal();
+    let why = tokio::select! {
+        _ = shutdown_signal() => None,
+        seen = fatal.wait_for(Option::is_some) => seen.ok().and_then(|w| w.clone()),
+    };
     tracing::info!(
         grace_seconds = grace.as_secs(),
         "shutting down: no new deliveries; finishing the current flush"
@@ -311,7 +315,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         released_claims = stopped.released_claims,
         "stopped"
     );
-    Ok(())
+    match why {
+        Some(why) => Err(anyhow::anyhow!("the worker stopped: {why}")),
+        None => Ok(()),
+    }
 }
 
 /// Operator commands print their results; their logs only say what went wrong (and not twice:

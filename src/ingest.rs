@@ -43,6 +43,8 @@ pub struct Ingest {
     ready: watch::Sender<bool>,
     /// What this worker holds (`in_hand`: received, not acked yet), for the fleet's backlog.
     load: Arc<crate::fleet::Load>,
+    /// Why ingest stopped for good (a queue declared with other arguments), if it did.
+    fatal: watch::Sender<Option<String>>,
 }
 
 /// Batches staged at once: one is validated and staged while the next is being received.
@@ -65,7 +67,13 @@ impl Ingest {
             metrics,
             ready,
             load: crate::fleet::Load::new(),
+            fatal: watch::channel(None).0,
         }
+    }
+
+    /// Why ingest stopped for good, once it has (the process should then exit saying so).
+    pub fn fatal(&self) -> watch::Receiver<Option<String>> {
+        self.fatal.subscribe()
     }
 
     /// Reports what it holds into `load` (the worker's, shared with its flush).
@@ -105,7 +113,7 @@ impl Ingest {
                         )
                     }
                     crate::fleet::JoinError::Redis(_) => {
-                        warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "ingest: not consuming until Redis answers")
+                        warn!(error = %e, redis = %amqp::redacted(&self.cfg.redis.url), retry_in_ms = wait.as_millis() as u64, "ingest: not consuming until Redis answers")
                     }
                 }
                 tokio::select! {
@@ -117,13 +125,21 @@ impl Ingest {
             let consumed = self.consume(&mut shutdown).await;
             // Whatever was not acked goes back to the queue with the connection.
             self.load.acked(u64::MAX);
+            let was_consuming = self.ready.send_replace(false);
             match consumed {
                 Ok(()) => backoff.reset(),
+                Err(e) if e.is_permanent() => {
+                    // Retrying cannot fix it: say so once, and stop.
+                    tracing::error!("ingest: stopped: {e}");
+                    self.fatal.send_replace(Some(e.to_string()));
+                    return;
+                }
                 Err(e) => {
-                    self.ready.send_replace(false);
                     let wait = backoff.delay();
                     ConsumerLost {
                         error: &e,
+                        broker: &amqp::redacted(&self.cfg.amqp.url),
+                        was_consuming,
                         retry_in: wait,
                     }
                     .emit(&self.metrics);
@@ -345,7 +361,7 @@ impl Stager {
                 }
                 Err(e) => {
                     let wait = backoff.delay();
-                    warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "ingest: staging in Redis failed; holding the batch unacked and retrying");
+                    warn!(error = %e, redis = %amqp::redacted(&self.cfg.redis.url), retry_in_ms = wait.as_millis() as u64, "ingest: staging in Redis failed; holding the batch unacked and retrying");
                     tokio::time::sleep(wait).await;
                 }
             }

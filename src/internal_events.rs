@@ -152,13 +152,22 @@ impl InternalEvent for InvalidEventDeadLettered<'_> {
 /// The ingest consumer (or its connection) ended; it is rebuilt after `retry_in`.
 pub struct ConsumerLost<'a> {
     pub error: &'a dyn std::fmt::Display,
+    /// The broker's address, password hidden.
+    pub broker: &'a str,
+    /// A consumer was attached when it failed (else it never got that far).
+    pub was_consuming: bool,
     pub retry_in: Duration,
 }
 
 impl InternalEvent for ConsumerLost<'_> {
     fn emit(self, m: &Metrics) {
         m.ingest_reconnects.inc();
-        warn!(error = %self.error, retry_in_ms = self.retry_in.as_millis() as u64, "ingest: consumer lost; reconnecting");
+        let retry_in_ms = self.retry_in.as_millis() as u64;
+        if self.was_consuming {
+            warn!(error = %self.error, broker = self.broker, retry_in_ms, "ingest: the RabbitMQ consumer was lost; reconnecting");
+        } else {
+            warn!(error = %self.error, broker = self.broker, retry_in_ms, "ingest: RabbitMQ cannot be reached or refused to consume; trying again");
+        }
     }
 }
 

@@ -183,6 +183,12 @@ impl Worker {
         }
     }
 
+    /// Why the worker cannot go on (its ingest stopped for good: a queue declared with other
+    /// arguments), once it cannot; `outlook-sync run` then exits saying so.
+    pub fn fatal(&self) -> watch::Receiver<Option<String>> {
+        self.ingest.fatal()
+    }
+
     /// What `/healthz`, `/readyz` and `/metrics` serve.
     pub fn health(&self) -> crate::admin::Health {
         crate::admin::Health {

@@ -23,6 +23,9 @@ fn manager_config(cfg: &Config) -> redis::aio::ConnectionManagerConfig {
         .set_response_timeout(Some(Duration::from_millis(cfg.redis.response_timeout_ms)))
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_max_delay(Duration::from_secs(5))
+        // A command fails at once when Redis is away (the caller says so and retries with its
+        // own backoff), rather than after six silent reconnection attempts.
+        .set_number_of_retries(1)
 }
 
 /// Connects to Redis with the configured response timeout; the manager reconnects by itself.

@@ -244,7 +244,7 @@ impl<'a> Engine<'a> {
     /// batches. A Redis failure gives every open change back (their schedules are retried).
     pub async fn step(&mut self) {
         if let Err(err) = self.try_step().await {
-            warn!(error = %err, "flush: Redis failed mid-flush; the open schedules are retried");
+            warn!(error = %err, redis = %crate::amqp::redacted(&self.s.cfg.redis.url), "flush: Redis did not answer mid-flush; the open schedules are given back and retried");
             self.abandon();
         }
     }

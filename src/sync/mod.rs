@@ -184,7 +184,7 @@ impl Flusher {
                         }
                         Err(err) => {
                             let wait = errors.delay();
-                            warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "flush: claiming failed; retrying");
+                            warn!(error = %err, redis = %crate::amqp::redacted(&s.cfg.redis.url), retry_in_ms = wait.as_millis() as u64, "flush: Redis did not answer while claiming due schedules; trying again");
                             next_claim = Instant::now() + wait;
                         }
                     }

@@ -619,3 +619,111 @@ async fn json_logs_carry_company_schedule_and_mailbox_and_never_a_secret() {
         assert!(!s.contains(":guest@"), "a log line holds a password: {s}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_work_queue_declared_with_other_arguments_stops_ingest_once_naming_the_argument_and_the_fix()
+ {
+    outlook_sync::install_crypto_provider();
+    let mut cfg = crate::support::config("inequivalent");
+    // Someone declared the work queue by hand with another delivery limit.
+    let conn = crate::support::rabbitmq().await;
+    let ch = conn.create_channel().await.unwrap();
+    // Everything as the worker declares it, but the delivery limit.
+    let mut topology = outlook_sync::amqp::Topology::new(&cfg.amqp);
+    topology.delivery_limit = 99;
+    let args = topology.work_queue_arguments();
+    ch.queue_declare(
+        cfg.amqp.queue.as_str().into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .unwrap();
+    cfg.amqp.delivery_limit = 5;
+    let w = Worker::start(cfg.clone()).await.unwrap();
+    let mut fatal = w.fatal();
+    let why = tokio::time::timeout(Duration::from_secs(20), fatal.wait_for(Option::is_some))
+        .await
+        .expect("ingest kept retrying instead of stopping")
+        .unwrap()
+        .clone()
+        .unwrap();
+    for words in [
+        "x-delivery-limit",
+        "5",
+        "99",
+        "amqp.delivery_limit",
+        "delete_queue",
+        cfg.amqp.queue.as_str(),
+    ] {
+        assert!(why.contains(words), "{words:?} missing from: {why}");
+    }
+    assert!(!*w.ingest.ready().borrow(), "a stopped ingest is not ready");
+    w.stop(Duration::from_secs(5)).await;
+    let _ = conn.close(200, "bye".into()).await;
+    crate::support::cleanup_amqp(&cfg).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_or_rabbitmq_is_named_with_its_address_from_the_first_failure() {
+    // Nothing listens on this port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let at = format!("127.0.0.1:{closed}");
+    // Redis away: every line about it says Redis and where (the password hidden).
+    let mut cfg = crate::support::config("unreachable-redis");
+    cfg.redis.url = format!("redis://:s3cret-pw@{at}/");
+    let logs = run_for(&cfg, Duration::from_secs(8)).await;
+    assert!(
+        logs.lines().any(|l| l.contains("Redis") && l.contains(&at)),
+        "no line names Redis and its address:\n{logs}"
+    );
+    assert!(
+        !logs.contains("s3cret-pw"),
+        "a password was logged:\n{logs}"
+    );
+    // RabbitMQ away (Redis there): it says it cannot reach RabbitMQ, not that a consumer it never
+    // had was lost.
+    let mut cfg = crate::support::config("unreachable-rabbitmq");
+    cfg.amqp.url = format!("amqp://guest:guest@{at}/%2f");
+    let logs = run_for(&cfg, Duration::from_secs(6)).await;
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("RabbitMQ cannot be reached") && l.contains(&at)),
+        "no line names RabbitMQ and its address:\n{logs}"
+    );
+    assert!(
+        !logs.contains("consumer was lost"),
+        "it never had a consumer:\n{logs}"
+    );
+}
+
+/// Runs `outlook-sync run` on `cfg` (text logs at info) for `how_long`; its log.
+async fn run_for(cfg: &Config, how_long: Duration) -> String {
+    let mut cfg = cfg.clone();
+    cfg.admin.listen = "127.0.0.1:0".into();
+    cfg.log.filter = "info".into();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outlook-sync.toml");
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    let stderr_path = dir.path().join("stderr.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_outlook-sync"))
+        .arg("--config")
+        .arg(&path)
+        .arg("run")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(how_long).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    std::fs::read_to_string(&stderr_path).unwrap()
+}
