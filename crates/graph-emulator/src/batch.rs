@@ -18,7 +18,7 @@ use rand::seq::SliceRandom;
 use serde_json::{Map, Value, json};
 
 use super::Emulator;
-use super::errors::{Body, GraphError, Reply, wire};
+use super::errors::{Body, ErrorReply, Reply, wire};
 use super::graph::{Call, Note};
 use super::state::Counters;
 use super::util::Headers;
@@ -29,11 +29,11 @@ struct Item {
     depends_on: Vec<usize>,
 }
 
-fn invalid(message: impl Into<String>) -> GraphError {
-    GraphError::new(400, wire::BATCH_CODE, message)
+fn invalid(message: impl Into<String>) -> ErrorReply {
+    ErrorReply::new(400, wire::BATCH_CODE, message)
 }
 
-fn parse_batch(envelope: &Call, max: usize) -> Result<Vec<Item>, GraphError> {
+fn parse_batch(envelope: &Call, max: usize) -> Result<Vec<Item>, ErrorReply> {
     let value: Value =
         serde_json::from_slice(&envelope.body).map_err(|_| invalid(wire::BAD_JSON))?;
     let Some(requests) = value.get("requests").and_then(Value::as_array) else {
@@ -240,14 +240,14 @@ impl Emulator {
         self.finish(&call, outcome, note, started)
     }
 
-    async fn batch_inner(&self, call: &Call, note: &mut Note) -> Result<Reply, GraphError> {
+    async fn batch_inner(&self, call: &Call, note: &mut Note) -> Result<Reply, ErrorReply> {
         if call.method != "POST" {
-            return Err(GraphError::method_not_allowed(&call.method));
+            return Err(ErrorReply::method_not_allowed(&call.method));
         }
         let claims = self
             .inner
             .verify_token(call.headers.get("authorization"))
-            .map_err(GraphError::unauthenticated)?;
+            .map_err(ErrorReply::unauthenticated)?;
         note.client_id = Some(claims.appid);
         let settings = self.inner.settings();
         let scripted = self
@@ -261,22 +261,22 @@ impl Emulator {
             match kind {
                 FaultKind::DropConnection => return Ok(Reply::dropped()),
                 FaultKind::ExpiredToken => {
-                    return Err(GraphError::unauthenticated(wire::TOKEN_EXPIRED));
+                    return Err(ErrorReply::unauthenticated(wire::TOKEN_EXPIRED));
                 }
                 FaultKind::Status503 { .. } => {
-                    return Err(GraphError::new(
+                    return Err(ErrorReply::new(
                         503,
                         wire::SERVICE_UNAVAILABLE_CODE,
                         wire::SERVICE_UNAVAILABLE,
                     ));
                 }
                 FaultKind::Throttle429 { retry_after } => {
-                    return Err(GraphError::too_many_requests(
+                    return Err(ErrorReply::too_many_requests(
                         super::util::format_retry_after(retry_after, true),
                     ));
                 }
                 FaultKind::Gateway504 | FaultKind::Gateway504AfterCreate => {
-                    return Err(GraphError::new(
+                    return Err(ErrorReply::new(
                         504,
                         wire::GATEWAY_TIMEOUT_CODE,
                         wire::GATEWAY_TIMEOUT,
@@ -286,7 +286,7 @@ impl Emulator {
         }
         let content_type = call.headers.get("content-type").unwrap_or("");
         if !content_type.to_ascii_lowercase().contains("json") {
-            return Err(GraphError::new(
+            return Err(ErrorReply::new(
                 415,
                 "UnsupportedMediaType",
                 "The $batch request's Content-Type must be application/json.",
@@ -314,7 +314,7 @@ impl Emulator {
                 if failed {
                     let request_id = super::util::new_guid();
                     replies[i] = Some(
-                        GraphError::new(424, wire::FAILED_DEPENDENCY_CODE, wire::FAILED_DEPENDENCY)
+                        ErrorReply::new(424, wire::FAILED_DEPENDENCY_CODE, wire::FAILED_DEPENDENCY)
                             .into_reply(&request_id, &request_id, jiff::Timestamp::now()),
                     );
                 } else {

@@ -5,7 +5,7 @@ use jiff::Timestamp;
 use jiff::civil::DateTime;
 use serde_json::{Map, Value, json};
 
-use super::errors::{GraphError, wire};
+use super::errors::{ErrorReply, wire};
 use super::state::UserRec;
 use super::timezones::{self, Zone};
 use super::{Settings, util};
@@ -213,7 +213,7 @@ const EXT_TYPES: &[&str] = &[
     "Object",
 ];
 
-fn type_error(prop: &str, expected: &str, got: &Value) -> GraphError {
+fn type_error(prop: &str, expected: &str, got: &Value) -> ErrorReply {
     let found = match got {
         Value::Null => "null",
         Value::Bool(_) => "Boolean",
@@ -222,12 +222,12 @@ fn type_error(prop: &str, expected: &str, got: &Value) -> GraphError {
         Value::Array(_) => "StartArray",
         Value::Object(_) => "StartObject",
     };
-    GraphError::body_read(format!(
+    ErrorReply::body_read(format!(
         "An unexpected '{found}' node was found when reading property '{prop}'. A '{expected}' node was expected."
     ))
 }
 
-fn enum_value(prop: &str, v: &Value, allowed: &[&'static str]) -> Result<&'static str, GraphError> {
+fn enum_value(prop: &str, v: &Value, allowed: &[&'static str]) -> Result<&'static str, ErrorReply> {
     let Some(s) = v.as_str() else {
         return Err(type_error(prop, "PrimitiveValue", v));
     };
@@ -235,10 +235,10 @@ fn enum_value(prop: &str, v: &Value, allowed: &[&'static str]) -> Result<&'stati
         .iter()
         .copied()
         .find(|a| a.eq_ignore_ascii_case(s))
-        .ok_or_else(|| GraphError::body_read(format!("Requested value '{s}' was not found.")))
+        .ok_or_else(|| ErrorReply::body_read(format!("Requested value '{s}' was not found.")))
 }
 
-fn string_value(prop: &str, v: &Value) -> Result<String, GraphError> {
+fn string_value(prop: &str, v: &Value) -> Result<String, ErrorReply> {
     match v {
         Value::String(s) => Ok(s.clone()),
         Value::Null => Ok(String::new()),
@@ -246,7 +246,7 @@ fn string_value(prop: &str, v: &Value) -> Result<String, GraphError> {
     }
 }
 
-fn bool_value(prop: &str, v: &Value) -> Result<Option<bool>, GraphError> {
+fn bool_value(prop: &str, v: &Value) -> Result<Option<bool>, ErrorReply> {
     match v {
         Value::Bool(b) => Ok(Some(*b)),
         Value::Null => Ok(None),
@@ -271,7 +271,7 @@ pub(crate) fn parse_local(s: &str) -> Option<DateTime> {
     t.parse::<DateTime>().ok()
 }
 
-fn parse_time(prop: &str, v: &Value, settings: &Settings) -> Result<EventTime, GraphError> {
+fn parse_time(prop: &str, v: &Value, settings: &Settings) -> Result<EventTime, ErrorReply> {
     let Some(obj) = v.as_object() else {
         return Err(type_error(prop, "StartObject", v));
     };
@@ -280,7 +280,7 @@ fn parse_time(prop: &str, v: &Value, settings: &Settings) -> Result<EventTime, G
             && !key.eq_ignore_ascii_case("timeZone")
             && !key.starts_with("@odata")
         {
-            return Err(GraphError::body_read(format!(
+            return Err(ErrorReply::body_read(format!(
                 "The property '{key}' does not exist on type 'microsoft.graph.dateTimeTimeZone'. Make sure to only use property names that are defined by the type."
             )));
         }
@@ -293,7 +293,7 @@ fn parse_time(prop: &str, v: &Value, settings: &Settings) -> Result<EventTime, G
     let date_time = match field("dateTime") {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Null) | None => {
-            return Err(GraphError::new(
+            return Err(ErrorReply::new(
                 400,
                 wire::START_END_REQUIRED_CODE,
                 format!("The property '{prop}.dateTime' is required."),
@@ -309,7 +309,7 @@ fn parse_time(prop: &str, v: &Value, settings: &Settings) -> Result<EventTime, G
     };
     let zone = match field("timeZone") {
         Some(Value::String(s)) => timezones::lookup(s, settings.accept_iana_zones)
-            .ok_or_else(|| GraphError::time_zone(s))?,
+            .ok_or_else(|| ErrorReply::time_zone(s))?,
         Some(Value::Null) | None => timezones::utc(),
         Some(other) => {
             return Err(type_error(
@@ -320,12 +320,12 @@ fn parse_time(prop: &str, v: &Value, settings: &Settings) -> Result<EventTime, G
         }
     };
     let local = parse_local(&date_time).ok_or_else(|| {
-        GraphError::body_read(format!(
+        ErrorReply::body_read(format!(
             "Cannot convert the literal '{date_time}' to the expected type 'Edm.DateTime' ({prop}.dateTime)."
         ))
     })?;
     let instant = zone.tz.to_timestamp(local).map_err(|e| {
-        GraphError::body_read(format!(
+        ErrorReply::body_read(format!(
             "The value '{date_time}' of {prop}.dateTime is out of range: {e}"
         ))
     })?;
@@ -336,7 +336,7 @@ fn parse_time(prop: &str, v: &Value, settings: &Settings) -> Result<EventTime, G
     })
 }
 
-fn canonical_location(v: &Value) -> Result<Value, GraphError> {
+fn canonical_location(v: &Value) -> Result<Value, ErrorReply> {
     let obj = match v {
         Value::Null => return Ok(empty_location()),
         Value::Object(o) => o,
@@ -382,14 +382,14 @@ fn empty_location() -> Value {
     json!({"displayName": "", "locationType": "default", "uniqueIdType": "unknown", "address": {}, "coordinates": {}})
 }
 
-fn canonical_attendees(v: &Value, max: usize) -> Result<Value, GraphError> {
+fn canonical_attendees(v: &Value, max: usize) -> Result<Value, ErrorReply> {
     let list = match v {
         Value::Null => return Ok(json!([])),
         Value::Array(a) => a,
         other => return Err(type_error("attendees", "StartArray", other)),
     };
     if list.len() > max {
-        return Err(GraphError::new(
+        return Err(ErrorReply::new(
             400,
             "ErrorInvalidRequest",
             format!("An event can have at most {max} attendees."),
@@ -406,7 +406,7 @@ fn canonical_attendees(v: &Value, max: usize) -> Result<Value, GraphError> {
             .and_then(Value::as_str)
             .filter(|s| s.contains('@'));
         let Some(address) = address else {
-            return Err(GraphError::new(
+            return Err(ErrorReply::new(
                 400,
                 "ErrorInvalidRecipients",
                 "At least one recipient isn't valid.",
@@ -429,7 +429,7 @@ fn canonical_attendees(v: &Value, max: usize) -> Result<Value, GraphError> {
     Ok(Value::Array(out))
 }
 
-fn canonical_recurrence(v: &Value) -> Result<Value, GraphError> {
+fn canonical_recurrence(v: &Value) -> Result<Value, ErrorReply> {
     let obj = match v {
         Value::Null => return Ok(Value::Null),
         Value::Object(o) => o,
@@ -438,12 +438,12 @@ fn canonical_recurrence(v: &Value) -> Result<Value, GraphError> {
     let pattern_type = obj
         .get("pattern")
         .and_then(|p| p.get("type"))
-        .ok_or_else(|| GraphError::body_read("The recurrence pattern must have a type."))?;
+        .ok_or_else(|| ErrorReply::body_read("The recurrence pattern must have a type."))?;
     enum_value("pattern.type", pattern_type, RECURRENCE_PATTERNS)?;
     let range_type = obj
         .get("range")
         .and_then(|p| p.get("type"))
-        .ok_or_else(|| GraphError::body_read("The recurrence range must have a type."))?;
+        .ok_or_else(|| ErrorReply::body_read("The recurrence range must have a type."))?;
     enum_value("range.type", range_type, RECURRENCE_RANGES)?;
     Ok(v.clone())
 }
@@ -490,7 +490,7 @@ pub(crate) fn normalize_ext_id(id: &str) -> Option<String> {
     }
 }
 
-fn parse_ext(v: &Value) -> Result<Vec<(String, String)>, GraphError> {
+fn parse_ext(v: &Value) -> Result<Vec<(String, String)>, ErrorReply> {
     let list = match v {
         Value::Null => return Ok(Vec::new()),
         Value::Array(a) => a,
@@ -506,7 +506,7 @@ fn parse_ext(v: &Value) -> Result<Vec<(String, String)>, GraphError> {
     for p in list {
         let id = p.get("id").and_then(Value::as_str).unwrap_or("");
         if normalize_ext_id(id).is_none() {
-            return Err(GraphError::new(
+            return Err(ErrorReply::new(
                 400,
                 "ErrorInvalidProperty",
                 format!("The extended property id '{id}' is not valid."),
@@ -522,7 +522,7 @@ fn parse_ext(v: &Value) -> Result<Vec<(String, String)>, GraphError> {
                 ));
             }
             None => {
-                return Err(GraphError::body_read(
+                return Err(ErrorReply::body_read(
                     "An extended property needs a 'value'.",
                 ));
             }
@@ -546,9 +546,9 @@ pub(crate) struct Draft {
 }
 
 /// Validates a request body and extracts its writable fields.
-pub(crate) fn parse_input(input: &Value, settings: &Settings) -> Result<Draft, GraphError> {
+pub(crate) fn parse_input(input: &Value, settings: &Settings) -> Result<Draft, ErrorReply> {
     let Some(obj) = input.as_object() else {
-        return Err(GraphError::bad_request(wire::BAD_JSON));
+        return Err(ErrorReply::bad_request(wire::BAD_JSON));
     };
     let mut d = Draft::default();
     let mut location: Option<Value> = None;
@@ -558,7 +558,7 @@ pub(crate) fn parse_input(input: &Value, settings: &Settings) -> Result<Draft, G
             continue;
         }
         let Some(prop) = canonical_property(key) else {
-            return Err(GraphError::body_read(format!(
+            return Err(ErrorReply::body_read(format!(
                 "The property '{key}' does not exist on type 'microsoft.graph.event'. Make sure to only use property names that are defined by the type or mark the type as open type."
             )));
         };
@@ -653,7 +653,7 @@ pub(crate) fn parse_input(input: &Value, settings: &Settings) -> Result<Draft, G
             }
             "singleValueExtendedProperties" => d.ext = parse_ext(v)?,
             _ => {
-                return Err(GraphError::body_read(format!(
+                return Err(ErrorReply::body_read(format!(
                     "The property '{key}' cannot be set on 'microsoft.graph.event'."
                 )));
             }
@@ -691,16 +691,16 @@ pub(crate) fn parse_input(input: &Value, settings: &Settings) -> Result<Draft, G
     Ok(d)
 }
 
-fn validate_times(start: &EventTime, end: &EventTime, all_day: bool) -> Result<(), GraphError> {
+fn validate_times(start: &EventTime, end: &EventTime, all_day: bool) -> Result<(), ErrorReply> {
     if end.instant < start.instant {
-        return Err(GraphError::new(
+        return Err(ErrorReply::new(
             400,
             wire::END_BEFORE_START_CODE,
             wire::END_BEFORE_START,
         ));
     }
     if all_day {
-        let fail = |msg: &str| GraphError::new(400, wire::ALL_DAY_CODE, msg);
+        let fail = |msg: &str| ErrorReply::new(400, wire::ALL_DAY_CODE, msg);
         if start.zone.name != end.zone.name {
             return Err(fail(wire::ALL_DAY_ZONES_DIFFER));
         }
@@ -763,9 +763,9 @@ impl StoredEvent {
         owner: &UserRec,
         seq: u64,
         settings: &Settings,
-    ) -> Result<StoredEvent, GraphError> {
+    ) -> Result<StoredEvent, ErrorReply> {
         let (Some(start), Some(end)) = (d.start, d.end) else {
-            return Err(GraphError::new(
+            return Err(ErrorReply::new(
                 400,
                 wire::START_END_REQUIRED_CODE,
                 wire::START_END_REQUIRED,
@@ -820,7 +820,7 @@ impl StoredEvent {
     }
 
     /// Applies a PATCH (validated on the merged result); on error `self` is unchanged.
-    pub fn patch(&mut self, d: Draft) -> Result<(), GraphError> {
+    pub fn patch(&mut self, d: Draft) -> Result<(), ErrorReply> {
         let start = d.start.unwrap_or_else(|| self.start.clone());
         let end = d.end.unwrap_or_else(|| self.end.clone());
         let all_day = d.is_all_day.unwrap_or(self.is_all_day);

@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime};
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 
-use super::errors::{GraphError, Reply, wire};
+use super::errors::{ErrorReply, Reply, wire};
 use super::events::{self, ExtMode, RenderOpts, StoredEvent};
 use super::odata::{self, EventQuery, OrderBy, Prefer};
 use super::state::{Counters, UserRec};
@@ -123,23 +123,23 @@ enum Route {
     Mailbox(String, Op),
 }
 
-fn segment_not_found(seg: &str) -> GraphError {
-    GraphError::bad_request(format!("Resource not found for the segment '{seg}'."))
+fn segment_not_found(seg: &str) -> ErrorReply {
+    ErrorReply::bad_request(format!("Resource not found for the segment '{seg}'."))
 }
 
-fn parse_route(path: &str) -> Result<Route, GraphError> {
+fn parse_route(path: &str) -> Result<Route, ErrorReply> {
     let rest = path.strip_prefix("/v1.0").unwrap_or(path);
     let mut segs = Vec::new();
     for raw in rest.split('/').filter(|s| !s.is_empty()) {
         segs.push(
             util::percent_decode(raw)
-                .ok_or_else(|| GraphError::bad_request("Invalid URL encoding."))?,
+                .ok_or_else(|| ErrorReply::bad_request("Invalid URL encoding."))?,
         );
     }
     let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
     let s: Vec<&str> = segs.iter().map(String::as_str).collect();
     let Some(first) = s.first() else {
-        return Err(GraphError::bad_request("Invalid request."));
+        return Err(ErrorReply::bad_request("Invalid request."));
     };
     if eq(first, "me") {
         return Ok(Route::Me);
@@ -193,10 +193,10 @@ fn parse_route(path: &str) -> Result<Route, GraphError> {
     Ok(Route::Mailbox(user, op))
 }
 
-fn fault_reply(kind: FaultKind, settings: &Settings) -> Result<Reply, GraphError> {
+fn fault_reply(kind: FaultKind, settings: &Settings) -> Result<Reply, ErrorReply> {
     match kind {
         FaultKind::Status503 { retry_after } => {
-            let mut e = GraphError::new(
+            let mut e = ErrorReply::new(
                 503,
                 wire::SERVICE_UNAVAILABLE_CODE,
                 wire::SERVICE_UNAVAILABLE,
@@ -215,29 +215,29 @@ fn fault_reply(kind: FaultKind, settings: &Settings) -> Result<Reply, GraphError
         FaultKind::Gateway504 | FaultKind::Gateway504AfterCreate => Err(gateway_timeout()),
         FaultKind::DropConnection => Ok(Reply::dropped()),
         FaultKind::Throttle429 { retry_after } => {
-            Err(GraphError::too_many_requests(util::format_retry_after(
+            Err(ErrorReply::too_many_requests(util::format_retry_after(
                 retry_after,
                 settings.fractional_retry_after || retry_after.fract() != 0.0,
             )))
         }
-        FaultKind::ExpiredToken => Err(GraphError::unauthenticated(wire::TOKEN_EXPIRED)),
+        FaultKind::ExpiredToken => Err(ErrorReply::unauthenticated(wire::TOKEN_EXPIRED)),
     }
 }
 
-fn gateway_timeout() -> GraphError {
-    GraphError::new(504, wire::GATEWAY_TIMEOUT_CODE, wire::GATEWAY_TIMEOUT)
+fn gateway_timeout() -> ErrorReply {
+    ErrorReply::new(504, wire::GATEWAY_TIMEOUT_CODE, wire::GATEWAY_TIMEOUT)
 }
 
-fn json_body(call: &Call) -> Result<Value, GraphError> {
+fn json_body(call: &Call) -> Result<Value, ErrorReply> {
     let ct = call.headers.get("content-type").unwrap_or("");
     if !ct.to_ascii_lowercase().contains("json") {
-        return Err(GraphError::new(
+        return Err(ErrorReply::new(
             415,
             "UnsupportedMediaType",
             "The request's Content-Type must be application/json.",
         ));
     }
-    serde_json::from_slice(&call.body).map_err(|_| GraphError::bad_request(wire::BAD_JSON))
+    serde_json::from_slice(&call.body).map_err(|_| ErrorReply::bad_request(wire::BAD_JSON))
 }
 
 fn with_prefer(mut reply: Reply, prefer: &Prefer, events: bool) -> Reply {
@@ -248,14 +248,14 @@ fn with_prefer(mut reply: Reply, prefer: &Prefer, events: bool) -> Reply {
 }
 
 /// `startDateTime`/`endDateTime`: ISO 8601 with offset, or without (then UTC).
-fn parse_view_time(name: &str, raw: &str) -> Result<Timestamp, GraphError> {
+fn parse_view_time(name: &str, raw: &str) -> Result<Timestamp, ErrorReply> {
     if let Ok(ts) = raw.trim().parse::<Timestamp>() {
         return Ok(ts);
     }
     events::parse_local(raw)
         .and_then(|dt| jiff::tz::TimeZone::UTC.to_timestamp(dt).ok())
         .ok_or_else(|| {
-            GraphError::new(
+            ErrorReply::new(
                 400,
                 wire::CALENDAR_VIEW_WINDOW_CODE,
                 format!(
@@ -279,7 +279,7 @@ impl Emulator {
     pub(crate) fn finish(
         &self,
         call: &Call,
-        outcome: Result<Reply, GraphError>,
+        outcome: Result<Reply, ErrorReply>,
         note: Note,
         started: Instant,
     ) -> Reply {
@@ -324,7 +324,7 @@ impl Emulator {
         reply
     }
 
-    async fn graph_inner(&self, call: &Call, note: &mut Note) -> Result<Reply, GraphError> {
+    async fn graph_inner(&self, call: &Call, note: &mut Note) -> Result<Reply, ErrorReply> {
         let settings = self.inner.settings();
         let route = parse_route(&call.path);
         match &route {
@@ -340,7 +340,7 @@ impl Emulator {
         let claims = self
             .inner
             .verify_token(call.headers.get("authorization"))
-            .map_err(GraphError::unauthenticated)?;
+            .map_err(ErrorReply::unauthenticated)?;
         note.client_id = Some(claims.appid.clone());
 
         let scripted = self
@@ -371,8 +371,8 @@ impl Emulator {
             after_504 |= draw.after_create_504;
         }
         let result = match route {
-            Route::Me => Err(GraphError::bad_request(wire::ME_WITH_APP_TOKEN)),
-            Route::Batch => Err(GraphError::bad_request(
+            Route::Me => Err(ErrorReply::bad_request(wire::ME_WITH_APP_TOKEN)),
+            Route::Batch => Err(ErrorReply::bad_request(
                 "A $batch request cannot contain another $batch request.",
             )),
             Route::Users => self.list_users(call, &claims, &settings).await,
@@ -398,12 +398,12 @@ impl Emulator {
         call: &Call,
         claims: &Claims,
         settings: &Settings,
-    ) -> Result<Reply, GraphError> {
+    ) -> Result<Reply, ErrorReply> {
         if call.method != "GET" {
-            return Err(GraphError::method_not_allowed(&call.method));
+            return Err(ErrorReply::method_not_allowed(&call.method));
         }
         if !claims.has_any(USER_READ_ROLES) {
-            return Err(GraphError::new(
+            return Err(ErrorReply::new(
                 403,
                 wire::DIRECTORY_DENIED_CODE,
                 wire::DIRECTORY_DENIED,
@@ -441,12 +441,12 @@ impl Emulator {
         seg: &str,
         settings: &Settings,
         note: &mut Note,
-    ) -> Result<Reply, GraphError> {
+    ) -> Result<Reply, ErrorReply> {
         if call.method != "GET" {
-            return Err(GraphError::method_not_allowed(&call.method));
+            return Err(ErrorReply::method_not_allowed(&call.method));
         }
         if !claims.has_any(USER_READ_ROLES) {
-            return Err(GraphError::new(
+            return Err(ErrorReply::new(
                 403,
                 wire::DIRECTORY_DENIED_CODE,
                 wire::DIRECTORY_DENIED,
@@ -456,7 +456,7 @@ impl Emulator {
         self.latency(settings).await;
         let user = self.inner.dir.lock().expect("dir").user(&claims.tid, seg);
         let Some(user) = user else {
-            return Err(GraphError::new(
+            return Err(ErrorReply::new(
                 404,
                 wire::DIRECTORY_NOT_FOUND_CODE,
                 format!(
@@ -485,18 +485,18 @@ impl Emulator {
         op: Op,
         settings: &Settings,
         note: &mut Note,
-    ) -> Result<Reply, GraphError> {
+    ) -> Result<Reply, ErrorReply> {
         if !claims.has_any(op.roles(&call.method, settings)) {
-            return Err(GraphError::access_denied());
+            return Err(ErrorReply::access_denied());
         }
         let user = self.inner.dir.lock().expect("dir").user(&claims.tid, seg);
         let Some(user) = user else {
-            return Err(GraphError::invalid_user(seg));
+            return Err(ErrorReply::invalid_user(seg));
         };
         note.mailbox = Some(user.upn.to_ascii_lowercase());
         let prefer = odata::parse_prefer(&call.headers, settings.accept_iana_zones);
         if settings.require_immutable_id && op.is_event_op() && !prefer.immutable_id {
-            return Err(GraphError::new(
+            return Err(ErrorReply::new(
                 400,
                 wire::IMMUTABLE_ID_CODE,
                 wire::IMMUTABLE_ID_REQUIRED,
@@ -516,11 +516,11 @@ impl Emulator {
             upload_bytes,
         )
         .map_err(|t| match t {
-            Throttled::Concurrency => GraphError::concurrency(util::format_retry_after(
+            Throttled::Concurrency => ErrorReply::concurrency(util::format_retry_after(
                 settings.retry_after_secs,
                 settings.fractional_retry_after,
             )),
-            Throttled::Window(wait) => GraphError::too_many_requests(util::format_retry_after(
+            Throttled::Window(wait) => ErrorReply::too_many_requests(util::format_retry_after(
                 wait.as_secs_f64().max(0.001),
                 settings.fractional_retry_after,
             )),
@@ -529,14 +529,14 @@ impl Emulator {
         match user.mailbox {
             MailboxKind::Ok => {}
             MailboxKind::NoMailbox => {
-                return Err(GraphError::new(
+                return Err(ErrorReply::new(
                     404,
                     wire::NO_MAILBOX_CODE,
                     wire::NO_MAILBOX,
                 ));
             }
             MailboxKind::PolicyDenied => {
-                return Err(GraphError::new(
+                return Err(ErrorReply::new(
                     403,
                     wire::ACCESS_DENIED_CODE,
                     wire::ODATA_DISABLED,
@@ -546,7 +546,7 @@ impl Emulator {
         if let Some(cid) = op.calendar_id()
             && cid != user.calendar_id()
         {
-            return Err(GraphError::item_not_found());
+            return Err(ErrorReply::item_not_found());
         }
         let ctx = Ctx {
             call,
@@ -566,16 +566,16 @@ impl Emulator {
             (Op::Event(_, id), "GET") => self.get_event(&ctx, id),
             (Op::Event(_, id), "PATCH") => self.patch_event(&ctx, id),
             (Op::Event(_, id), "DELETE") => self.delete_event(&ctx, id),
-            _ => Err(GraphError::method_not_allowed(method)),
+            _ => Err(ErrorReply::method_not_allowed(method)),
         }
     }
 
-    fn list_events(&self, ctx: &Ctx, calendar_view: bool) -> Result<Reply, GraphError> {
+    fn list_events(&self, ctx: &Ctx, calendar_view: bool) -> Result<Reply, ErrorReply> {
         let pairs = util::query_pairs(ctx.call.query.as_deref());
         let q = odata::parse_event_query(&pairs)?;
         let window = if calendar_view {
             let (Some(s), Some(e)) = (&q.start_date_time, &q.end_date_time) else {
-                return Err(GraphError::new(
+                return Err(ErrorReply::new(
                     400,
                     wire::CALENDAR_VIEW_WINDOW_CODE,
                     wire::CALENDAR_VIEW_WINDOW,
@@ -664,7 +664,7 @@ impl Emulator {
         ))
     }
 
-    fn create_event(&self, ctx: &Ctx) -> Result<Reply, GraphError> {
+    fn create_event(&self, ctx: &Ctx) -> Result<Reply, ErrorReply> {
         let input = json_body(ctx.call)?;
         let draft = events::parse_input(&input, ctx.settings)?;
         let mut store = self.inner.store.lock().expect("store");
@@ -681,7 +681,7 @@ impl Emulator {
                     return Ok(ctx.written(ev, 201));
                 }
                 (TransactionIdMode::Conflict409, Some(_)) => {
-                    return Err(GraphError::new(
+                    return Err(ErrorReply::new(
                         409,
                         wire::DUPLICATE_TRANSACTION_CODE,
                         wire::DUPLICATE_TRANSACTION,
@@ -702,7 +702,7 @@ impl Emulator {
         Ok(reply)
     }
 
-    fn get_event(&self, ctx: &Ctx, id: &str) -> Result<Reply, GraphError> {
+    fn get_event(&self, ctx: &Ctx, id: &str) -> Result<Reply, ErrorReply> {
         let pairs = util::query_pairs(ctx.call.query.as_deref());
         let q = odata::parse_event_query(&pairs)?;
         let context = format!(
@@ -715,32 +715,32 @@ impl Emulator {
         let ev = store
             .get(&ctx.user.mailbox_key())
             .and_then(|m| m.events.get(id))
-            .ok_or_else(GraphError::item_not_found)?;
+            .ok_or_else(ErrorReply::item_not_found)?;
         let reply = Reply::json(200, ev.render(&opts)).header("ETag", ev.etag());
         Ok(with_prefer(reply, ctx.prefer, true))
     }
 
-    fn check_if_match(&self, ctx: &Ctx, ev: &StoredEvent) -> Result<(), GraphError> {
+    fn check_if_match(&self, ctx: &Ctx, ev: &StoredEvent) -> Result<(), ErrorReply> {
         let status = ctx.settings.if_match_mismatch_status;
         if status == 0 {
             return Ok(());
         }
         match ctx.call.headers.get("if-match") {
             Some(tag) if !ev.matches_etag(tag) => {
-                Err(GraphError::new(status, wire::CONFLICT_CODE, wire::CONFLICT))
+                Err(ErrorReply::new(status, wire::CONFLICT_CODE, wire::CONFLICT))
             }
             _ => Ok(()),
         }
     }
 
-    fn patch_event(&self, ctx: &Ctx, id: &str) -> Result<Reply, GraphError> {
+    fn patch_event(&self, ctx: &Ctx, id: &str) -> Result<Reply, ErrorReply> {
         let input = json_body(ctx.call)?;
         let draft = events::parse_input(&input, ctx.settings)?;
         let mut store = self.inner.store.lock().expect("store");
         let ev = store
             .get_mut(&ctx.user.mailbox_key())
             .and_then(|m| m.events.get_mut(id))
-            .ok_or_else(GraphError::item_not_found)?;
+            .ok_or_else(ErrorReply::item_not_found)?;
         self.check_if_match(ctx, ev)?;
         let mut updated = ev.clone();
         updated.patch(draft)?;
@@ -750,12 +750,12 @@ impl Emulator {
         Ok(reply)
     }
 
-    fn delete_event(&self, ctx: &Ctx, id: &str) -> Result<Reply, GraphError> {
+    fn delete_event(&self, ctx: &Ctx, id: &str) -> Result<Reply, ErrorReply> {
         let mut store = self.inner.store.lock().expect("store");
         let mbox = store
             .get_mut(&ctx.user.mailbox_key())
-            .ok_or_else(GraphError::item_not_found)?;
-        let ev = mbox.events.get(id).ok_or_else(GraphError::item_not_found)?;
+            .ok_or_else(ErrorReply::item_not_found)?;
+        let ev = mbox.events.get(id).ok_or_else(ErrorReply::item_not_found)?;
         self.check_if_match(ctx, ev)?;
         let ev = mbox.events.remove(id).expect("present");
         if let Some(tx) = &ev.transaction_id
@@ -918,7 +918,7 @@ const USER_PROPERTIES: &[&str] = &[
     "userType",
 ];
 
-fn user_select(pairs: &[(String, String)]) -> Result<Option<Vec<String>>, GraphError> {
+fn user_select(pairs: &[(String, String)]) -> Result<Option<Vec<String>>, ErrorReply> {
     let Some((_, v)) = pairs
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("$select"))
@@ -931,7 +931,7 @@ fn user_select(pairs: &[(String, String)]) -> Result<Option<Vec<String>>, GraphE
             .iter()
             .find(|p| p.eq_ignore_ascii_case(name))
         else {
-            return Err(GraphError::new(
+            return Err(ErrorReply::new(
                 400,
                 "Request_BadRequest",
                 format!(
