@@ -67,11 +67,7 @@ fn inequivalent(queue: &str, e: lapin::Error) -> AmqpError {
     let current = text
         .split("but current is ")
         .nth(1)
-        .map(|c| {
-            c.trim_end_matches(|ch: char| ch == '"' || ch == ')' || ch == '}')
-                .trim()
-                .to_string()
-        })
+        .map(|c| c.trim_end_matches(['"', ')', '}']).trim().to_string())
         .unwrap_or_else(|| "?".into());
     let setting = match arg.as_str() {
         "x-delivery-limit" => "amqp.delivery_limit",

@@ -154,22 +154,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             crate::telemetry::init_logging(&quiet_log(&cfg));
             Ok(crate::deadletter::command::run_ledger(&cfg, command).await?)
         }
-        Command::CheckConfig => {
-            let cfg = load_config(cli.config.as_deref())?;
-            for warning in cfg.warnings() {
-                eprintln!("warning: {warning}");
-            }
-            let from = match cli.config.as_deref() {
-                Some(path) => format!("the defaults, then {}, then", path.display()),
-                None => "the defaults, then".into(),
-            };
-            println!(
-                "# The configuration is valid. Effective values ({from} OUTLOOK_SYNC__* \
-                 variables), secrets redacted:\n"
-            );
-            print!("{}", cfg.to_redacted_toml());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::CheckConfig => check_config(cli.config.as_deref()),
         Command::Publish(args) => {
             let cfg = load_config(cli.config.as_deref())?;
             crate::telemetry::init_logging(&cfg.log);
@@ -183,35 +168,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "emulator")]
-        Command::Demo { window_seconds } => {
-            let log = crate::config::LogConfig {
-                filter: "warn,lapin=off".into(),
-                ..Default::default()
-            };
-            crate::telemetry::init_logging(&log);
-            println!(
-                "outlook-sync demo: {window_seconds}-second windows, local RabbitMQ and Redis, embedded Graph emulator\n"
-            );
-            let outcome = crate::demo::run_demo(window_seconds).await?;
-            print!("{}", outcome.report);
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Demo { window_seconds } => demo(window_seconds).await,
         #[cfg(feature = "emulator")]
-        Command::Bench { size, out, only } => {
-            let log = crate::config::LogConfig {
-                filter: "error,lapin=off".into(),
-                ..Default::default()
-            };
-            crate::telemetry::init_logging(&log);
-            let binary = std::env::current_exe().context("locating the outlook-sync binary")?;
-            let report = crate::bench::run(size, &binary, &only).await?;
-            let table = report.table();
-            println!("{table}");
-            crate::bench::write_markdown(&report, &out)
-                .with_context(|| format!("writing {}", out.display()))?;
-            println!("written to {}", out.display());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Bench { size, out, only } => bench(size, &out, &only).await,
         Command::Admin { command } => {
             let cfg = load_config(cli.config.as_deref())?;
             let log = crate::config::LogConfig {
@@ -231,6 +190,61 @@ pub async fn main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `outlook-sync check-config`: the effective configuration as TOML, secrets redacted.
+fn check_config(path: Option<&Path>) -> anyhow::Result<std::process::ExitCode> {
+    let cfg = load_config(path)?;
+    for warning in cfg.warnings() {
+        eprintln!("warning: {warning}");
+    }
+    let from = match path {
+        Some(path) => format!("the defaults, then {}, then", path.display()),
+        None => "the defaults, then".into(),
+    };
+    println!(
+        "# The configuration is valid. Effective values ({from} OUTLOOK_SYNC__* \
+         variables), secrets redacted:\n"
+    );
+    print!("{}", cfg.to_redacted_toml());
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `outlook-sync demo`.
+#[cfg(feature = "emulator")]
+async fn demo(window_seconds: u64) -> anyhow::Result<std::process::ExitCode> {
+    let log = crate::config::LogConfig {
+        filter: "warn,lapin=off".into(),
+        ..Default::default()
+    };
+    crate::telemetry::init_logging(&log);
+    println!(
+        "outlook-sync demo: {window_seconds}-second windows, local RabbitMQ and Redis, embedded Graph emulator\n"
+    );
+    let outcome = crate::demo::run_demo(window_seconds).await?;
+    print!("{}", outcome.report);
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `outlook-sync bench`: the figures, printed and written to `out`.
+#[cfg(feature = "emulator")]
+async fn bench(
+    size: crate::bench::Size,
+    out: &Path,
+    only: &[String],
+) -> anyhow::Result<std::process::ExitCode> {
+    let log = crate::config::LogConfig {
+        filter: "error,lapin=off".into(),
+        ..Default::default()
+    };
+    crate::telemetry::init_logging(&log);
+    let binary = std::env::current_exe().context("locating the outlook-sync binary")?;
+    let report = crate::bench::run(size, &binary, only).await?;
+    println!("{}", report.table());
+    crate::bench::write_markdown(&report, out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("written to {}", out.display());
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// `outlook-sync run`: a worker until SIGTERM or Ctrl-C, then a bounded drain.

@@ -125,147 +125,177 @@ impl Metrics {
             fleet: FleetMetrics::default(),
             registry: Registry::default(),
         };
-        registry.register(
-            "events_consumed",
-            "Deliveries taken from the work queue",
-            m.events_consumed.clone(),
-        );
-        registry.register(
-            "events_staged",
-            "Events staged as the newest revision of their schedule",
-            m.events_staged.clone(),
-        );
-        registry.register(
-            "events_deduplicated",
-            "Events dropped at staging as a duplicate or a stale revision (label kind)",
-            m.events_deduplicated.clone(),
-        );
-        registry.register(
-            "events_invalid",
-            "Messages that broke the contract and were dead-lettered (label reason)",
-            m.events_invalid.clone(),
-        );
-        registry.register(
-            "events_skipped",
-            "Changes not synced by product rule (label reason)",
-            m.events_skipped.clone(),
-        );
-        registry.register(
-            "schedules_flushed",
-            "Due schedules whose window was flushed",
-            m.schedules_flushed.clone(),
-        );
-        registry.register(
-            "graph_requests",
-            "HTTP requests to Graph, batch items included (label status)",
-            m.graph_requests.clone(),
-        );
-        registry.register(
-            "graph_writes",
-            "Outlook writes that succeeded (label op: create, update, delete)",
-            m.graph_writes.clone(),
-        );
-        registry.register(
-            "graph_throttled",
-            "Graph answers 429",
-            m.graph_throttled.clone(),
-        );
-        registry.register(
-            "retry_after_wait_seconds",
-            "Time spent waiting on Retry-After or backoff",
-            m.retry_after_wait_seconds.clone(),
-        );
-        registry.register(
-            "dead_letters",
-            "Dead letters published (labels stage, reason)",
-            m.dead_letters.clone(),
-        );
-        registry.register(
-            "dead_letters_replayed",
-            "Replayed dead letters taken in by ingest (label outcome: restaged = due again, \
-             newest = newer than anything staged, duplicate)",
-            m.dead_letters_replayed.clone(),
-        );
-        registry.register(
-            "replays_succeeded",
-            "Outlook writes that applied a replayed change (one per mailbox)",
-            m.replays_succeeded.clone(),
-        );
-        registry.register(
-            "dead_letter_queue_depth",
-            "Messages waiting in the dead-letter queue",
-            m.dead_letter_queue_depth.clone(),
-        );
-        registry.register(
-            "due_backlog",
-            "Schedules staged and waiting for their window to be flushed",
-            m.due_backlog.clone(),
-        );
-        registry.register(
-            "due_oldest_age_seconds",
-            "Age of the oldest due schedule past its window end",
-            m.due_oldest_age_seconds.clone(),
-        );
-        registry.register(
-            "sync_latency_seconds",
-            "From an event's occurred_at to its change being in Outlook",
-            m.sync_latency_seconds.clone(),
-        );
-        registry.register(
-            "graph_requests_in_flight",
-            "Graph requests this worker has in flight (all mailboxes; $batch items counted)",
-            m.graph_requests_in_flight.clone(),
-        );
-        registry.register(
-            "graph_mailboxes_leased",
-            "Mailboxes this worker holds the exclusive write lease of (one $batch in flight each at most)",
-            m.graph_mailboxes_leased.clone(),
-        );
-        registry.register(
-            "graph_mailbox_requests_in_flight",
-            "Requests outstanding to one mailbox, observed at each send (the mailbox lease is exclusive across workers; Graph runs at most 4 items of a $batch at once)",
-            m.graph_mailbox_requests_in_flight.clone(),
-        );
-        registry.register(
-            "company_failures",
-            "Changes that failed for good, by company and kind (credentials, mailbox, rejected, retries_exhausted); every kind at 0 from when the company is loaded",
-            m.company_failures.clone(),
-        );
-        registry.register(
-            "consumer_attached",
-            "1 while this worker's RabbitMQ consumer is attached to the work queue",
-            m.consumer_attached.clone(),
-        );
-        registry.register(
-            "redis_reachable",
-            "1 if Redis answered PING at the last /metrics or /readyz",
-            m.redis_reachable.clone(),
-        );
-        registry.register(
-            "ingest_reconnects",
-            "Times the consumer was rebuilt after its connection or stream was lost",
-            m.ingest_reconnects.clone(),
-        );
-        registry.register(
-            "shutdown_released_claims",
-            "Flush claims given back at shutdown because the drain outlasted its grace period",
-            m.shutdown_released_claims.clone(),
-        );
-        registry.register(
-            "secret_expiry_timestamp_seconds",
-            "When a company's recorded client secret expires, as a Unix timestamp in seconds (label company)",
-            m.secret_expiry_timestamp_seconds.clone(),
-        );
-        registry.register(
-            "companies_secret_expiring",
-            "Companies whose recorded client secret expires within admin.secret_expiry_warning_days (or has expired)",
-            m.companies_secret_expiring.clone(),
-        );
+        m.register_events(&mut registry);
+        m.register_graph(&mut registry);
+        m.register_dead_letters(&mut registry);
+        m.register_backlog(&mut registry);
+        m.register_worker(&mut registry);
+        m.register_admin(&mut registry);
         m.fleet.register(&mut registry);
         let mut m = m;
         m.registry = registry;
         m.start_known_series_at_zero();
         Arc::new(m)
+    }
+
+    /// The pipeline's events: consumed, staged, dropped at staging, invalid, skipped; windows flushed.
+    fn register_events(&self, registry: &mut Registry) {
+        registry.register(
+            "events_consumed",
+            "Deliveries taken from the work queue",
+            self.events_consumed.clone(),
+        );
+        registry.register(
+            "events_staged",
+            "Events staged as the newest revision of their schedule",
+            self.events_staged.clone(),
+        );
+        registry.register(
+            "events_deduplicated",
+            "Events dropped at staging as a duplicate or a stale revision (label kind)",
+            self.events_deduplicated.clone(),
+        );
+        registry.register(
+            "events_invalid",
+            "Messages that broke the contract and were dead-lettered (label reason)",
+            self.events_invalid.clone(),
+        );
+        registry.register(
+            "events_skipped",
+            "Changes not synced by product rule (label reason)",
+            self.events_skipped.clone(),
+        );
+        registry.register(
+            "schedules_flushed",
+            "Due schedules whose window was flushed",
+            self.schedules_flushed.clone(),
+        );
+    }
+
+    /// Graph: requests by status, writes by operation, 429s, time spent waiting.
+    fn register_graph(&self, registry: &mut Registry) {
+        registry.register(
+            "graph_requests",
+            "HTTP requests to Graph, batch items included (label status)",
+            self.graph_requests.clone(),
+        );
+        registry.register(
+            "graph_writes",
+            "Outlook writes that succeeded (label op: create, update, delete)",
+            self.graph_writes.clone(),
+        );
+        registry.register(
+            "graph_throttled",
+            "Graph answers 429",
+            self.graph_throttled.clone(),
+        );
+        registry.register(
+            "retry_after_wait_seconds",
+            "Time spent waiting on Retry-After or backoff",
+            self.retry_after_wait_seconds.clone(),
+        );
+    }
+
+    /// Dead letters: published, replayed, applied after a replay, waiting in the queue.
+    fn register_dead_letters(&self, registry: &mut Registry) {
+        registry.register(
+            "dead_letters",
+            "Dead letters published (labels stage, reason)",
+            self.dead_letters.clone(),
+        );
+        registry.register(
+            "dead_letters_replayed",
+            "Replayed dead letters taken in by ingest (label outcome: restaged = due again, \
+             newest = newer than anything staged, duplicate)",
+            self.dead_letters_replayed.clone(),
+        );
+        registry.register(
+            "replays_succeeded",
+            "Outlook writes that applied a replayed change (one per mailbox)",
+            self.replays_succeeded.clone(),
+        );
+        registry.register(
+            "dead_letter_queue_depth",
+            "Messages waiting in the dead-letter queue",
+            self.dead_letter_queue_depth.clone(),
+        );
+    }
+
+    /// The backlog of due schedules and the sync latency.
+    fn register_backlog(&self, registry: &mut Registry) {
+        registry.register(
+            "due_backlog",
+            "Schedules staged and waiting for their window to be flushed",
+            self.due_backlog.clone(),
+        );
+        registry.register(
+            "due_oldest_age_seconds",
+            "Age of the oldest due schedule past its window end",
+            self.due_oldest_age_seconds.clone(),
+        );
+        registry.register(
+            "sync_latency_seconds",
+            "From an event's occurred_at to its change being in Outlook",
+            self.sync_latency_seconds.clone(),
+        );
+    }
+
+    /// A worker's own state: requests and leases in flight, failures per company, the consumer, Redis, reconnects, claims given back at shutdown (issue 7).
+    fn register_worker(&self, registry: &mut Registry) {
+        registry.register(
+            "graph_requests_in_flight",
+            "Graph requests this worker has in flight (all mailboxes; $batch items counted)",
+            self.graph_requests_in_flight.clone(),
+        );
+        registry.register(
+            "graph_mailboxes_leased",
+            "Mailboxes this worker holds the exclusive write lease of (one $batch in flight each at most)",
+            self.graph_mailboxes_leased.clone(),
+        );
+        registry.register(
+            "graph_mailbox_requests_in_flight",
+            "Requests outstanding to one mailbox, observed at each send (the mailbox lease is exclusive across workers; Graph runs at most 4 items of a $batch at once)",
+            self.graph_mailbox_requests_in_flight.clone(),
+        );
+        registry.register(
+            "company_failures",
+            "Changes that failed for good, by company and kind (credentials, mailbox, rejected, retries_exhausted); every kind at 0 from when the company is loaded",
+            self.company_failures.clone(),
+        );
+        registry.register(
+            "consumer_attached",
+            "1 while this worker's RabbitMQ consumer is attached to the work queue",
+            self.consumer_attached.clone(),
+        );
+        registry.register(
+            "redis_reachable",
+            "1 if Redis answered PING at the last /metrics or /readyz",
+            self.redis_reachable.clone(),
+        );
+        registry.register(
+            "ingest_reconnects",
+            "Times the consumer was rebuilt after its connection or stream was lost",
+            self.ingest_reconnects.clone(),
+        );
+        registry.register(
+            "shutdown_released_claims",
+            "Flush claims given back at shutdown because the drain outlasted its grace period",
+            self.shutdown_released_claims.clone(),
+        );
+    }
+
+    /// The admin's secret-expiry warning (issue 5).
+    fn register_admin(&self, registry: &mut Registry) {
+        registry.register(
+            "secret_expiry_timestamp_seconds",
+            "When a company's recorded client secret expires, as a Unix timestamp in seconds (label company)",
+            self.secret_expiry_timestamp_seconds.clone(),
+        );
+        registry.register(
+            "companies_secret_expiring",
+            "Companies whose recorded client secret expires within admin.secret_expiry_warning_days (or has expired)",
+            self.companies_secret_expiring.clone(),
+        );
     }
 
     /// Creates, at 0, every series whose label values are known before anything happens.

@@ -18,10 +18,11 @@ use serde::de::DeserializeOwned;
 
 use super::auth::{AdminTokens, require_bearer};
 use super::bulk::{self, BulkOptions};
+use super::credentials::NewCredentials;
 pub use super::errors::ApiError;
 use super::jobs::Jobs;
 use super::messages;
-use super::service::{Admin, AdminError, NewCredentials, no_progress};
+use super::service::{Admin, AdminError, no_progress};
 use crate::secret::Secret;
 use crate::tenants::Plan;
 

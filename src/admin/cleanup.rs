@@ -12,12 +12,40 @@ use std::time::Duration;
 
 use backon::Retryable;
 
-use super::service::{Admin, AdminError, CleanupFailure, CleanupReport, Progress, ProgressFn};
+use serde::Serialize;
+
+use super::service::{Admin, AdminError, Progress, ProgressFn};
 use crate::graph::client::{Credentials, GraphRequest, GraphResponse, MAX_BATCH};
 use crate::graph::error::{ErrorClass, GraphError, MailboxProblem};
 use crate::graph::requests::{self, LookupPage};
 use crate::store::MailboxLeases;
 use crate::store::Member;
+
+/// What removing copies from a mailbox did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct CleanupReport {
+    /// Schedules with a copy (or a create in progress) recorded in the mailbox.
+    pub copies: usize,
+    pub deleted: usize,
+    /// Already deleted in Outlook (404), or a create that never happened.
+    pub already_gone: usize,
+    pub failed: Vec<CleanupFailure>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CleanupFailure {
+    pub schedule_id: String,
+    pub error: String,
+}
+
+impl CleanupReport {
+    pub(super) fn add(&mut self, o: &CleanupReport) {
+        self.copies += o.copies;
+        self.deleted += o.deleted;
+        self.already_gone += o.already_gone;
+        self.failed.extend(o.failed.iter().cloned());
+    }
+}
 
 const ROUNDS: u32 = 6;
 
@@ -43,10 +71,20 @@ pub(crate) async fn delete_copies(
     result
 }
 
+/// What became of one schedule's copy (or copies) in the mailbox.
 enum Fate {
     Deleted,
     Gone,
     Failed(String),
+}
+
+/// The mailbox being cleaned, for one company with its credentials.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    admin: &'a Admin,
+    company: &'a str,
+    creds: &'a Credentials,
+    mailbox: &'a str,
 }
 
 async fn run(
@@ -56,6 +94,12 @@ async fn run(
     mailbox: &str,
     progress: ProgressFn,
 ) -> Result<CleanupReport, AdminError> {
+    let at = Target {
+        admin,
+        company,
+        creds,
+        mailbox,
+    };
     let ids = admin.copies.schedules_in_mailbox(company, mailbox).await?;
     let total = ids.len();
     let mut report = CleanupReport {
@@ -76,10 +120,6 @@ async fn run(
         let copies = admin.copies.in_mailbox(&refs, mailbox).await?;
         let mut targets: Vec<Vec<String>> = vec![Vec::new(); members.len()];
         let mut fates: Vec<Option<Fate>> = (0..members.len()).map(|_| None).collect();
-
-        // Creates whose answer was never recorded: look for the copy by its tag, keeping only
-        // exact matches (Graph's filter also returns the copies of ids differing in case) and
-        // following the pages while a page is full.
         let mut lookups: Vec<(usize, Option<String>)> = Vec::new();
         for (i, c) in copies.iter().enumerate() {
             match c.as_ref().and_then(|c| c.event_id.clone()) {
@@ -87,91 +127,9 @@ async fn run(
                 None => lookups.push((i, None)),
             }
         }
-        while !lookups.is_empty() {
-            let reqs: Vec<GraphRequest> = lookups
-                .iter()
-                .map(|(i, next)| {
-                    requests::lookup(
-                        i.to_string(),
-                        mailbox,
-                        company,
-                        &members[*i].schedule_id,
-                        next.as_deref(),
-                    )
-                })
-                .collect();
-            let results = batch_retrying(admin, company, creds, reqs).await;
-            let mut more = Vec::new();
-            for ((i, _), r) in lookups.into_iter().zip(results) {
-                match r {
-                    Ok(resp) => {
-                        let page = LookupPage::read(
-                            &resp.body,
-                            company,
-                            &members[i].schedule_id,
-                            admin.graph.base_url(),
-                        );
-                        targets[i].extend(page.exact);
-                        if let Some(next) = page.next {
-                            more.push((i, Some(next)));
-                        }
-                    }
-                    Err(e) if mailbox_gone(&e) => fates[i] = Some(Fate::Gone),
-                    Err(e) => fates[i] = Some(Fate::Failed(e.to_string())),
-                }
-            }
-            lookups = more;
-        }
-
-        // The deletes.
-        let mut reqs = Vec::new();
-        let mut owners = Vec::new();
-        for (i, ids) in targets.iter().enumerate() {
-            if fates[i].is_some() {
-                continue;
-            }
-            for (k, id) in ids.iter().enumerate() {
-                reqs.push(requests::delete(format!("{i}-{k}"), mailbox, id));
-                owners.push(i);
-            }
-        }
-        let mut results = Vec::new();
-        let mut pending = reqs;
-        while !pending.is_empty() {
-            let rest = pending.split_off(pending.len().min(MAX_BATCH));
-            results.extend(batch_retrying(admin, company, creds, pending).await);
-            pending = rest;
-        }
-        for (&i, r) in owners.iter().zip(results) {
-            let fate = match r {
-                Ok(_) => Fate::Deleted,
-                Err(e) if e.class == ErrorClass::ItemGone || mailbox_gone(&e) => Fate::Gone,
-                Err(e) => Fate::Failed(e.to_string()),
-            };
-            fates[i] = Some(match (fates[i].take(), fate) {
-                (Some(Fate::Failed(m)), _) | (_, Fate::Failed(m)) => Fate::Failed(m),
-                (Some(Fate::Deleted), _) | (_, Fate::Deleted) => Fate::Deleted,
-                _ => Fate::Gone,
-            });
-        }
-
-        let mut removals = Vec::new();
-        for (i, fate) in fates.into_iter().enumerate() {
-            match fate.unwrap_or(Fate::Gone) {
-                Fate::Deleted => {
-                    report.deleted += 1;
-                    removals.push(&members[i]);
-                }
-                Fate::Gone => {
-                    report.already_gone += 1;
-                    removals.push(&members[i]);
-                }
-                Fate::Failed(error) => report.failed.push(CleanupFailure {
-                    schedule_id: members[i].schedule_id.clone(),
-                    error,
-                }),
-            }
-        }
+        look_up(at, &members, lookups, &mut targets, &mut fates).await;
+        delete(at, &targets, &mut fates).await;
+        let removals = tally(&mut report, fates, &members);
         admin.copies.write(mailbox, &[], &removals).await?;
         done += members.len();
         progress(Progress { done, total });
@@ -186,6 +144,122 @@ async fn run(
         "admin: copies removed from a mailbox"
     );
     Ok(report)
+}
+
+/// Creates whose answer was never recorded: look for the copy by its tag, keeping only exact
+/// matches (Graph's filter also returns the copies of ids differing in case) and following the
+/// pages while a page is full. What is found joins `targets[i]`; a lookup that fails settles
+/// `fates[i]`.
+async fn look_up(
+    at: Target<'_>,
+    members: &[Member],
+    mut lookups: Vec<(usize, Option<String>)>,
+    targets: &mut [Vec<String>],
+    fates: &mut [Option<Fate>],
+) {
+    let Target {
+        admin,
+        company,
+        creds,
+        mailbox,
+    } = at;
+    while !lookups.is_empty() {
+        let reqs: Vec<GraphRequest> = lookups
+            .iter()
+            .map(|(i, next)| {
+                requests::lookup(
+                    i.to_string(),
+                    mailbox,
+                    company,
+                    &members[*i].schedule_id,
+                    next.as_deref(),
+                )
+            })
+            .collect();
+        let results = batch_retrying(admin, company, creds, reqs).await;
+        let mut more = Vec::new();
+        for ((i, _), r) in lookups.into_iter().zip(results) {
+            match r {
+                Ok(resp) => {
+                    let page = LookupPage::read(
+                        &resp.body,
+                        company,
+                        &members[i].schedule_id,
+                        admin.graph.base_url(),
+                    );
+                    targets[i].extend(page.exact);
+                    if let Some(next) = page.next {
+                        more.push((i, Some(next)));
+                    }
+                }
+                Err(e) if mailbox_gone(&e) => fates[i] = Some(Fate::Gone),
+                Err(e) => fates[i] = Some(Fate::Failed(e.to_string())),
+            }
+        }
+        lookups = more;
+    }
+}
+
+/// The deletes of every target whose fate is still open, in `$batch`es of [`MAX_BATCH`]. A
+/// schedule with several copies failed if any delete failed, else was deleted if any was.
+async fn delete(at: Target<'_>, targets: &[Vec<String>], fates: &mut [Option<Fate>]) {
+    let mut reqs = Vec::new();
+    let mut owners = Vec::new();
+    for (i, ids) in targets.iter().enumerate() {
+        if fates[i].is_some() {
+            continue;
+        }
+        for (k, id) in ids.iter().enumerate() {
+            reqs.push(requests::delete(format!("{i}-{k}"), at.mailbox, id));
+            owners.push(i);
+        }
+    }
+    let mut results = Vec::new();
+    let mut pending = reqs;
+    while !pending.is_empty() {
+        let rest = pending.split_off(pending.len().min(MAX_BATCH));
+        results.extend(batch_retrying(at.admin, at.company, at.creds, pending).await);
+        pending = rest;
+    }
+    for (&i, r) in owners.iter().zip(results) {
+        let fate = match r {
+            Ok(_) => Fate::Deleted,
+            Err(e) if e.class == ErrorClass::ItemGone || mailbox_gone(&e) => Fate::Gone,
+            Err(e) => Fate::Failed(e.to_string()),
+        };
+        fates[i] = Some(match (fates[i].take(), fate) {
+            (Some(Fate::Failed(m)), _) | (_, Fate::Failed(m)) => Fate::Failed(m),
+            (Some(Fate::Deleted), _) | (_, Fate::Deleted) => Fate::Deleted,
+            _ => Fate::Gone,
+        });
+    }
+}
+
+/// Counts the fates into the report; returns the schedules whose mapping entry goes (deleted
+/// or already gone; a failure keeps its entry).
+fn tally<'m>(
+    report: &mut CleanupReport,
+    fates: Vec<Option<Fate>>,
+    members: &'m [Member],
+) -> Vec<&'m Member> {
+    let mut removals = Vec::new();
+    for (i, fate) in fates.into_iter().enumerate() {
+        match fate.unwrap_or(Fate::Gone) {
+            Fate::Deleted => {
+                report.deleted += 1;
+                removals.push(&members[i]);
+            }
+            Fate::Gone => {
+                report.already_gone += 1;
+                removals.push(&members[i]);
+            }
+            Fate::Failed(error) => report.failed.push(CleanupFailure {
+                schedule_id: members[i].schedule_id.clone(),
+                error,
+            }),
+        }
+    }
+    removals
 }
 
 /// The user or their mailbox no longer exists: its events are gone with it.

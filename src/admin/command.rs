@@ -15,7 +15,8 @@ use std::sync::Arc;
 use clap::Subcommand;
 
 use super::bulk::{BulkOptions, BulkReport, Outcome};
-use super::service::{Admin, AdminError, NewCredentials, Progress, ProgressFn, no_progress};
+use super::credentials::NewCredentials;
+use super::service::{Admin, AdminError, Progress, ProgressFn, no_progress};
 use crate::config::Config;
 use crate::graph::client::GraphClient;
 use crate::metrics::Metrics;
@@ -127,8 +128,9 @@ fn parse_plan(s: &str) -> Result<Plan, String> {
         .map_err(|_| "one of lite, lite_plus, standard, premium, enterprise".to_string())
 }
 
+/// Why `outlook-sync admin` could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
-pub enum CommandError {
+pub enum AdminCommandError {
     #[error("{0} [{code}]", code = .0.code())]
     Admin(#[from] AdminError),
     #[error("Redis is unreachable at {url}: {source}")]
@@ -142,7 +144,7 @@ pub enum CommandError {
     Io(#[from] std::io::Error),
 }
 
-fn print(v: &impl serde::Serialize) -> Result<(), CommandError> {
+fn print(v: &impl serde::Serialize) -> Result<(), AdminCommandError> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v).map_err(std::io::Error::from)?;
     writeln!(out)?;
@@ -251,10 +253,10 @@ pub fn bulk_text(company: &str, r: &BulkReport) -> String {
     out
 }
 
-fn read_secret(file: Option<&PathBuf>) -> Result<Secret, CommandError> {
+fn read_secret(file: Option<&PathBuf>) -> Result<Secret, AdminCommandError> {
     let raw = if let Some(path) = file {
         std::fs::read_to_string(path)
-            .map_err(|e| CommandError::Input(format!("cannot read {}: {e}", path.display())))?
+            .map_err(|e| AdminCommandError::Input(format!("cannot read {}: {e}", path.display())))?
     } else if let Ok(v) = std::env::var("OUTLOOK_SYNC_CLIENT_SECRET") {
         v
     } else {
@@ -268,31 +270,33 @@ fn read_secret(file: Option<&PathBuf>) -> Result<Secret, CommandError> {
     };
     let secret = raw.trim();
     if secret.is_empty() {
-        return Err(CommandError::Input("the client secret is empty".into()));
+        return Err(AdminCommandError::Input(
+            "the client secret is empty".into(),
+        ));
     }
     Ok(Secret::new(secret))
 }
 
-fn parse_expiry(s: &str) -> Result<jiff::Timestamp, CommandError> {
+fn parse_expiry(s: &str) -> Result<jiff::Timestamp, AdminCommandError> {
     if let Ok(t) = s.parse::<jiff::Timestamp>() {
         return Ok(t);
     }
     let d: jiff::civil::Date = s.parse().map_err(|_| {
-        CommandError::Input(format!(
+        AdminCommandError::Input(format!(
             "--secret-expires-at {s:?}: use 2027-03-31 or RFC 3339"
         ))
     })?;
     jiff::tz::TimeZone::UTC
         .to_timestamp(d.to_datetime(jiff::civil::Time::midnight()))
-        .map_err(|e| CommandError::Input(e.to_string()))
+        .map_err(|e| AdminCommandError::Input(e.to_string()))
 }
 
 /// Runs one admin command; exit 0 on success, 1 when the outcome is a failure (a verification
 /// that found a problem, a bulk file with skipped rows).
-pub async fn run(cfg: Config, cmd: AdminCommand) -> Result<ExitCode, CommandError> {
+pub async fn run(cfg: Config, cmd: AdminCommand) -> Result<ExitCode, AdminCommandError> {
     let redis = crate::store::connect(&cfg)
         .await
-        .map_err(|source| CommandError::Redis {
+        .map_err(|source| AdminCommandError::Redis {
             url: cfg.redis.url.clone(),
             source,
         })?;
@@ -302,20 +306,19 @@ pub async fn run(cfg: Config, cmd: AdminCommand) -> Result<ExitCode, CommandErro
         GraphClient::new(&cfg.graph),
         Metrics::new(),
     );
+    let failed = execute(&admin, cmd).await?;
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Runs the command and prints its answer; whether the outcome is a failure.
+async fn execute(admin: &Admin, cmd: AdminCommand) -> Result<bool, AdminCommandError> {
     let mut failed = false;
     match cmd {
-        AdminCommand::Companies => {
-            let mut all = Vec::new();
-            for id in admin
-                .directory()
-                .company_ids()
-                .await
-                .map_err(AdminError::from)?
-            {
-                all.push(admin.company_status(&id).await?);
-            }
-            print(&all)?;
-        }
+        AdminCommand::Companies => companies(admin).await?,
         AdminCommand::Show { company } => print(&admin.company_status(&company).await?)?,
         AdminCommand::SetPlan {
             company,
@@ -367,18 +370,7 @@ pub async fn run(cfg: Config, cmd: AdminCommand) -> Result<ExitCode, CommandErro
             company,
             user,
             delete_copies,
-        } => {
-            let progress = if delete_copies {
-                progress_printer("copies")
-            } else {
-                no_progress()
-            };
-            print(
-                &admin
-                    .unlink_user(&company, &user, delete_copies, progress)
-                    .await?,
-            )?;
-        }
+        } => unlink(admin, &company, &user, delete_copies).await?,
         AdminCommand::Bulk {
             company,
             file,
@@ -386,23 +378,11 @@ pub async fn run(cfg: Config, cmd: AdminCommand) -> Result<ExitCode, CommandErro
             delete_copies,
             json,
         } => {
-            let bytes = std::fs::read(&file)
-                .map_err(|e| CommandError::Input(format!("cannot read {}: {e}", file.display())))?;
-            let text = super::bulk::decode_csv(&bytes)?;
             let opts = BulkOptions {
                 dry_run,
                 delete_copies,
             };
-            let report = admin
-                .bulk(&company, &text, opts, progress_printer("rows"))
-                .await?;
-            failed = !report.reasons.is_empty();
-            if json {
-                print(&report)?;
-            } else {
-                let mut out = std::io::stdout().lock();
-                out.write_all(bulk_text(&company, &report).as_bytes())?;
-            }
+            failed = bulk(admin, &company, &file, opts, json).await?;
         }
         AdminCommand::RemoveIntegration {
             company,
@@ -412,26 +392,81 @@ pub async fn run(cfg: Config, cmd: AdminCommand) -> Result<ExitCode, CommandErro
                 .remove_integration(&company, !keep_copies, progress_printer("copies"))
                 .await?,
         )?,
-        AdminCommand::Reseal => {
-            let r = admin
-                .directory()
-                .reseal_all()
-                .await
-                .map_err(AdminError::from)?;
-            failed = !r.failed.is_empty();
-            print(&serde_json::json!({
-                "companies": r.companies,
-                "resealed": r.resealed,
-                "failed": r.failed,
-            }))?;
-        }
+        AdminCommand::Reseal => failed = reseal(admin).await?,
         AdminCommand::SecretExpiry => {
             print(&admin.refresh_secret_expiry_metrics().await?)?;
         }
     }
-    Ok(if failed {
-        ExitCode::from(1)
+    Ok(failed)
+}
+
+/// `companies`: every company with its integration status.
+async fn companies(admin: &Admin) -> Result<(), AdminCommandError> {
+    let mut all = Vec::new();
+    for id in admin
+        .directory()
+        .company_ids()
+        .await
+        .map_err(AdminError::from)?
+    {
+        all.push(admin.company_status(&id).await?);
+    }
+    print(&all)
+}
+
+/// `unlink`: with `--delete-copies`, the copies' progress goes to stderr.
+async fn unlink(
+    admin: &Admin,
+    company: &str,
+    user: &str,
+    delete_copies: bool,
+) -> Result<(), AdminCommandError> {
+    let progress = if delete_copies {
+        progress_printer("copies")
     } else {
-        ExitCode::SUCCESS
-    })
+        no_progress()
+    };
+    print(
+        &admin
+            .unlink_user(company, user, delete_copies, progress)
+            .await?,
+    )
+}
+
+/// `bulk`: the report as tables (or, with `--json`, the API's JSON); whether rows were refused.
+async fn bulk(
+    admin: &Admin,
+    company: &str,
+    file: &std::path::Path,
+    opts: BulkOptions,
+    json: bool,
+) -> Result<bool, AdminCommandError> {
+    let bytes = std::fs::read(file)
+        .map_err(|e| AdminCommandError::Input(format!("cannot read {}: {e}", file.display())))?;
+    let text = super::bulk::decode_csv(&bytes)?;
+    let report = admin
+        .bulk(company, &text, opts, progress_printer("rows"))
+        .await?;
+    if json {
+        print(&report)?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(bulk_text(company, &report).as_bytes())?;
+    }
+    Ok(!report.reasons.is_empty())
+}
+
+/// `reseal`: every stored secret sealed again with the active key; whether any failed.
+async fn reseal(admin: &Admin) -> Result<bool, AdminCommandError> {
+    let r = admin
+        .directory()
+        .reseal_all()
+        .await
+        .map_err(AdminError::from)?;
+    print(&serde_json::json!({
+        "companies": r.companies,
+        "resealed": r.resealed,
+        "failed": r.failed,
+    }))?;
+    Ok(!r.failed.is_empty())
 }

@@ -14,8 +14,25 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::service::{Admin, AdminError, ConsentLink, ConsentOutcome, is_guid};
+use super::credentials::Verification;
+use super::input::is_guid;
+use super::service::{Admin, AdminError};
 use crate::tenants::{Company, ConsentRecord};
+
+/// A consent link for the customer's administrator.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsentLink {
+    pub url: String,
+    pub expires_at: Timestamp,
+}
+
+/// What the consent callback recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsentOutcome {
+    pub company: String,
+    pub consent: ConsentRecord,
+    pub verification: Option<Verification>,
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct PendingConsent {

@@ -38,11 +38,12 @@ use lapin::{BasicProperties, Channel};
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
-use super::REPLAY_HEADER;
 use super::error::DlqError;
+use super::letter::{
+    DEAD_LETTER_ID, ORIGINAL_ROUTING_KEY, REPLAY_COUNT, REPLAY_HEADER, REPLAYED_AT, REPLAYED_FROM,
+};
 use super::lock::OpsLock;
 use super::record::{Record, header_map};
-use super::{DEAD_LETTER_ID, ORIGINAL_ROUTING_KEY, REPLAY_COUNT, REPLAYED_AT, REPLAYED_FROM};
 use crate::amqp::long_str;
 
 /// The most messages one batch handles. RabbitMQ settles each message taken with `basic.get`
@@ -155,6 +156,64 @@ pub(crate) async fn ready_count(ch: &Channel, queue: &str) -> Result<u32, lapin:
         )
         .await?;
     Ok(q.message_count())
+}
+
+/// Samples the dead-letter queue's depth into `outlook_sync_dead_letter_queue_depth` every
+/// `dlq.depth_poll_seconds` until `shutdown` turns true (a worker runs it beside ingest and the
+/// flush). An unreachable broker leaves the gauge as it was and is tried again next time.
+///
+/// It asks only once the worker's ingest has declared the queues (`declared` turned true): a
+/// passive declare of a queue that does not exist yet would close the channel with an error.
+pub async fn watch_depth(
+    cfg: crate::config::Config,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    declared: tokio::sync::watch::Receiver<bool>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut declared_once = false;
+    let every = std::time::Duration::from_secs(cfg.dlq.depth_poll_seconds);
+    let url = cfg.amqp.connection_url();
+    let queue = cfg.amqp.dead_letter_queue.clone();
+    let mut conn: Option<(lapin::Connection, lapin::Channel)> = None;
+    while !*shutdown.borrow() {
+        if conn
+            .as_ref()
+            .is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected())
+        {
+            conn = match crate::amqp::connect(&url, "outlook-sync dlq depth").await {
+                Ok(c) => match c.create_channel().await {
+                    Ok(ch) => Some((c, ch)),
+                    Err(_) => None,
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "dead-letter queue depth: RabbitMQ unreachable");
+                    None
+                }
+            };
+        }
+        declared_once |= *declared.borrow();
+        if let Some((_, ch)) = conn.as_ref().filter(|_| declared_once) {
+            match ready_count(ch, &queue).await {
+                Ok(n) => {
+                    metrics.dead_letter_queue_depth.set(i64::from(n));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "dead-letter queue depth unavailable");
+                    conn = None;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    if let Some((c, ch)) = conn {
+        if ch.status().connected() {
+            let _ = ch.close(200, "bye".into()).await;
+        }
+        let _ = c.close(200, "bye".into()).await;
+    }
 }
 
 impl Rotation<'_> {
@@ -275,21 +334,7 @@ impl Rotation<'_> {
         head_written: &mut bool,
         state: &mut Progress,
     ) -> Result<(), DlqError> {
-        // None = a second copy of a dead letter already seen in this pass: dropped.
-        let mut plan: Vec<(Taken, Option<Action>)> = Vec::with_capacity(batch.len());
-        for mut t in batch {
-            if !seen.insert(t.rec.id.clone()) {
-                plan.push((t, None));
-                continue;
-            }
-            t.rec.position = seen.len() - 1;
-            let action = if self.control.stopping() && !self.control.abandoned() {
-                Action::Keep
-            } else {
-                visitor.visit(&t.rec)
-            };
-            plan.push((t, Some(action)));
-        }
+        let plan = self.decide(batch, visitor, seen);
         if !*head_written && let Some((t, _)) = plan.iter().find(|(_, a)| *a == Some(Action::Keep))
         {
             let mut r = self.redis.clone();
@@ -308,7 +353,67 @@ impl Rotation<'_> {
         if !removed.is_empty() {
             visitor.removing(&removed)?;
         }
+        let failed = self.publish(&plan).await?;
+        if self.control.abandoned() {
+            // As a crash would: nothing of this batch is acked.
+            return Err(DlqError::Interrupted);
+        }
+        let failed_idx: HashSet<usize> = failed.iter().map(|(i, _)| *i).collect();
+        self.ack(&plan, &failed_idx, failed.is_empty() && multiple)
+            .await?;
+        state.scanned += plan.len();
+        for (i, (_, a)) in plan.iter().enumerate() {
+            if failed_idx.contains(&i) {
+                continue;
+            }
+            match a {
+                None => state.duplicates += 1,
+                Some(Action::Keep) => state.kept += 1,
+                Some(Action::Replay(_)) => state.replayed += 1,
+                Some(Action::Remove) => state.removed += 1,
+            }
+        }
+        (self.progress)(state);
+        if let Some((i, why)) = failed.into_iter().next() {
+            return Err(DlqError::Publish {
+                id: plan[i].0.rec.id.clone(),
+                why,
+            });
+        }
+        Ok(())
+    }
 
+    /// Each message's action: the visitor's (or keep, when stopping gracefully); `None` for a
+    /// second copy of a dead letter already seen in this pass (dropped).
+    fn decide(
+        &self,
+        batch: Vec<Taken>,
+        visitor: &mut (dyn Visitor + Send),
+        seen: &mut HashSet<String>,
+    ) -> Vec<(Taken, Option<Action>)> {
+        let mut plan: Vec<(Taken, Option<Action>)> = Vec::with_capacity(batch.len());
+        for mut t in batch {
+            if !seen.insert(t.rec.id.clone()) {
+                plan.push((t, None));
+                continue;
+            }
+            t.rec.position = seen.len() - 1;
+            let action = if self.control.stopping() && !self.control.abandoned() {
+                Action::Keep
+            } else {
+                visitor.visit(&t.rec)
+            };
+            plan.push((t, Some(action)));
+        }
+        plan
+    }
+
+    /// Publishes the copies (to the tail of the queue) and the replays (to the work exchange),
+    /// `mandatory`, and awaits every confirm; returns the ones that failed, with why.
+    async fn publish(
+        &self,
+        plan: &[(Taken, Option<Action>)],
+    ) -> Result<Vec<(usize, String)>, DlqError> {
         let mandatory = BasicPublishOptions {
             mandatory: true,
             ..Default::default()
@@ -351,12 +456,18 @@ impl Rotation<'_> {
                 Err(e) => failed.push((i, format!("{target}: {e}"))),
             }
         }
-        if self.control.abandoned() {
-            // As a crash would: nothing of this batch is acked.
-            return Err(DlqError::Interrupted);
-        }
-        let failed_idx: HashSet<usize> = failed.iter().map(|(i, _)| *i).collect();
-        if failed.is_empty() && multiple {
+        Ok(failed)
+    }
+
+    /// Acks the originals whose copy, replay or archive line is safe: the whole batch with one
+    /// `multiple` ack when it may, else one by one, leaving the failed ones unacked.
+    async fn ack(
+        &self,
+        plan: &[(Taken, Option<Action>)],
+        failed: &HashSet<usize>,
+        multiple: bool,
+    ) -> Result<(), DlqError> {
+        if multiple {
             let last = plan.last().expect("a batch is never empty").0.tag;
             self.ch
                 .basic_ack(last, BasicAckOptions { multiple: true })
@@ -364,32 +475,13 @@ impl Rotation<'_> {
             self.unacked.fetch_sub(plan.len(), Ordering::SeqCst);
         } else {
             for (i, (t, _)) in plan.iter().enumerate() {
-                if !failed_idx.contains(&i) {
+                if !failed.contains(&i) {
                     self.ch
                         .basic_ack(t.tag, BasicAckOptions { multiple: false })
                         .await?;
                     self.unacked.fetch_sub(1, Ordering::SeqCst);
                 }
             }
-        }
-        state.scanned += plan.len();
-        for (i, (_, a)) in plan.iter().enumerate() {
-            if failed_idx.contains(&i) {
-                continue;
-            }
-            match a {
-                None => state.duplicates += 1,
-                Some(Action::Keep) => state.kept += 1,
-                Some(Action::Replay(_)) => state.replayed += 1,
-                Some(Action::Remove) => state.removed += 1,
-            }
-        }
-        (self.progress)(state);
-        if let Some((i, why)) = failed.into_iter().next() {
-            return Err(DlqError::Publish {
-                id: plan[i].0.rec.id.clone(),
-                why,
-            });
         }
         Ok(())
     }

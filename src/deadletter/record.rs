@@ -9,7 +9,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{DEAD_LETTER_ID, ORIGINAL_ROUTING_KEY, REPLAY_COUNT};
+use super::letter::{DEAD_LETTER_ID, ORIGINAL_ROUTING_KEY, REPLAY_COUNT};
 
 /// Who dead-lettered the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,7 +14,11 @@
 //! Every rejection is a [`ContractError`] naming the field and what is wrong, with a stable
 //! [`Reason`] code that travels on the dead letter.
 
+mod dates;
+mod error;
 mod json;
+mod semantics;
+mod structure;
 mod text;
 mod validate;
 
@@ -22,10 +26,10 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 use serde::{Deserialize, Serialize};
 
-pub use validate::{
-    ContractError, FIRST_YEAR, LAST_YEAR, MAX_MESSAGE_BYTES, Reason, check_routing_key, decode,
-    decode_delivery, decode_structure,
-};
+pub use dates::{FIRST_YEAR, LAST_YEAR};
+pub use error::{ContractError, Reason};
+pub use structure::decode_structure;
+pub use validate::{MAX_MESSAGE_BYTES, check_routing_key, decode, decode_delivery};
 
 /// The contract version this service understands.
 pub const SCHEMA_VERSION: u64 = 1;

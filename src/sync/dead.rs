@@ -5,11 +5,14 @@ use jiff::Timestamp;
 use tracing::warn;
 
 use super::Shared;
+use super::batch::Step;
 use super::intake::Claimed;
+use super::work::{Work, graph_entry};
 use crate::amqp;
 use crate::deadletter::DeadLetter;
-use crate::graph::error::GraphError;
+use crate::graph::error::{ErrorClass, GraphError};
 use crate::internal_events::{ChangeDeadLettered, InternalEvent};
+use crate::ledger::{self, Entry};
 
 /// How a claimed schedule ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,4 +92,54 @@ pub async fn publish(
             Settlement::Unsettled
         }
     }
+}
+
+/// Gives up on a change: its dead letter (with Graph's words, and why the service stopped
+/// trying when it kept being refused past `retry.give_up_after_seconds`), the ledger entry that
+/// says so, and a mailbox problem flips its user to auth_failed.
+pub async fn give_up(
+    s: &Shared,
+    w: &Work,
+    e: &GraphError,
+    reason: &'static str,
+) -> (Settlement, Option<Entry>) {
+    let explained = (reason == super::outcome::RETRY_TIME_EXHAUSTED)
+        .then(|| w.gave_up_after(s.cfg.give_up_after()));
+    let failures = (w.first_failure, w.last_failure);
+    let settlement = publish(
+        s,
+        &w.claimed,
+        &w.mailbox,
+        e,
+        (reason, explained.as_deref()),
+        w.attempts,
+        failures,
+    )
+    .await;
+    if matches!(e.class, ErrorClass::Mailbox(_)) {
+        let _ = s
+            .directory
+            .record_sync(&w.company, &w.user, Err((reason, &e.message)))
+            .await;
+    }
+    let Step::Ready(request) = &w.step else {
+        return (settlement, None);
+    };
+    let (kind, why) = match settlement {
+        Settlement::Settled => (ledger::Outcome::DeadLettered, reason),
+        Settlement::Unsettled => (ledger::Outcome::Retrying, "dead_letter_publish_failed"),
+    };
+    let mut entry = graph_entry(
+        w.revision(),
+        &w.mailbox,
+        request.op(),
+        kind,
+        why,
+        e,
+        w.attempts,
+    );
+    if let (ledger::Outcome::DeadLettered, Some(words)) = (kind, explained) {
+        entry.words = words;
+    }
+    (settlement, Some(entry))
 }

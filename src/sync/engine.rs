@@ -638,54 +638,17 @@ impl<'a> Engine<'a> {
         self.written.push(id);
     }
 
-    /// Dead-letters a change given up on (with Graph's words), notes it in the ledger, and
-    /// flips the user to auth_failed when the mailbox is the problem.
+    /// Dead-letters a change given up on (`dead::give_up`) and notes it in the ledger.
     async fn give_up(&mut self, id: u64, e: &GraphError, reason: &'static str) -> Settlement {
         let Some(w) = self.work.get(&id) else {
             return Settlement::Settled;
         };
-        let failures = (w.first_failure, w.last_failure);
-        let explained = (reason == outcome::RETRY_TIME_EXHAUSTED)
-            .then(|| w.gave_up_after(self.s.cfg.give_up_after()));
-        let settlement = super::dead::publish(
-            self.s,
-            &w.claimed,
-            &w.mailbox,
-            e,
-            (reason, explained.as_deref()),
-            w.attempts,
-            failures,
-        )
-        .await;
-        let Step::Ready(request) = &w.step else {
-            return settlement;
-        };
-        let (kind, why) = match settlement {
-            Settlement::Settled => {
-                self.report.dead_letters += 1;
-                (ledger::Outcome::DeadLettered, reason)
-            }
-            Settlement::Unsettled => (ledger::Outcome::Retrying, "dead_letter_publish_failed"),
-        };
-        let mut entry = graph_entry(
-            w.revision(),
-            &w.mailbox,
-            request.op(),
-            kind,
-            why,
-            e,
-            w.attempts,
-        );
-        if let (ledger::Outcome::DeadLettered, Some(words)) = (kind, explained) {
-            entry.words = words;
+        let (settlement, entry) = super::dead::give_up(self.s, w, e, reason).await;
+        if settlement == Settlement::Settled {
+            self.report.dead_letters += 1;
         }
-        self.notes.push((w.claimed.member.clone(), entry));
-        if matches!(e.class, ErrorClass::Mailbox(_)) {
-            let _ = self
-                .s
-                .directory
-                .record_sync(&w.company, &w.user, Err((reason, &e.message)))
-                .await;
+        if let Some(entry) = entry {
+            self.notes.push((w.claimed.member.clone(), entry));
         }
         settlement
     }

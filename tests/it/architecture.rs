@@ -19,7 +19,8 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The code of a file without its `#[cfg(test)] mod … { … }` blocks and comments.
+/// The code of a file without its `#[cfg(test)] mod … { … }` blocks, its `#[cfg(test)] mod …;`
+/// declarations (a `tests.rs` beside the code) and comments.
 fn production_code(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap();
     let mut out = String::new();
@@ -31,6 +32,12 @@ fn production_code(path: &Path) -> String {
             rest = "";
             break;
         };
+        if let Some(semi) = after.find(';')
+            && semi < open
+        {
+            rest = &after[semi + 1..];
+            continue;
+        }
         let mut depth = 0usize;
         let mut end = after.len();
         for (i, c) in after[open..].char_indices() {
@@ -67,7 +74,7 @@ fn the_pure_modules_import_no_io() {
     let mut pure = rust_files(&repo_path("src/event"));
     pure.push(repo_path("src/sync/plan.rs"));
     pure.push(repo_path("src/sync/outcome.rs"));
-    pure.push(repo_path("src/graph/mapping.rs"));
+    pure.extend(rust_files(&repo_path("src/graph/mapping")));
     let forbidden = [
         "redis",
         "lapin",
@@ -84,6 +91,8 @@ fn the_pure_modules_import_no_io() {
         "std::fs",
         "std::net",
     ];
+    // A `tests.rs` beside the code is test code.
+    pure.retain(|f| !f.ends_with("tests.rs"));
     let mut found = Vec::new();
     for f in &pure {
         let code = production_code(f);
@@ -126,7 +135,7 @@ fn no_source_file_is_over_800_lines() {
         for f in rust_files(&repo_path(dir)) {
             let r = rel(&f);
             // Generated from CLDR's windowsZones.xml, a table rather than code.
-            if r == "src/graph/zones.rs" {
+            if r == "src/graph/zones/table.rs" {
                 continue;
             }
             let n = std::fs::read_to_string(&f).unwrap().lines().count();

@@ -1,5 +1,5 @@
-//! Graph's error envelope (GRAPH.md §2.10) and Entra's token error body (§1.3), plus the
-//! internal reply type every handler produces.
+//! Graph's error envelope (GRAPH.md §2.10, [`ErrorReply`]) and Entra's token error body (§1.3),
+//! plus the internal reply type every handler produces ([`Reply`]).
 
 use jiff::Timestamp;
 use serde_json::{Value, json};
@@ -160,9 +160,10 @@ impl Reply {
     }
 }
 
-/// A Graph error before the request ids are known.
+/// The error answer the emulator sends (Graph's envelope, GRAPH.md §2.10), before the request
+/// ids are known: [`ErrorReply::into_reply`] makes it a [`Reply`].
 #[derive(Debug, Clone)]
-pub(crate) struct GraphError {
+pub(crate) struct ErrorReply {
     pub status: u16,
     pub code: String,
     pub message: String,
@@ -171,9 +172,9 @@ pub(crate) struct GraphError {
     pub too_many: bool,
 }
 
-impl GraphError {
-    pub fn new(status: u16, code: &str, message: impl Into<String>) -> GraphError {
-        GraphError {
+impl ErrorReply {
+    pub fn new(status: u16, code: &str, message: impl Into<String>) -> ErrorReply {
+        ErrorReply {
             status,
             code: code.to_string(),
             message: message.into(),
@@ -181,50 +182,50 @@ impl GraphError {
             too_many: false,
         }
     }
-    pub fn header(mut self, name: &str, value: impl Into<String>) -> GraphError {
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> ErrorReply {
         self.headers.push((name.to_string(), value.into()));
         self
     }
 
-    pub fn bad_request(message: impl Into<String>) -> GraphError {
-        GraphError::new(400, "BadRequest", message)
+    pub fn bad_request(message: impl Into<String>) -> ErrorReply {
+        ErrorReply::new(400, "BadRequest", message)
     }
-    pub fn body_read(message: impl Into<String>) -> GraphError {
-        GraphError::new(400, wire::BODY_READ_CODE, message)
+    pub fn body_read(message: impl Into<String>) -> ErrorReply {
+        ErrorReply::new(400, wire::BODY_READ_CODE, message)
     }
-    pub fn unauthenticated(message: &str) -> GraphError {
-        GraphError::new(401, wire::INVALID_TOKEN_CODE, message)
+    pub fn unauthenticated(message: &str) -> ErrorReply {
+        ErrorReply::new(401, wire::INVALID_TOKEN_CODE, message)
             .header("WWW-Authenticate", wire::WWW_AUTHENTICATE)
     }
-    pub fn access_denied() -> GraphError {
-        GraphError::new(403, wire::ACCESS_DENIED_CODE, wire::ACCESS_DENIED)
+    pub fn access_denied() -> ErrorReply {
+        ErrorReply::new(403, wire::ACCESS_DENIED_CODE, wire::ACCESS_DENIED)
     }
-    pub fn item_not_found() -> GraphError {
-        GraphError::new(404, wire::ITEM_NOT_FOUND_CODE, wire::ITEM_NOT_FOUND)
+    pub fn item_not_found() -> ErrorReply {
+        ErrorReply::new(404, wire::ITEM_NOT_FOUND_CODE, wire::ITEM_NOT_FOUND)
     }
-    pub fn invalid_user(segment: &str) -> GraphError {
-        GraphError::new(
+    pub fn invalid_user(segment: &str) -> ErrorReply {
+        ErrorReply::new(
             404,
             wire::INVALID_USER_CODE,
             format!("The requested user '{segment}' is invalid."),
         )
     }
-    pub fn too_many_requests(retry_after: String) -> GraphError {
-        let mut e = GraphError::new(429, wire::TOO_MANY_REQUESTS_CODE, wire::TOO_MANY_REQUESTS)
+    pub fn too_many_requests(retry_after: String) -> ErrorReply {
+        let mut e = ErrorReply::new(429, wire::TOO_MANY_REQUESTS_CODE, wire::TOO_MANY_REQUESTS)
             .header("Retry-After", retry_after);
         e.too_many = true;
         e
     }
-    pub fn concurrency(retry_after: String) -> GraphError {
-        GraphError::new(
+    pub fn concurrency(retry_after: String) -> ErrorReply {
+        ErrorReply::new(
             429,
             wire::THROTTLED_CONCURRENCY_CODE,
             wire::THROTTLED_CONCURRENCY,
         )
         .header("Retry-After", retry_after)
     }
-    pub fn time_zone(tz: &str) -> GraphError {
-        GraphError::new(
+    pub fn time_zone(tz: &str) -> ErrorReply {
+        ErrorReply::new(
             400,
             wire::TIME_ZONE_CODE,
             format!(
@@ -232,8 +233,8 @@ impl GraphError {
             ),
         )
     }
-    pub fn method_not_allowed(method: &str) -> GraphError {
-        GraphError::new(
+    pub fn method_not_allowed(method: &str) -> ErrorReply {
+        ErrorReply::new(
             405,
             "Request_BadRequest",
             format!("The HTTP method '{method}' is not allowed for this resource."),

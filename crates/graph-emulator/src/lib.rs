@@ -8,10 +8,10 @@
 //! | part | file | GRAPH.md |
 //! |---|---|---|
 //! | token endpoint, AADSTS error bodies, JWT-shaped tokens, `/adminconsent` | `token.rs` | §1.1–§1.5 |
-//! | bearer-token check, `www-authenticate` | `graph.rs` | §1.6 |
-//! | error envelope (`error.code/message/innerError`), `request-id` headers | `errors.rs` | §2.10, §2.11 |
-//! | `/users/{x}`, `/calendar`, `/mailboxSettings`, mailbox kinds | `graph.rs` | §5, §7.3 |
-//! | events: create/get/update/delete, list, `calendarView`, validation, `transactionId`, extended properties, `Prefer` | `events.rs`, `odata.rs` | §2.1–§2.9, §6.4 |
+//! | bearer-token check, `www-authenticate`, the request pipeline | `graph/mod.rs` (routes in `graph/route.rs`) | §1.6 |
+//! | error envelope (`error.code/message/innerError`: `ErrorReply`), `request-id` headers | `errors.rs` | §2.10, §2.11 |
+//! | `/users/{x}` (`graph/users.rs`), `/calendar`, `/mailboxSettings` (`graph/calendar.rs`), mailbox kinds (`graph/mod.rs`) | `graph/` | §5, §7.3 |
+//! | events: create/get/update/delete, list, `calendarView` (`graph/calendar.rs`), validation (`events/input.rs`), `transactionId`, extended properties, rendering and `Prefer` (`events/render.rs`, `odata.rs`) | `events/`, `graph/calendar.rs`, `odata.rs` | §2.1–§2.9, §6.4 |
 //! | accepted time-zone names | `timezones.rs` | §2.3 |
 //! | `$batch` | `batch.rs` | §3 |
 //! | throttling (4 in flight, 10,000 requests / 10 min, 150 MB uploads / 5 min per app+mailbox), `Retry-After` | `throttle.rs` | §4 |
@@ -73,6 +73,8 @@
 //!   `mailbox`: `ok` (default) | `no_mailbox` | `policy_denied`, `time_zone` (Windows id,
 //!   default `UTC`), `account_enabled` (default true), `user_purpose` (default `user`).
 //!   Users not listed are unknown.
+#![forbid(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 mod batch;
 mod errors;

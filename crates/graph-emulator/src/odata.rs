@@ -6,7 +6,7 @@
 //! the id's `Name` part compares case-sensitively, the value case-insensitively).
 //! `$expand=singleValueExtendedProperties($filter=id eq '{id}')` (or without the filter: all).
 
-use super::errors::{GraphError, wire};
+use super::errors::{ErrorReply, wire};
 use super::events::{ExtMode, StoredEvent, canonical_property, normalize_ext_id};
 use super::timezones::{self, Zone};
 use super::util::Headers;
@@ -102,13 +102,13 @@ impl ExtFilter {
     }
 }
 
-fn invalid_filter() -> GraphError {
-    GraphError::new(400, wire::INVALID_FILTER_CODE, wire::INVALID_FILTER)
+fn invalid_filter() -> ErrorReply {
+    ErrorReply::new(400, wire::INVALID_FILTER_CODE, wire::INVALID_FILTER)
 }
 
 /// Parses `var/id eq 'x' [and var/value eq 'y']` (either order) from `toks`, given the
 /// variable name (`None` in `$expand`'s inner filter, where paths are bare `id`/`value`).
-fn parse_clauses(toks: &[Tok], var: Option<&str>) -> Result<ExtFilter, GraphError> {
+fn parse_clauses(toks: &[Tok], var: Option<&str>) -> Result<ExtFilter, ErrorReply> {
     let mut f = ExtFilter::default();
     let mut i = 0;
     loop {
@@ -146,7 +146,7 @@ fn parse_clauses(toks: &[Tok], var: Option<&str>) -> Result<ExtFilter, GraphErro
     }
 }
 
-pub(crate) fn parse_filter(s: &str) -> Result<ExtFilter, GraphError> {
+pub(crate) fn parse_filter(s: &str) -> Result<ExtFilter, ErrorReply> {
     let toks = tokenize(s).ok_or_else(invalid_filter)?;
     let [
         Tok::Word(head),
@@ -169,11 +169,11 @@ pub(crate) fn parse_filter(s: &str) -> Result<ExtFilter, GraphError> {
     Ok(f)
 }
 
-pub(crate) fn parse_expand(s: &str) -> Result<ExtMode, GraphError> {
+pub(crate) fn parse_expand(s: &str) -> Result<ExtMode, ErrorReply> {
     let s = s.trim();
     const PROP: &str = "singleValueExtendedProperties";
     let bad = || {
-        GraphError::bad_request(format!(
+        ErrorReply::bad_request(format!(
             "Parsing OData Select and Expand failed: Could not find a property named '{s}' on type 'microsoft.graph.event'."
         ))
     };
@@ -229,7 +229,7 @@ pub(crate) struct EventQuery {
     pub end_date_time: Option<String>,
 }
 
-pub(crate) fn parse_event_query(pairs: &[(String, String)]) -> Result<EventQuery, GraphError> {
+pub(crate) fn parse_event_query(pairs: &[(String, String)]) -> Result<EventQuery, ErrorReply> {
     let mut q = EventQuery::default();
     for (k, v) in pairs {
         let key = k.to_ascii_lowercase();
@@ -240,7 +240,7 @@ pub(crate) fn parse_event_query(pairs: &[(String, String)]) -> Result<EventQuery
                 let mut list = Vec::new();
                 for name in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                     let Some(p) = canonical_property(name) else {
-                        return Err(GraphError::new(
+                        return Err(ErrorReply::new(
                             400,
                             "RequestBroker--ParseUri",
                             format!(
@@ -254,14 +254,14 @@ pub(crate) fn parse_event_query(pairs: &[(String, String)]) -> Result<EventQuery
             }
             "$top" => {
                 q.top = Some(v.trim().parse().map_err(|_| {
-                    GraphError::bad_request(format!(
+                    ErrorReply::bad_request(format!(
                         "Invalid value '{v}' for $top query option found."
                     ))
                 })?)
             }
             "$skip" => {
                 q.skip = v.trim().parse().map_err(|_| {
-                    GraphError::bad_request(format!(
+                    ErrorReply::bad_request(format!(
                         "Invalid value '{v}' for $skip query option found."
                     ))
                 })?
@@ -275,7 +275,7 @@ pub(crate) fn parse_event_query(pairs: &[(String, String)]) -> Result<EventQuery
                     Some(d) if d.eq_ignore_ascii_case("asc") => false,
                     Some(d) if d.eq_ignore_ascii_case("desc") => true,
                     Some(_) => {
-                        return Err(GraphError::bad_request(format!("Invalid $orderby '{v}'.")));
+                        return Err(ErrorReply::bad_request(format!("Invalid $orderby '{v}'.")));
                     }
                 };
                 let key = match field.to_ascii_lowercase().as_str() {
@@ -285,7 +285,7 @@ pub(crate) fn parse_event_query(pairs: &[(String, String)]) -> Result<EventQuery
                     "lastmodifieddatetime" => OrderBy::Modified,
                     "subject" => OrderBy::Subject,
                     _ => {
-                        return Err(GraphError::bad_request(format!(
+                        return Err(ErrorReply::bad_request(format!(
                             "The emulator cannot order events by '{field}'."
                         )));
                     }
@@ -295,7 +295,7 @@ pub(crate) fn parse_event_query(pairs: &[(String, String)]) -> Result<EventQuery
             "startdatetime" => q.start_date_time = Some(v.clone()),
             "enddatetime" => q.end_date_time = Some(v.clone()),
             _ if key.starts_with('$') => {
-                return Err(GraphError::bad_request(format!(
+                return Err(ErrorReply::bad_request(format!(
                     "Query option '{k}' is not allowed. Make sure that the query option is supported for this resource."
                 )));
             }

@@ -9,9 +9,9 @@ use jiff::Timestamp;
 use serde_json::{Value, json};
 
 use super::errors::{Reply, aad_error, wire};
-use super::state::Inner;
+use super::state::{AppRec, Inner};
 use super::util::{self, Headers};
-use super::{Consent, MissingSecretError};
+use super::{Consent, MissingSecretError, Settings};
 
 pub(crate) const GRAPH_AUDIENCE: &str = "https://graph.microsoft.com";
 const GRAPH_DEFAULT_SCOPES: &[&str] = &[
@@ -130,26 +130,8 @@ impl Inner {
             )
             .header("Retry-After", "1");
         }
-        let lower = tenant_seg.to_ascii_lowercase();
-        if matches!(lower.as_str(), "common" | "consumers" | "organizations") {
-            return aad_error(
-                400,
-                "invalid_request",
-                9001023,
-                "The grant type isn't supported over the /common or /consumers endpoints. Please use the /organizations or tenant-specific endpoint.",
-                corr,
-            );
-        }
-        if !tenant_segment_valid(tenant_seg) {
-            return aad_error(
-                400,
-                "invalid_request",
-                900023,
-                &format!(
-                    "Specified tenant identifier '{tenant_seg}' is neither a valid DNS name, nor a valid external domain."
-                ),
-                corr,
-            );
+        if let Err(r) = check_tenant_segment(tenant_seg, corr) {
+            return r;
         }
         let settings = self.settings();
         let mut dir = self.dir.lock().expect("dir");
@@ -165,17 +147,8 @@ impl Inner {
             );
         };
         let tenant_id = tenant.id.clone();
-        let missing = |name: &str| {
-            aad_error(
-                400,
-                "invalid_request",
-                900144,
-                &format!("The request body must contain the following parameter: '{name}'."),
-                corr,
-            )
-        };
         let Some(grant_type) = param(params, "grant_type") else {
-            return missing("grant_type");
+            return missing("grant_type", corr);
         };
         if grant_type != "client_credentials" {
             return aad_error(
@@ -187,7 +160,7 @@ impl Inner {
             );
         }
         let Some(client_id) = client_id else {
-            return missing("client_id");
+            return missing("client_id", corr);
         };
         let app = match dir.apps.get_mut(&client_id.to_ascii_lowercase()) {
             Some(app) if app.tenant_id.eq_ignore_ascii_case(&tenant_id) => app,
@@ -203,75 +176,16 @@ impl Inner {
                 );
             }
         };
-        let Some(scope) = param(params, "scope") else {
-            return missing("scope");
-        };
-        let scopes: Vec<&str> = scope.split_whitespace().collect();
-        if scopes.is_empty()
-            || !scopes.iter().all(|s| {
-                GRAPH_DEFAULT_SCOPES
-                    .iter()
-                    .any(|d| d.eq_ignore_ascii_case(s))
-            })
-        {
-            return aad_error(
-                400,
-                "invalid_scope",
-                70011,
-                &format!(
-                    "The provided value for the input parameter 'scope' isn't valid. The scope {scope} isn't valid. Client credential flows must use a scope of the form '{{resource}}/.default', e.g. 'https://graph.microsoft.com/.default'."
-                ),
-                corr,
-            );
+        if let Err(r) = check_scope(params, corr) {
+            return r;
         }
-        let candidates: Vec<String> = match (param(params, "client_secret"), &basic) {
-            (Some(s), _) => vec![s.to_string()],
-            (None, Some((_, decoded, raw))) => vec![decoded.clone(), raw.clone()],
-            (None, None) => {
-                return match settings.missing_secret_error {
-                    MissingSecretError::InvalidRequest900144 => missing("client_secret"),
-                    MissingSecretError::InvalidClient7000218 => aad_error(
-                        401,
-                        "invalid_client",
-                        7000218,
-                        "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
-                        corr,
-                    ),
-                };
-            }
+        let candidates = match secret_candidates(params, basic.as_ref(), &settings, corr) {
+            Ok(c) => c,
+            Err(r) => return r,
         };
         let now = Timestamp::now();
-        let matching: Vec<_> = app
-            .secrets
-            .iter()
-            .filter(|s| candidates.contains(&s.value))
-            .collect();
-        if matching.is_empty() {
-            return aad_error(
-                401,
-                "invalid_client",
-                7000215,
-                &format!(
-                    "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{}'.",
-                    app.client_id
-                ),
-                corr,
-            );
-        }
-        if matching
-            .iter()
-            .all(|s| s.expires_at.is_some_and(|e| e <= now))
-        {
-            return aad_error(
-                401,
-                "invalid_client",
-                7000222,
-                &format!(
-                    "The provided client secret keys for app '{}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds.",
-                    app.client_id
-                ),
-                corr,
-            );
+        if let Err(r) = check_secret(app, &candidates, now, corr) {
+            return r;
         }
         let roles = if app.consent == Consent::Granted {
             app.roles.clone()
@@ -289,26 +203,7 @@ impl Inner {
         );
         drop(dir);
         super::state::Counters::inc(&self.counters.tokens_issued);
-        let body = json!({
-            "token_type": "Bearer",
-            "expires_in": lifetime,
-            "ext_expires_in": lifetime,
-            "access_token": token,
-        });
-        Reply {
-            status: 200,
-            headers: vec![
-                (
-                    "Content-Type".into(),
-                    "application/json; charset=utf-8".into(),
-                ),
-                ("Cache-Control".into(), "no-store, no-cache".into()),
-                ("Pragma".into(), "no-cache".into()),
-                ("client-request-id".into(), corr.to_string()),
-            ],
-            body: super::errors::Body::Json(body),
-            drop_connection: false,
-        }
+        token_reply(&token, lifetime, corr)
     }
 
     fn issue_token(
@@ -483,5 +378,160 @@ impl Inner {
         let location = format!("{redirect}{sep}{}", util::build_query(&pairs));
         let reply = Reply::empty(302).header("Location", location);
         (reply, client_id)
+    }
+}
+
+/// `/common`, `/consumers` and `/organizations` take no client credentials; the segment must be
+/// a GUID or a DNS name.
+fn check_tenant_segment(tenant_seg: &str, corr: &str) -> Result<(), Reply> {
+    let lower = tenant_seg.to_ascii_lowercase();
+    if matches!(lower.as_str(), "common" | "consumers" | "organizations") {
+        return Err(aad_error(
+            400,
+            "invalid_request",
+            9001023,
+            "The grant type isn't supported over the /common or /consumers endpoints. Please use the /organizations or tenant-specific endpoint.",
+            corr,
+        ));
+    }
+    if !tenant_segment_valid(tenant_seg) {
+        return Err(aad_error(
+            400,
+            "invalid_request",
+            900023,
+            &format!(
+                "Specified tenant identifier '{tenant_seg}' is neither a valid DNS name, nor a valid external domain."
+            ),
+            corr,
+        ));
+    }
+    Ok(())
+}
+
+/// `AADSTS900144`: a required parameter is missing.
+fn missing(name: &str, corr: &str) -> Reply {
+    aad_error(
+        400,
+        "invalid_request",
+        900144,
+        &format!("The request body must contain the following parameter: '{name}'."),
+        corr,
+    )
+}
+
+/// `scope`: present, and only Graph's `.default`.
+fn check_scope(params: &[(String, String)], corr: &str) -> Result<(), Reply> {
+    let Some(scope) = param(params, "scope") else {
+        return Err(missing("scope", corr));
+    };
+    let scopes: Vec<&str> = scope.split_whitespace().collect();
+    if scopes.is_empty()
+        || !scopes.iter().all(|s| {
+            GRAPH_DEFAULT_SCOPES
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(s))
+        })
+    {
+        return Err(aad_error(
+            400,
+            "invalid_scope",
+            70011,
+            &format!(
+                "The provided value for the input parameter 'scope' isn't valid. The scope {scope} isn't valid. Client credential flows must use a scope of the form '{{resource}}/.default', e.g. 'https://graph.microsoft.com/.default'."
+            ),
+            corr,
+        ));
+    }
+    Ok(())
+}
+
+/// The secrets a request offers: `client_secret`, else HTTP Basic's (decoded, and as sent).
+fn secret_candidates(
+    params: &[(String, String)],
+    basic: Option<&(String, String, String)>,
+    settings: &Settings,
+    corr: &str,
+) -> Result<Vec<String>, Reply> {
+    Ok(match (param(params, "client_secret"), basic) {
+        (Some(s), _) => vec![s.to_string()],
+        (None, Some((_, decoded, raw))) => vec![decoded.clone(), raw.clone()],
+        (None, None) => {
+            return Err(match settings.missing_secret_error {
+                MissingSecretError::InvalidRequest900144 => missing("client_secret", corr),
+                MissingSecretError::InvalidClient7000218 => aad_error(
+                    401,
+                    "invalid_client",
+                    7000218,
+                    "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+                    corr,
+                ),
+            });
+        }
+    })
+}
+
+/// One of the app's secrets is offered, and not all the offered ones have expired.
+fn check_secret(
+    app: &AppRec,
+    candidates: &[String],
+    now: Timestamp,
+    corr: &str,
+) -> Result<(), Reply> {
+    let matching: Vec<_> = app
+        .secrets
+        .iter()
+        .filter(|s| candidates.contains(&s.value))
+        .collect();
+    if matching.is_empty() {
+        return Err(aad_error(
+            401,
+            "invalid_client",
+            7000215,
+            &format!(
+                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{}'.",
+                app.client_id
+            ),
+            corr,
+        ));
+    }
+    if matching
+        .iter()
+        .all(|s| s.expires_at.is_some_and(|e| e <= now))
+    {
+        return Err(aad_error(
+            401,
+            "invalid_client",
+            7000222,
+            &format!(
+                "The provided client secret keys for app '{}' are expired. Visit the Azure portal to create new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate credentials for added security: https://aka.ms/certCreds.",
+                app.client_id
+            ),
+            corr,
+        ));
+    }
+    Ok(())
+}
+
+/// The token endpoint's 200: the bearer token and its lifetime.
+fn token_reply(token: &str, lifetime: i64, corr: &str) -> Reply {
+    let body = json!({
+        "token_type": "Bearer",
+        "expires_in": lifetime,
+        "ext_expires_in": lifetime,
+        "access_token": token,
+    });
+    Reply {
+        status: 200,
+        headers: vec![
+            (
+                "Content-Type".into(),
+                "application/json; charset=utf-8".into(),
+            ),
+            ("Cache-Control".into(), "no-store, no-cache".into()),
+            ("Pragma".into(), "no-cache".into()),
+            ("client-request-id".into(), corr.to_string()),
+        ],
+        body: super::errors::Body::Json(body),
+        drop_connection: false,
     }
 }
