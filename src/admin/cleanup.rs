@@ -18,8 +18,8 @@ use super::service::{Admin, AdminError, Progress, ProgressFn};
 use crate::graph::client::{Credentials, GraphRequest, GraphResponse, MAX_BATCH};
 use crate::graph::error::{ErrorClass, GraphError, MailboxProblem};
 use crate::graph::requests::{self, LookupPage};
-use crate::store::MailboxLeases;
 use crate::store::Member;
+use crate::store::{LeaseGuard, MailboxLeases};
 
 /// What removing copies from a mailbox did.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -66,7 +66,7 @@ pub(crate) async fn delete_copies(
             retry_after: Some(lease_wait),
         });
     };
-    let result = run(admin, company, creds, &mailbox, progress).await;
+    let result = run(admin, &lease, company, creds, &mailbox, progress).await;
     lease.release().await;
     result
 }
@@ -78,10 +78,12 @@ enum Fate {
     Failed(String),
 }
 
-/// The mailbox being cleaned, for one company with its credentials.
+/// The mailbox being cleaned, for one company with its credentials, under the mailbox's lease
+/// (which paces every batch within the mailbox's request budget, as the flush does).
 #[derive(Clone, Copy)]
 struct Target<'a> {
     admin: &'a Admin,
+    lease: &'a LeaseGuard,
     company: &'a str,
     creds: &'a Credentials,
     mailbox: &'a str,
@@ -89,6 +91,7 @@ struct Target<'a> {
 
 async fn run(
     admin: &Admin,
+    lease: &LeaseGuard,
     company: &str,
     creds: &Credentials,
     mailbox: &str,
@@ -96,6 +99,7 @@ async fn run(
 ) -> Result<CleanupReport, AdminError> {
     let at = Target {
         admin,
+        lease,
         company,
         creds,
         mailbox,
@@ -160,8 +164,8 @@ async fn look_up(
     let Target {
         admin,
         company,
-        creds,
         mailbox,
+        ..
     } = at;
     while !lookups.is_empty() {
         let reqs: Vec<GraphRequest> = lookups
@@ -176,7 +180,7 @@ async fn look_up(
                 )
             })
             .collect();
-        let results = batch_retrying(admin, company, creds, reqs).await;
+        let results = batch_retrying(at, reqs).await;
         let mut more = Vec::new();
         for ((i, _), r) in lookups.into_iter().zip(results) {
             match r {
@@ -218,7 +222,7 @@ async fn delete(at: Target<'_>, targets: &[Vec<String>], fates: &mut [Option<Fat
     let mut pending = reqs;
     while !pending.is_empty() {
         let rest = pending.split_off(pending.len().min(MAX_BATCH));
-        results.extend(batch_retrying(at.admin, at.company, at.creds, pending).await);
+        results.extend(batch_retrying(at, pending).await);
         pending = rest;
     }
     for (&i, r) in owners.iter().zip(results) {
@@ -281,11 +285,16 @@ struct Busy {
 /// throttled or unavailable after the longest `Retry-After` (else backon's exponential step),
 /// up to [`ROUNDS`] times in all. One result per request, in order.
 async fn batch_retrying(
-    admin: &Admin,
-    company: &str,
-    creds: &Credentials,
+    at: Target<'_>,
     reqs: Vec<GraphRequest>,
 ) -> Vec<Result<GraphResponse, GraphError>> {
+    let Target {
+        admin,
+        lease,
+        company,
+        creds,
+        ..
+    } = at;
     let results: Mutex<Vec<Option<Result<GraphResponse, GraphError>>>> =
         Mutex::new((0..reqs.len()).map(|_| None).collect());
     let reqs = &reqs;
@@ -299,6 +308,7 @@ async fn batch_retrying(
             return Ok(());
         }
         let batch: Vec<GraphRequest> = pending.iter().map(|&i| reqs[i].clone()).collect();
+        lease.pace(batch.len()).await;
         match admin.graph.batch(company, creds, &batch).await {
             Ok(items) => {
                 let mut busy: Option<Busy> = None;

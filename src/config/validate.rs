@@ -143,10 +143,10 @@ impl Config {
         if r.give_up_after_seconds == 0 {
             return Err(bad("retry.give_up_after_seconds", "must be at least 1"));
         }
-        if g.mailbox_request_budget < 10 || g.mailbox_budget_window_seconds == 0 {
+        if g.mailbox_request_budget < 40 || g.mailbox_budget_window_seconds == 0 {
             return Err(bad(
                 "graph.mailbox_request_budget",
-                "must be at least 10 requests per graph.mailbox_budget_window_seconds (at least 1)",
+                "must be at least 40 requests (two full $batches) per graph.mailbox_budget_window_seconds (at least 1)",
             ));
         }
         if r.initial_backoff_ms == 0 || r.initial_backoff_ms > r.max_backoff_ms {

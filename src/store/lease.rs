@@ -194,26 +194,31 @@ pub struct LeaseGuard {
     company: String,
     mailbox: String,
     token: String,
-    tat_us: Option<u64>,
+    tat_us: std::sync::Mutex<Option<u64>>,
     _renewer: AbortOnDrop,
 }
 
 impl LeaseGuard {
     /// Waits until `n` more requests fit the mailbox's budget, and reserves them.
-    pub async fn pace(&mut self, n: usize) {
+    pub async fn pace(&self, n: usize) {
         loop {
-            match self.leases.budget.reserve(self.tat_us, pace::now_us(), n) {
-                Ok(tat) => {
-                    self.tat_us = Some(tat);
-                    return;
+            let wait = {
+                let mut tat = self.tat_us.lock().expect("budget");
+                match self.leases.budget.reserve(*tat, pace::now_us(), n) {
+                    Ok(next) => {
+                        *tat = Some(next);
+                        return;
+                    }
+                    Err(wait) => wait,
                 }
-                Err(wait) => tokio::time::sleep(wait).await,
-            }
+            };
+            tokio::time::sleep(wait).await;
         }
     }
 
     pub async fn release(self) {
-        let given = [(self.mailbox.clone(), self.token.clone(), self.tat_us)];
+        let tat = *self.tat_us.lock().expect("budget");
+        let given = [(self.mailbox.clone(), self.token.clone(), tat)];
         self.leases.release_many(&self.company, &given).await;
     }
 }
@@ -279,7 +284,7 @@ impl MailboxLeases {
                     company: company.to_string(),
                     mailbox: mailbox.to_string(),
                     token: taken.token,
-                    tat_us: taken.tat_us,
+                    tat_us: std::sync::Mutex::new(taken.tat_us),
                     _renewer: self.leases.keep_renewed(held, None),
                 }))
             }

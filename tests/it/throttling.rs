@@ -224,3 +224,62 @@ async fn a_backlog_for_one_mailbox_is_paced_within_its_budget_and_never_throttle
     );
     sb.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_unlink_of_many_copies_is_paced_within_the_mailboxs_budget() {
+    let sb = sandbox("paced-unlink", Settings::default()).await;
+    let c = "acme";
+    sb.company(c, Plan::Standard, &[("u-1", "taro", OK)])
+        .await
+        .unwrap();
+    let taro = mailbox("taro", c);
+    let w = sb.worker().await.unwrap();
+    let events: Vec<_> = (0..60)
+        .map(|i| {
+            Ev::created(c, &format!("s-{i}"))
+                .title(&format!("visit {i}"))
+                .people("u-1", &[])
+                .wire()
+        })
+        .collect();
+    sb.publish(&events).await.unwrap();
+    idle(&sb, Duration::from_secs(60)).await;
+    w.stop(Duration::from_secs(5)).await;
+    assert_eq!(subjects(&sb, &taro).len(), 60);
+    // From now on Graph allows 40 requests per 3 s to the mailbox, and the admin is told so
+    // (after the creates have left that window).
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    sb.emulator.emulator.update_settings(|s| {
+        s.requests_per_window = 40;
+        s.rate_window = Duration::from_secs(3);
+    });
+    sb.emulator.emulator.clear_log();
+    let mut cfg = sb.cfg.clone();
+    cfg.graph.mailbox_request_budget = 40;
+    cfg.graph.mailbox_budget_window_seconds = 3;
+    let admin = outlook_sync::admin::Admin::new(
+        std::sync::Arc::new(cfg.clone()),
+        sb.redis.clone(),
+        outlook_sync::graph::client::GraphClient::new(&cfg.graph),
+        outlook_sync::metrics::Metrics::new(),
+    );
+    let started = SystemTime::now();
+    let report = admin
+        .unlink_user(c, "u-1", true, std::sync::Arc::new(|_| {}))
+        .await
+        .unwrap();
+    let took = started.elapsed().unwrap();
+    let copies = report.copies.expect("copies were removed");
+    assert_eq!((copies.deleted, copies.failed.len()), (60, 0), "{copies:?}");
+    assert!(subjects(&sb, &taro).is_empty());
+    let log = sb.emulator.emulator.request_log();
+    assert!(
+        log.iter().all(|r| r.status != 429),
+        "the unlink ran into Graph's limit instead of pacing itself"
+    );
+    assert!(
+        took >= Duration::from_secs(3),
+        "60 deletes at 30 per 3 s took {took:?}"
+    );
+    sb.cleanup().await;
+}
