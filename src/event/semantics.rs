@@ -76,7 +76,13 @@ fn schedule_semantics(s: WireSchedule) -> Result<Schedule, ContractError> {
             return Err(err(
                 Reason::EndBeforeStart,
                 "schedule.end",
-                format!("{end} is not after start {start}"),
+                // Quoted as the event wrote them (with their offset), not converted to UTC,
+                // so the reader finds them in the message.
+                format!(
+                    "{} is not after start {}",
+                    s.end.as_deref().unwrap_or_default(),
+                    s.start.as_deref().unwrap_or_default()
+                ),
             ));
         }
         if end.as_second() - start.as_second() > MAX_TIMED_DAYS * 86_400 {
