@@ -972,6 +972,21 @@ fn compose_runs_rabbitmq_redis_the_emulator_and_a_worker_with_a_valid_configurat
         services["graph-emulator"]["build"]["dockerfile"],
         "deploy/Dockerfile"
     );
+    // ...built from the Dockerfile's emulator stage, since the worker's image has no emulator.
+    let target = services["graph-emulator"]["build"]["target"]
+        .as_str()
+        .expect("the emulator service builds a target of its own");
+    let dockerfile = read("deploy/Dockerfile");
+    assert!(
+        dockerfile
+            .lines()
+            .any(|l| l.starts_with("FROM ") && l.ends_with(&format!(" AS {target}"))),
+        "deploy/Dockerfile has no stage {target}"
+    );
+    assert_ne!(
+        services["graph-emulator"]["image"], services["worker"]["image"],
+        "the emulator and the worker are different images"
+    );
     // The worker: its environment is a configuration the binary accepts, pointing at the others.
     let w = &services["worker"];
     let env: Vec<(String, String)> = w["environment"]
@@ -1026,6 +1041,20 @@ fn the_dockerfile_builds_locked_in_stages_and_runs_non_root() {
     assert!(froms.len() >= 2, "multi-stage: {froms:?}");
     assert!(froms[0].contains(" AS build"), "{froms:?}");
     assert!(text.contains("cargo build --release --locked"));
+    // The worker's image is built without the emulator, demo and bench.
+    let build_stage = text
+        .split("\nFROM ")
+        .find(|stage| {
+            stage
+                .lines()
+                .next()
+                .is_some_and(|l| l.ends_with(" AS build"))
+        })
+        .expect("a stage named build");
+    assert!(
+        build_stage.contains("cargo build --release --locked --no-default-features"),
+        "the production binary is built with --no-default-features: {build_stage}"
+    );
     let last_stage: Vec<&&str> = lines
         .iter()
         .skip_while(|l| !std::ptr::eq(**l, *froms[froms.len() - 1]))
