@@ -1,25 +1,29 @@
 //! A secret (a client secret, an admin token): its `Debug` and `Display` never reveal it, it has
-//! no `Serialize`, and reading it takes an explicit call to [`Secret::expose`].
+//! no `Serialize` and no `==` (the admin API compares tokens' digests in constant time, `admin::auth`), its memory is
+//! zeroed when it is dropped (`secrecy`), and reading it takes an explicit call to
+//! [`Secret::expose`].
 
 use std::fmt;
 
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+use secrecy::{ExposeSecret, SecretString};
+
+#[derive(Clone)]
+pub struct Secret(SecretString);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
+        Self(SecretString::from(value.into()))
     }
 
     /// The value itself: call only where it is sent to where it belongs.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 
     /// A short, non-reversible fingerprint (for cache keys and "which secret" diagnostics).
     pub fn fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
-        let digest = Sha256::digest(self.0.as_bytes());
+        let digest = Sha256::digest(self.expose().as_bytes());
         hex::encode(&digest[..6])
     }
 }

@@ -38,7 +38,7 @@ pub const MAX_BATCH: usize = 20;
 pub const DEFAULT_SCOPE: &str = "https://graph.microsoft.com/.default";
 
 /// A company's app registration (client credentials).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Credentials {
     pub tenant_id: String,
     pub client_id: String,
