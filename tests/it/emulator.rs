@@ -2390,3 +2390,6 @@ async fn upload_bytes_limit_throttles_writes_but_not_reads() {
     assert_eq!(e.post(&t, &path, body).await.status, 201);
     assert_eq!(e.em().calendar(TARO).len(), fits + 1);
 }
+
+#[path = "emulator_delta.rs"]
+mod delta;

@@ -398,6 +398,12 @@ fn scripted_fault(kind: super::FaultKind) -> Result<Reply, ErrorReply> {
         FaultKind::Throttle429 { retry_after } => Err(ErrorReply::too_many_requests(
             super::util::format_retry_after(retry_after, true),
         )),
+        // A $batch envelope has no state token: the fault is the batch's own failure.
+        FaultKind::SyncStateNotFound => Err(ErrorReply::new(
+            410,
+            wire::SYNC_STATE_NOT_FOUND_CODE,
+            wire::SYNC_STATE_NOT_FOUND,
+        )),
         FaultKind::Gateway504 | FaultKind::Gateway504AfterCreate => Err(ErrorReply::new(
             504,
             wire::GATEWAY_TIMEOUT_CODE,

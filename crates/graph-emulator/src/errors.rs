@@ -65,6 +65,9 @@ pub mod wire {
     pub const INVALID_FILTER_CODE: &str = "ErrorInvalidUrlQueryFilter";
     pub const INVALID_FILTER: &str = "The query filter contains one or more invalid nodes.";
     pub const CALENDAR_VIEW_WINDOW_CODE: &str = "ErrorInvalidParameter";
+    /// A delta state token that is unknown or expired (410 Gone).
+    pub const SYNC_STATE_NOT_FOUND_CODE: &str = "syncStateNotFound";
+    pub const SYNC_STATE_NOT_FOUND: &str = "The sync state generation is not found. The delta token is expired and data must be synchronized again.";
     pub const CALENDAR_VIEW_WINDOW: &str = "This request requires a time window specified by the query string parameters StartDateTime and EndDateTime.";
     /// UNCONFIRMED: `/me` with an app-only token.
     pub const ME_WITH_APP_TOKEN: &str =

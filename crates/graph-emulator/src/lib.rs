@@ -12,6 +12,7 @@
 //! | error envelope (`error.code/message/innerError`: `ErrorReply`), `request-id` headers | `errors.rs` | §2.10, §2.11 |
 //! | `/users/{x}` (`graph/users.rs`), `/calendar`, `/mailboxSettings` (`graph/calendar.rs`), mailbox kinds (`graph/mod.rs`) | `graph/` | §5, §7.3 |
 //! | events: create/get/update/delete, list, `calendarView` (`graph/calendar.rs`), validation (`events/input.rs`), `transactionId`, extended properties, rendering and `Prefer` (`events/render.rs`, `odata.rs`) | `events/`, `graph/calendar.rs`, `odata.rs` | §2.1–§2.9, §6.4 |
+//! | `calendarView/delta`: rounds, `nextLink`/`deltaLink`, `@removed`, 410 `syncStateNotFound`; the owner's edits and deletions (`Emulator::edit_event`, `remove_event`) | `graph/delta.rs` | ARCHITECTURE.md "Delta" |
 //! | accepted time-zone names | `timezones.rs` | §2.3 |
 //! | `$batch` | `batch.rs` | §3 |
 //! | throttling (4 in flight, 10,000 requests / 10 min, 150 MB uploads / 5 min per app+mailbox), `Retry-After` | `throttle.rs` | §4 |
@@ -322,6 +323,9 @@ pub enum FaultKind {
     Throttle429 { retry_after: f64 },
     /// 401 `InvalidAuthenticationToken` "Access token has expired or is not yet valid."
     ExpiredToken,
+    /// 410 `syncStateNotFound`: a delta state token Graph no longer knows (match it with
+    /// `path_contains("calendarView/delta")`).
+    SyncStateNotFound,
 }
 
 /// Counters since start.
@@ -437,10 +441,32 @@ impl Emulator {
         self.inner.calendar(mailbox)
     }
 
-    /// Deletes a stored event as its owner would in Outlook (no request, nothing logged).
+    /// Deletes a stored event as its owner would in Outlook (no request, nothing logged; the next
+    /// delta round lists it `@removed`).
     /// False if the mailbox or the event is unknown.
     pub fn remove_event(&self, mailbox: &str, event_id: &str) -> bool {
         self.inner.remove_event(mailbox, event_id)
+    }
+
+    /// Edits a stored event as its owner would in Outlook (no request, nothing logged): `patch`
+    /// is a Graph PATCH body (`subject`, `start`/`end`, `location`, ...), validated as Graph
+    /// would; the event gets a new changeKey and shows up in the next delta round.
+    pub fn edit_event(
+        &self,
+        mailbox: &str,
+        event_id: &str,
+        patch: &serde_json::Value,
+    ) -> Result<(), String> {
+        self.inner.edit_event(mailbox, event_id, patch)
+    }
+
+    /// Forgets every delta state token of a mailbox (UPN or id): its next delta request with a
+    /// nextLink or deltaLink answers 410 `syncStateNotFound`. The number forgotten.
+    pub fn expire_delta_tokens(&self, mailbox: &str) -> usize {
+        match self.inner.find_user(mailbox) {
+            Some(u) => self.inner.expire_delta_tokens(&u.mailbox_key()),
+            None => 0,
+        }
     }
 
     pub fn stats(&self) -> Stats {

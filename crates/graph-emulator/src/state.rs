@@ -177,6 +177,8 @@ pub(crate) struct Mailbox {
     /// Exchange's string comparisons) → event id.
     pub transactions: HashMap<String, String>,
     pub next_seq: u64,
+    /// The calendar's change clock and what each change left (`graph/delta.rs`).
+    pub changes: super::graph::ChangeLog,
 }
 
 #[derive(Debug, Default)]
@@ -209,6 +211,8 @@ pub(crate) struct Inner {
     pub log: Mutex<VecDeque<LoggedRequest>>,
     pub counters: Counters,
     pub shuffle_rng: Mutex<StdRng>,
+    /// The delta rounds' state tokens (`graph/delta.rs`).
+    pub delta_tokens: Mutex<super::graph::DeltaTokens>,
 }
 
 impl Inner {
@@ -228,6 +232,7 @@ impl Inner {
             log: Mutex::new(VecDeque::new()),
             counters: Counters::default(),
             shuffle_rng: Mutex::new(StdRng::seed_from_u64(shuffle_seed)),
+            delta_tokens: Mutex::new(Default::default()),
             settings: Mutex::new(settings),
         }
     }
@@ -282,9 +287,35 @@ impl Inner {
             return false;
         };
         let mut store = self.store.lock().expect("store");
-        store
+        let Some(mbox) = store.get_mut(&user.mailbox_key()) else {
+            return false;
+        };
+        match mbox.events.remove(event_id) {
+            Some(ev) => {
+                mbox.changes.removed(&ev);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn edit_event(&self, mailbox: &str, event_id: &str, patch: &Value) -> Result<(), String> {
+        let user = self
+            .find_user(mailbox)
+            .ok_or_else(|| format!("unknown mailbox {mailbox}"))?;
+        let settings = self.settings();
+        let draft = super::events::parse_input(patch, &settings).map_err(|e| e.message)?;
+        let mut store = self.store.lock().expect("store");
+        let mbox = store
             .get_mut(&user.mailbox_key())
-            .is_some_and(|m| m.events.remove(event_id).is_some())
+            .ok_or_else(|| format!("no events in {mailbox}"))?;
+        let ev = mbox
+            .events
+            .get_mut(event_id)
+            .ok_or_else(|| format!("no event {event_id} in {mailbox}"))?;
+        ev.patch(draft).map_err(|e| e.message)?;
+        mbox.changes.changed(event_id);
+        Ok(())
     }
 
     pub fn calendar(&self, mailbox: &str) -> Vec<Value> {

@@ -13,7 +13,7 @@ use crate::util;
 use crate::{Emulator, TransactionIdMode};
 
 /// `startDateTime`/`endDateTime`: ISO 8601 with offset, or without (then UTC).
-fn parse_view_time(name: &str, raw: &str) -> Result<Timestamp, ErrorReply> {
+pub(super) fn parse_view_time(name: &str, raw: &str) -> Result<Timestamp, ErrorReply> {
     if let Ok(ts) = raw.trim().parse::<Timestamp>() {
         return Ok(ts);
     }
@@ -158,6 +158,7 @@ impl Emulator {
             mbox.transactions.insert(tx.to_lowercase(), ev.id.clone());
         }
         let reply = ctx.written(&ev, 201);
+        mbox.changes.changed(&ev.id);
         mbox.events.insert(ev.id.clone(), ev);
         Counters::inc(&self.inner.counters.events_created);
         Ok(reply)
@@ -198,15 +199,19 @@ impl Emulator {
         let input = json_body(ctx.call)?;
         let draft = events::parse_input(&input, ctx.settings)?;
         let mut store = self.inner.store.lock().expect("store");
-        let ev = store
+        let mbox = store
             .get_mut(&ctx.user.mailbox_key())
-            .and_then(|m| m.events.get_mut(id))
+            .ok_or_else(ErrorReply::item_not_found)?;
+        let ev = mbox
+            .events
+            .get_mut(id)
             .ok_or_else(ErrorReply::item_not_found)?;
         self.check_if_match(ctx, ev)?;
         let mut updated = ev.clone();
         updated.patch(draft)?;
         let reply = ctx.written(&updated, 200);
         *ev = updated;
+        mbox.changes.changed(id);
         Counters::inc(&self.inner.counters.events_updated);
         Ok(reply)
     }
@@ -219,6 +224,7 @@ impl Emulator {
         let ev = mbox.events.get(id).ok_or_else(ErrorReply::item_not_found)?;
         self.check_if_match(ctx, ev)?;
         let ev = mbox.events.remove(id).expect("present");
+        mbox.changes.removed(&ev);
         if let Some(tx) = &ev.transaction_id
             && mbox.transactions.get(&tx.to_lowercase()) == Some(&ev.id)
         {

@@ -7,6 +7,7 @@
 //! rate window for (app, mailbox) (429) → latency → mailbox kind (404/403) → operation.
 
 mod calendar;
+mod delta;
 mod route;
 mod users;
 
@@ -15,6 +16,7 @@ use std::time::{Instant, SystemTime};
 use jiff::Timestamp;
 use serde_json::Value;
 
+pub(crate) use self::delta::{ChangeLog, DeltaTokens};
 use self::route::{Op, Route, parse_route};
 use super::errors::{ErrorReply, Reply, wire};
 use super::events::{ExtMode, RenderOpts};
@@ -87,6 +89,11 @@ fn fault_reply(kind: FaultKind, settings: &Settings) -> Result<Reply, ErrorReply
             )))
         }
         FaultKind::ExpiredToken => Err(ErrorReply::unauthenticated(wire::TOKEN_EXPIRED)),
+        FaultKind::SyncStateNotFound => Err(ErrorReply::new(
+            410,
+            wire::SYNC_STATE_NOT_FOUND_CODE,
+            wire::SYNC_STATE_NOT_FOUND,
+        )),
     }
 }
 
@@ -327,6 +334,7 @@ impl Emulator {
             (Op::Events(_), "GET") => self.list_events(&ctx, false),
             (Op::Events(_), "POST") => self.create_event(&ctx),
             (Op::CalendarView(_), "GET") => self.list_events(&ctx, true),
+            (Op::CalendarViewDelta(_), "GET") => self.calendar_view_delta(&ctx),
             (Op::Event(_, id), "GET") => self.get_event(&ctx, id),
             (Op::Event(_, id), "PATCH") => self.patch_event(&ctx, id),
             (Op::Event(_, id), "DELETE") => self.delete_event(&ctx, id),

@@ -23,11 +23,16 @@ pub(super) enum Op {
     Events(Option<String>),
     Event(Option<String>, String),
     CalendarView(Option<String>),
+    /// `calendarView/delta` (`delta.rs`).
+    CalendarViewDelta(Option<String>),
 }
 
 impl Op {
     pub(super) fn is_event_op(&self) -> bool {
-        matches!(self, Op::Events(_) | Op::Event(..) | Op::CalendarView(_))
+        matches!(
+            self,
+            Op::Events(_) | Op::Event(..) | Op::CalendarView(_) | Op::CalendarViewDelta(_)
+        )
     }
     pub(super) fn is_event_write(&self, method: &str) -> bool {
         match self {
@@ -41,7 +46,11 @@ impl Op {
     }
     pub(super) fn calendar_id(&self) -> Option<&str> {
         match self {
-            Op::Calendar(c) | Op::Events(c) | Op::Event(c, _) | Op::CalendarView(c) => c.as_deref(),
+            Op::Calendar(c)
+            | Op::Events(c)
+            | Op::Event(c, _)
+            | Op::CalendarView(c)
+            | Op::CalendarViewDelta(c) => c.as_deref(),
             _ => None,
         }
     }
@@ -117,6 +126,13 @@ pub(super) fn parse_route(path: &str) -> Result<Route, ErrorReply> {
         [c, cid, v] if eq(c, "calendars") && eq(v, "calendarView") => {
             Op::CalendarView(Some(cid.to_string()))
         }
+        [v, d] if eq(v, "calendarView") && eq(d, "delta") => Op::CalendarViewDelta(None),
+        [c, v, d] if eq(c, "calendar") && eq(v, "calendarView") && eq(d, "delta") => {
+            Op::CalendarViewDelta(None)
+        }
+        [c, cid, v, d] if eq(c, "calendars") && eq(v, "calendarView") && eq(d, "delta") => {
+            Op::CalendarViewDelta(Some(cid.to_string()))
+        }
         [other, ..] => {
             let known = [
                 "calendar",
@@ -154,6 +170,10 @@ mod tests {
         assert_eq!(
             r("/v1.0/Users/x/calendarView").unwrap(),
             Route::Mailbox("x".into(), Op::CalendarView(None))
+        );
+        assert_eq!(
+            r("/v1.0/users/x/calendarView/delta").unwrap(),
+            Route::Mailbox("x".into(), Op::CalendarViewDelta(None))
         );
         assert_eq!(r("/v1.0/$batch").unwrap(), Route::Batch);
         assert!(r("/v1.0/groups/x").is_err());
