@@ -226,7 +226,7 @@ impl Emulator {
         let next = DeltaState {
             initial: more && state.initial,
             since: if more { state.since } else { page.upto },
-            page: more.then(|| Page {
+            page: more.then_some(Page {
                 offset: next_offset,
                 ..page
             }),
