@@ -20,6 +20,7 @@ pub mod ingest;
 pub mod internal_events;
 pub mod ledger;
 pub mod metrics;
+pub mod repair;
 pub mod runtime;
 pub mod secret;
 pub mod store;

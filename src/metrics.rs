@@ -56,6 +56,63 @@ pub struct Metrics {
     pub companies_secret_expiring: Gauge,
     // The fleet as one (`fleet`), exported by one worker at a time, and pacing.
     pub fleet: FleetMetrics,
+    // The repair pass (issue #19).
+    pub drift: DriftMetrics,
+}
+
+/// The repair pass: drifts found and repaired per kind (`deleted`, `edited`), those that could
+/// not be restored, the passes by result, and the delta requests they cost.
+#[derive(Default)]
+pub struct DriftMetrics {
+    pub found: Family<Labels, Counter>,
+    pub repaired: Family<Labels, Counter>,
+    pub unrestorable: Family<Labels, Counter>,
+    pub passes: Family<Labels, Counter>,
+    pub requests: Counter,
+}
+
+impl DriftMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "drift_found",
+            "Copies found changed in Outlook by the repair pass, by kind (deleted, edited)",
+            self.found.clone(),
+        );
+        registry.register(
+            "drift_repaired",
+            "Copies changed in Outlook that the flush restored, by kind (deleted: created again; edited: written back)",
+            self.repaired.clone(),
+        );
+        registry.register(
+            "drift_unrestorable",
+            "Copies changed in Outlook whose schedule's staged state had expired from Redis: counted and logged, not restored",
+            self.unrestorable.clone(),
+        );
+        registry.register(
+            "repair_passes",
+            "Repair passes over a mailbox, by result (clean, drift, restarted, busy, failed)",
+            self.passes.clone(),
+        );
+        registry.register(
+            "repair_delta_requests",
+            "calendarView delta requests the repair passes sent",
+            self.requests.clone(),
+        );
+    }
+
+    fn start_at_zero(&self) {
+        for kind in known::DRIFT_KINDS {
+            let labels = Metrics::label("kind", *kind);
+            let _ = self.found.get_or_create(&labels);
+            let _ = self.repaired.get_or_create(&labels);
+            let _ = self.unrestorable.get_or_create(&labels);
+        }
+        for result in known::REPAIR_RESULTS {
+            let _ = self
+                .passes
+                .get_or_create(&Metrics::label("result", *result));
+        }
+    }
 }
 
 /// The fleet-wide backlog, exported by the worker holding the `fleet-reporter` lease (the others
@@ -123,6 +180,7 @@ impl Metrics {
             secret_expiry_timestamp_seconds: Family::default(),
             companies_secret_expiring: Gauge::default(),
             fleet: FleetMetrics::default(),
+            drift: DriftMetrics::default(),
             registry: Registry::default(),
         };
         m.register_events(&mut registry);
@@ -132,6 +190,7 @@ impl Metrics {
         m.register_worker(&mut registry);
         m.register_admin(&mut registry);
         m.fleet.register(&mut registry);
+        m.drift.register(&mut registry);
         let mut m = m;
         m.registry = registry;
         m.start_known_series_at_zero();
@@ -322,6 +381,7 @@ impl Metrics {
         for op in known::WRITE_OPS {
             touch(&self.graph_writes, Self::label("op", *op));
         }
+        self.drift.start_at_zero();
         for outcome in known::REPLAY_OUTCOMES {
             touch(
                 &self.dead_letters_replayed,
@@ -425,6 +485,12 @@ pub mod known {
     pub const WRITE_OPS: &[&str] = &["create", "update", "delete"];
     /// `dead_letters_replayed{outcome}`: what staging made of a replayed dead letter.
     pub const REPLAY_OUTCOMES: &[&str] = &["restaged", "newest", "duplicate", "stale"];
+    /// `drift_found{kind}`, `drift_repaired{kind}`, `drift_unrestorable{kind}`
+    /// (`store::Drift::as_str`).
+    pub const DRIFT_KINDS: &[&str] = &["deleted", "edited"];
+    /// `repair_passes{result}`.
+    pub const REPAIR_RESULTS: &[&str] =
+        &["clean", "drift", "restarted", "busy", "skipped", "failed"];
     /// `company_failures{kind}`, per company.
     pub const COMPANY_FAILURE_KINDS: &[&str] =
         &["credentials", "mailbox", "rejected", "retries_exhausted"];

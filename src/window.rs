@@ -395,6 +395,25 @@ impl Windows {
             .await
     }
 
+    /// Makes schedules due now (the repair pass found a copy changed in Outlook): the flush
+    /// claims them as soon as no live claim holds them, and re-applies what is staged.
+    pub async fn make_due_now(&self, members: &[Member]) -> Result<(), redis::RedisError> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for m in members {
+            pipe.cmd("ZADD")
+                .arg(self.keys.due())
+                .arg("LT")
+                .arg(now_ms())
+                .arg(m.encode())
+                .ignore();
+        }
+        let mut r = self.redis.clone();
+        pipe.query_async(&mut r).await
+    }
+
     /// Extends this token's claims by `lease` from now.
     pub async fn renew(
         &self,

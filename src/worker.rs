@@ -87,13 +87,16 @@ impl Worker {
         let load = crate::fleet::Load::new();
         let ingest =
             Arc::new(Ingest::new((*cfg).clone(), windows, metrics.clone()).with_load(load.clone()));
+        let graph = GraphClient::new(&cfg.graph);
         let flusher = Flusher::new(
             cfg.clone(),
             redis.clone(),
-            GraphClient::new(&cfg.graph),
+            graph.clone(),
             metrics.clone(),
             load.clone(),
         );
+        let repairer =
+            crate::repair::Repairer::new(cfg.clone(), redis.clone(), graph, metrics.clone());
         let (shutdown, rx) = watch::channel(false);
         let tasks = vec![
             tokio::spawn({
@@ -104,6 +107,8 @@ impl Worker {
                 let (f, rx) = (flusher.clone(), rx.clone());
                 async move { f.run(rx).await }
             }),
+            // Copies deleted or edited in Outlook come back (`repair`).
+            tokio::spawn(repairer.run(rx.clone())),
             // What this worker holds, for the fleet's backlog (and its metrics, from one worker).
             tokio::spawn(crate::fleet::report(
                 cfg.clone(),

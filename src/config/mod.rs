@@ -33,6 +33,39 @@ pub struct Config {
     pub log: LogConfig,
     pub secrets: SecretsConfig,
     pub worker: WorkerConfig,
+    pub repair: RepairConfig,
+}
+
+/// The repair pass (issue #19): each linked mailbox is read with Graph's calendarView delta and
+/// its copies changed in Outlook are restored (per the company's drift policy).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepairConfig {
+    /// Run repair passes at all (a worker-wide switch; companies choose with their policy).
+    pub enabled: bool,
+    /// Each mailbox is read at most this often; passes are spread over the interval.
+    pub interval_minutes: u64,
+    /// The range read: from this many days before today (UTC) ...
+    pub days_back: u32,
+    /// ... to this many days after.
+    pub days_ahead: u32,
+    /// `Prefer: odata.maxpagesize` of the delta requests.
+    pub page_size: u32,
+    /// How often a worker looks for a mailbox whose pass is due, and for newly linked ones.
+    pub poll_seconds: u64,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_minutes: 30,
+            days_back: 30,
+            days_ahead: 365,
+            page_size: 100,
+            poll_seconds: 5,
+        }
+    }
 }
 
 /// How `outlook-sync run` behaves as a process.

@@ -330,6 +330,28 @@ impl Config {
                 format!("{grace} is out of range 1..=3600"),
             ));
         }
+        self.validate_repair()
+    }
+
+    /// The repair pass's interval, range and page size.
+    fn validate_repair(&self) -> Result<(), ConfigError> {
+        let r = &self.repair;
+        for (key, v, lo, hi) in [
+            (
+                "repair.interval_minutes",
+                r.interval_minutes,
+                1,
+                7 * 24 * 60,
+            ),
+            ("repair.days_back", u64::from(r.days_back), 0, 3650),
+            ("repair.days_ahead", u64::from(r.days_ahead), 1, 3650),
+            ("repair.page_size", u64::from(r.page_size), 1, 1000),
+            ("repair.poll_seconds", r.poll_seconds, 1, 3600),
+        ] {
+            if v < lo || v > hi {
+                return Err(bad(key, format!("{v} is out of range {lo}..={hi}")));
+            }
+        }
         Ok(())
     }
 }

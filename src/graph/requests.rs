@@ -152,12 +152,14 @@ pub fn event_tag(event: &Value) -> Option<&str> {
         .as_str()
 }
 
-/// Of a successful answer, what the flush reads: the event's `id`; for a list, each event's `id`
+/// Of a successful answer, what the flush reads: the event's `id` and `changeKey`; for a list, each event's `id`
 /// and tag, and the next page's link. The rest is dropped where the answer is read.
 pub fn trim_answer(body: &Value) -> Value {
     let mut out = serde_json::Map::new();
-    if let Some(id) = body.get("id") {
-        out.insert("id".into(), id.clone());
+    for keep in ["id", "changeKey"] {
+        if let Some(v) = body.get(keep) {
+            out.insert(keep.into(), v.clone());
+        }
     }
     if let Some(list) = body.get("value").and_then(Value::as_array) {
         let items = list

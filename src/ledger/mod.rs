@@ -107,6 +107,18 @@ pub fn words(reason: &str) -> &'static str {
         "updated" => "the Outlook copy was updated",
         "deleted" => "the Outlook copy was deleted",
         "already_gone" => "the Outlook copy was already gone",
+        // The repair pass (issue #19).
+        "recreated_after_outlook_delete" => "deleted in Outlook, recreated",
+        "restored_after_outlook_edit" => "edited in Outlook, restored",
+        "drift_reported_deleted" => {
+            "deleted in Outlook; not recreated (the company's drift policy is report)"
+        }
+        "drift_reported_edited" => {
+            "edited in Outlook; not restored (the company's drift policy is report)"
+        }
+        "drift_unrestorable" => {
+            "changed in Outlook, but the schedule's state has expired from Redis (past retention); not restored: the next change in cyzen rewrites it"
+        }
         "plan_excludes_integration" => {
             "the company's plan (Lite) does not include the Microsoft calendar integration"
         }

@@ -16,7 +16,7 @@ use super::keys::{Keys, Member};
 use crate::tenants::mailbox_key;
 
 /// The Outlook copy of one schedule in one mailbox, as recorded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CopyRecord {
     /// The cyzen user the mailbox belongs to.
     pub user: String,
@@ -28,12 +28,42 @@ pub struct CopyRecord {
     /// The create's transactionId, reused by every retry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx: Option<String>,
+    /// The `changeKey` Graph returned for our last write of the copy: a delta item with this
+    /// changeKey is our own write, any other one is an edit made in Outlook (`sync::repair`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ck: Option<String>,
+    /// The repair pass found the copy changed in Outlook: the flush writes it again (even at
+    /// the same revision), and the ledger says what it restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<Drift>,
+}
+
+/// How a copy drifted in Outlook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Drift {
+    /// Listed `@removed` (deleted, or moved out of the repair's range).
+    Deleted,
+    /// Changed with a changeKey that is not our last write's.
+    Edited,
+}
+
+impl Drift {
+    pub const ALL: [Drift; 2] = [Drift::Deleted, Drift::Edited];
+
+    /// The metrics' `kind` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Drift::Deleted => "deleted",
+            Drift::Edited => "edited",
+        }
+    }
 }
 
 impl CopyRecord {
-    /// The copy exists in Outlook at `revision` or later: nothing to write.
+    /// The copy exists in Outlook at `revision` or later, as we wrote it: nothing to write.
     pub fn is_at_least(&self, revision: u64) -> bool {
-        self.event_id.is_some() && self.rev >= revision
+        self.event_id.is_some() && self.rev >= revision && self.drift.is_none()
     }
 }
 

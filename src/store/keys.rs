@@ -11,6 +11,8 @@
 //! | `copies-of:{company}:{mailbox}` | set | the schedules with a copy in a mailbox | `store::copies` |
 //! | `lease:{company}:{mailbox}` | string | the token of the worker writing to the mailbox | `store::lease` |
 //! | `rate:{company}:{mailbox}` | string | the mailbox's paced request budget (µs) while no one holds it | `store::pace` |
+//! | `delta:{company}:{mailbox}` | string | the mailbox's delta cursor: the deltaLink and the range it reads | `store::repair` |
+//! | `repair-due` | sorted set | `{company}/{mailbox}` by when its next repair pass is due (ms) | `store::repair` |
 //! | `ledger:{company}/{schedule}` | list | the sync ledger's entries, newest first | `ledger` |
 //! | `company:{company}`, `companies`, `users:{company}` | string, set, hash | the tenant directory | `tenants` |
 //! | `consent-state:{sha256}` | string | a pending admin consent | `admin::consent` |
@@ -114,6 +116,16 @@ impl Keys {
         format!("{}:rate:{company}:{mailbox}", self.prefix)
     }
 
+    /// A mailbox's delta cursor (`store::repair`); `mailbox` is a `tenants::mailbox_key`.
+    pub fn delta_cursor(&self, company: &str, mailbox: &str) -> String {
+        format!("{}:delta:{company}:{mailbox}", self.prefix)
+    }
+
+    /// When each mailbox's next repair pass is due (`store::repair`).
+    pub fn repair_due(&self) -> String {
+        format!("{}:repair-due", self.prefix)
+    }
+
     pub fn ledger(&self, m: &Member) -> String {
         format!("{}:ledger:{}", self.prefix, m.encode())
     }
@@ -195,6 +207,8 @@ mod tests {
             k.mailbox_lease("c", "a@b"),
             k.mailbox_rate("c", "a@b"),
             k.ledger(&m),
+            k.delta_cursor("c", "a@b"),
+            k.repair_due(),
             k.company("c"),
             k.companies(),
             k.users("c"),

@@ -9,10 +9,11 @@ pub mod copies;
 pub mod keys;
 pub mod lease;
 pub mod pace;
+pub mod repair;
 
 use std::time::Duration;
 
-pub use copies::{Copies, CopyChange, CopyRecord};
+pub use copies::{Copies, CopyChange, CopyRecord, Drift};
 pub use keys::{Keys, Member};
 pub use lease::{LeaseGuard, Leases, MailboxLeases};
 

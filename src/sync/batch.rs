@@ -581,6 +581,7 @@ mod tests {
             event_id: event_id.map(str::to_string),
             rev,
             tx: tx.map(str::to_string),
+            ..CopyRecord::default()
         })
     }
 

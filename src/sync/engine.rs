@@ -226,6 +226,7 @@ impl<'a> Engine<'a> {
                 last_failure: None,
                 throttled: 0,
                 last_retry_after: None,
+                drift: None,
             };
             self.work.insert(wid, work);
         }
@@ -300,6 +301,7 @@ impl<'a> Engine<'a> {
             let Some(w) = self.work.get_mut(&id) else {
                 continue;
             };
+            w.drift = w.drift.or(copy.as_ref().and_then(|c| c.drift));
             let next = if copy.as_ref().is_some_and(|c| c.is_at_least(w.revision())) {
                 None // another worker (or an earlier pass) applied it
             } else if w.step == Step::Unprepared {
@@ -351,6 +353,7 @@ impl<'a> Engine<'a> {
                 event_id: None,
                 rev: ev.revision,
                 tx: Some(tx),
+                ..CopyRecord::default()
             };
             intents.push((w.mailbox.clone(), w.claimed.member.clone(), Some(intent)));
             ids.push(id);
@@ -604,11 +607,13 @@ impl<'a> Engine<'a> {
         };
         let ev = &w.claimed.event;
         let record = match copy {
-            CopyFate::Put { event_id, tx } => Some(CopyRecord {
+            CopyFate::Put { event_id, tx, ck } => Some(CopyRecord {
                 user: w.user.clone(),
                 event_id,
                 rev: ev.revision,
                 tx,
+                ck,
+                drift: None,
             }),
             CopyFate::Remove => None,
         };
@@ -627,6 +632,7 @@ impl<'a> Engine<'a> {
             }
             .emit(&self.s.metrics);
         }
+        let reason = w.ledger_reason(op, written, reason, &self.s.metrics);
         let entry = Entry::new(
             ev.revision,
             &w.mailbox,

@@ -30,10 +30,12 @@ pub struct Context<'a> {
 /// How the copy's record changes when a change finishes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CopyFate {
-    /// The copy is (now) this event, created with this transactionId (creates only).
+    /// The copy is (now) this event, created with this transactionId (creates only), as our
+    /// write left it (`ck`: the changeKey Graph answered).
     Put {
         event_id: Option<String>,
         tx: Option<String>,
+        ck: Option<String>,
     },
     /// There is no copy (any more).
     Remove,
@@ -120,6 +122,7 @@ fn succeeded(request: &Request, body: &Value, cx: &Context<'_>) -> Transition {
             let copy = CopyFate::Put {
                 event_id,
                 tx: Some(tx.clone()),
+                ck: change_key(body),
             };
             finished(copy, "create", "created", true)
         }
@@ -127,11 +130,19 @@ fn succeeded(request: &Request, body: &Value, cx: &Context<'_>) -> Transition {
             let copy = CopyFate::Put {
                 event_id: Some(event_id.clone()),
                 tx: None,
+                ck: change_key(body),
             };
             finished(copy, "update", "updated", true)
         }
         Request::Delete { .. } => finished(CopyFate::Remove, "delete", "deleted", true),
     }
+}
+
+/// The changeKey a write's answer carries.
+fn change_key(body: &Value) -> Option<String> {
+    body.get("changeKey")
+        .and_then(Value::as_str)
+        .map(str::to_string)
 }
 
 fn failed(request: &Request, e: &GraphError, cx: &Context<'_>) -> Transition {
@@ -377,14 +388,18 @@ mod tests {
     }
 
     #[test]
-    fn a_write_that_succeeded_finishes_with_the_copy_it_left() {
+    fn a_write_that_succeeded_finishes_with_the_copy_and_the_change_key_it_left() {
         let d = |r: &Request, body: Value| decide(r, Ok(&body), &cx(1));
         assert_eq!(
-            d(&Request::Create { tx: "T".into() }, json!({"id": "E-new"})),
+            d(
+                &Request::Create { tx: "T".into() },
+                json!({"id": "E-new", "changeKey": "CK1"})
+            ),
             Transition::Finished {
                 copy: CopyFate::Put {
                     event_id: Some("E-new".into()),
-                    tx: Some("T".into())
+                    tx: Some("T".into()),
+                    ck: Some("CK1".into())
                 },
                 op: "create",
                 reason: "created",
@@ -396,12 +411,13 @@ mod tests {
                 &Request::Update {
                     event_id: "E".into()
                 },
-                json!({"id": "E"})
+                json!({"id": "E", "changeKey": "CK2"})
             ),
             Transition::Finished {
                 copy: CopyFate::Put {
                     event_id: Some("E".into()),
-                    tx: None
+                    tx: None,
+                    ck: Some("CK2".into())
                 },
                 op: "update",
                 reason: "updated",

@@ -161,6 +161,7 @@ mod tests {
                         event_id: Some("E".into()),
                         rev: 1,
                         tx: None,
+                        ..CopyRecord::default()
                     },
                 )
             })

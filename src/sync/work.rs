@@ -10,7 +10,8 @@ use super::intake::Claimed;
 use super::plan::OpKind;
 use crate::graph::error::GraphError;
 use crate::ledger::{self, Entry};
-use crate::store::Member;
+use crate::metrics::Metrics;
+use crate::store::{Drift, Member};
 
 /// A claimed schedule and how many of its changes are still open.
 pub struct Held {
@@ -37,6 +38,8 @@ pub struct Work {
     /// `Retry-After` it gave: a change given up on says so.
     pub throttled: u32,
     pub last_retry_after: Option<std::time::Duration>,
+    /// The repair pass found this copy changed in Outlook (`repair`): the write restores it.
+    pub drift: Option<Drift>,
 }
 
 impl Work {
@@ -57,6 +60,31 @@ impl Work {
             ),
             None => fallback,
         }
+    }
+
+    /// The ledger's reason for a finished change: a write that restored a copy changed in
+    /// Outlook says so (and counts as repaired, by the kind of drift found).
+    pub fn ledger_reason<'r>(
+        &self,
+        op: &str,
+        written: bool,
+        reason: &'r str,
+        metrics: &Metrics,
+    ) -> &'r str {
+        let Some(drift) = self.drift.filter(|_| written) else {
+            return reason;
+        };
+        let restored = match op {
+            "create" => "recreated_after_outlook_delete",
+            "update" => "restored_after_outlook_edit",
+            _ => return reason,
+        };
+        metrics
+            .drift
+            .repaired
+            .get_or_create(&Metrics::label("kind", drift.as_str()))
+            .inc();
+        restored
     }
 
     /// Why a change Graph kept refusing was given up, in plain words.

@@ -13,7 +13,8 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Company, ConsentRecord, LinkedUser, Plan, StoredCredentials, UserStatus, VerificationRecord,
+    Company, ConsentRecord, DriftPolicy, LinkedUser, Plan, StoredCredentials, UserStatus,
+    VerificationRecord,
 };
 use crate::crypto::{CryptoError, KeyRing, Sealed};
 use crate::secret::Secret;
@@ -32,6 +33,8 @@ struct CompanyDoc {
     consent: Option<ConsentRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     verification: Option<VerificationRecord>,
+    #[serde(default)]
+    drift: DriftPolicy,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -153,6 +156,7 @@ impl Directory {
             credentials,
             consent: c.consent.clone(),
             verification: c.verification.clone(),
+            drift: c.drift,
         };
         let doc = serde_json::to_string(&doc).expect("serializable");
         let mut r = self.redis.clone();
@@ -209,6 +213,7 @@ impl Directory {
             credentials_error,
             consent: doc.consent,
             verification: doc.verification,
+            drift: doc.drift,
         }))
     }
 

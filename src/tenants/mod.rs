@@ -167,6 +167,37 @@ pub struct Company {
     pub credentials_error: Option<String>,
     pub consent: Option<ConsentRecord>,
     pub verification: Option<VerificationRecord>,
+    /// What the repair pass does with copies changed in Outlook (`repair`).
+    pub drift: DriftPolicy,
+}
+
+/// What the repair pass does when a copy was deleted or edited in Outlook.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriftPolicy {
+    /// Restore the copy (PATCH back, or create again) and note it in the ledger.
+    #[default]
+    Repair,
+    /// Count it and note it in the ledger; write nothing.
+    Report,
+    /// Read nothing: no repair pass for this company's mailboxes.
+    Off,
+}
+
+impl DriftPolicy {
+    pub const ALL: [DriftPolicy; 3] = [DriftPolicy::Repair, DriftPolicy::Report, DriftPolicy::Off];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriftPolicy::Repair => "repair",
+            DriftPolicy::Report => "report",
+            DriftPolicy::Off => "off",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DriftPolicy> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
 }
 
 /// The `credentials_error` of sealed credentials read without any key configured.
@@ -185,6 +216,7 @@ impl Company {
             credentials_error: None,
             consent: None,
             verification: None,
+            drift: DriftPolicy::default(),
         }
     }
 

@@ -91,6 +91,8 @@ pub struct GraphRequest {
     pub method: Method,
     pub path: String,
     pub body: Option<Value>,
+    /// `Prefer: odata.maxpagesize` (a delta request's page size).
+    pub page_size: Option<u32>,
 }
 
 impl GraphRequest {
@@ -100,6 +102,7 @@ impl GraphRequest {
             method,
             path: path.into(),
             body: None,
+            page_size: None,
         }
     }
     pub fn get(id: impl Into<String>, path: impl Into<String>) -> GraphRequest {
@@ -113,6 +116,18 @@ impl GraphRequest {
     }
     pub fn delete(id: impl Into<String>, path: impl Into<String>) -> GraphRequest {
         GraphRequest::new(id, Method::Delete, path)
+    }
+    /// Asks for pages of at most `n` items (`Prefer: odata.maxpagesize`).
+    pub fn with_page_size(mut self, n: u32) -> GraphRequest {
+        self.page_size = Some(n);
+        self
+    }
+    /// The request's `Prefer` header: immutable ids, and its page size if it has one.
+    pub fn prefer(&self) -> String {
+        match self.page_size {
+            Some(n) => format!("{PREFER_IMMUTABLE_ID}, odata.maxpagesize={n}"),
+            None => PREFER_IMMUTABLE_ID.to_string(),
+        }
     }
     pub fn with_body(mut self, body: Value) -> GraphRequest {
         self.body = Some(body);

@@ -8,8 +8,8 @@ use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
 use super::{
-    AccessToken, Credentials, GraphClient, GraphRequest, GraphResponse, MAX_BATCH,
-    PREFER_IMMUTABLE_ID, header_pairs, is_success, new_client_request_id, parse_body,
+    AccessToken, Credentials, GraphClient, GraphRequest, GraphResponse, MAX_BATCH, header_pairs,
+    is_success, new_client_request_id, parse_body,
 };
 use crate::graph::error::{ErrorClass, GraphError};
 
@@ -18,7 +18,7 @@ pub(super) fn batch_item(r: &GraphRequest) -> Value {
     if r.body.is_some() {
         headers.insert("Content-Type".into(), "application/json".into());
     }
-    headers.insert("Prefer".into(), PREFER_IMMUTABLE_ID.into());
+    headers.insert("Prefer".into(), r.prefer().into());
     let mut item = json!({
         "id": r.id,
         "method": r.method.as_str(),
@@ -172,7 +172,7 @@ impl GraphClient {
             .http
             .request(req.method.into(), &url)
             .bearer_auth(token.value.expose())
-            .header("Prefer", PREFER_IMMUTABLE_ID)
+            .header("Prefer", req.prefer())
             .header("client-request-id", &client_request_id)
             .header("Accept", "application/json");
         if let Some(body) = &req.body {
