@@ -361,7 +361,7 @@ impl Repairer {
             }
         }
         let members: Vec<Member> = drifted.iter().map(|(m, _)| m.clone()).collect();
-        let staged = s.windows.read(&members).await?;
+        let staged = self.staged(&members).await?;
         let mut notes = Vec::new();
         let mut due = Vec::new();
         for ((member, kind), staged) in drifted.into_iter().zip(staged) {
@@ -427,7 +427,7 @@ impl Repairer {
         let r = &s.cfg.repair;
         let range = Range::around(today(), r.days_back, r.days_ahead);
         let members: Vec<Member> = ours.values().map(|(m, _)| m.clone()).collect();
-        let staged = s.windows.read(&members).await?;
+        let staged = self.staged(&members).await?;
         let covered: std::collections::HashSet<Member> = members
             .into_iter()
             .zip(staged)
@@ -437,6 +437,17 @@ impl Repairer {
             })
             .collect();
         Ok(decide::absent(&round.items, ours, |m| covered.contains(m)))
+    }
+
+    /// The staged state of schedules (none asked, none read).
+    async fn staged(
+        &self,
+        members: &[Member],
+    ) -> Result<Vec<Option<crate::window::StagedSchedule>>, RepairError> {
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.inner.windows.read(members).await?)
     }
 
     fn counted(&self, r: PassReport) -> PassReport {

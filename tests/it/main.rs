@@ -19,6 +19,7 @@ mod ledger;
 mod pipeline;
 mod proxy;
 mod publish;
+mod repair;
 mod security;
 mod shutdown;
 mod supervision;
