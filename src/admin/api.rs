@@ -120,6 +120,10 @@ fn protected() -> Routes {
         .post("/v1/companies/{company}/microsoft365/verify", verify)
         .post("/v1/companies/{company}/microsoft365/enable", enable)
         .post("/v1/companies/{company}/microsoft365/disable", disable)
+        .put(
+            "/v1/companies/{company}/microsoft365/drift-policy",
+            put_drift_policy,
+        )
         .post("/v1/companies/{company}/microsoft365/consent", consent_link)
         .get("/v1/companies/{company}/users", list_users)
         .get("/v1/companies/{company}/users/{user}", get_user)
@@ -322,6 +326,21 @@ async fn enable(State(s): State<ApiState>, Path(company): Path<String>) -> ApiRe
 
 async fn disable(State(s): State<ApiState>, Path(company): Path<String>) -> ApiResult {
     ok(s.admin.disable(&company).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutDriftPolicy {
+    policy: crate::tenants::DriftPolicy,
+}
+
+async fn put_drift_policy(
+    State(s): State<ApiState>,
+    Path(company): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let b: PutDriftPolicy = parse(&body)?;
+    ok(s.admin.set_drift_policy(&company, b.policy).await?)
 }
 
 async fn consent_link(State(s): State<ApiState>, Path(company): Path<String>) -> ApiResult {

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::graph::client::GraphClient;
 use crate::metrics::Metrics;
 use crate::secret::Secret;
-use crate::tenants::Plan;
+use crate::tenants::{DriftPolicy, Plan};
 
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
@@ -68,6 +68,13 @@ pub enum AdminCommand {
     },
     Disable {
         company: String,
+    },
+    /// What the repair pass does with copies deleted or edited in Outlook: repair (restore
+    /// them; the default), report (count them and note them in the ledger), or off.
+    DriftPolicy {
+        company: String,
+        #[arg(value_parser = parse_drift_policy)]
+        policy: DriftPolicy,
     },
     /// Print an admin-consent link for the customer's administrator.
     ConsentLink {
@@ -126,6 +133,11 @@ pub enum AdminCommand {
 fn parse_plan(s: &str) -> Result<Plan, String> {
     serde_json::from_value(serde_json::Value::String(s.to_ascii_lowercase()))
         .map_err(|_| "one of lite, lite_plus, standard, premium, enterprise".to_string())
+}
+
+fn parse_drift_policy(s: &str) -> Result<DriftPolicy, String> {
+    DriftPolicy::parse(&s.to_ascii_lowercase())
+        .ok_or_else(|| "one of repair, report, off".to_string())
 }
 
 /// Why `outlook-sync admin` could not do what it was asked.
@@ -350,6 +362,9 @@ async fn execute(admin: &Admin, cmd: AdminCommand) -> Result<bool, AdminCommandE
         }
         AdminCommand::Enable { company } => print(&admin.enable(&company).await?)?,
         AdminCommand::Disable { company } => print(&admin.disable(&company).await?)?,
+        AdminCommand::DriftPolicy { company, policy } => {
+            print(&admin.set_drift_policy(&company, policy).await?)?
+        }
         AdminCommand::ConsentLink { company } => print(&admin.consent_link(&company).await?)?,
         AdminCommand::Users { company } => print(&admin.list_users(&company).await?)?,
         AdminCommand::Link {

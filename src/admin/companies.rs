@@ -8,7 +8,7 @@ use super::input::check_id;
 use super::messages::{self, Reason};
 use super::service::{Admin, AdminError};
 use crate::metrics::Metrics;
-use crate::tenants::{Company, ConsentRecord, Plan, VerificationRecord};
+use crate::tenants::{Company, ConsentRecord, DriftPolicy, Plan, VerificationRecord};
 
 /// A company's integration as the admin screen shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -30,6 +30,8 @@ pub struct CompanyStatus {
     pub secret_expiring: bool,
     pub warnings: Vec<Reason>,
     pub users: usize,
+    /// What the repair pass does with copies changed in Outlook.
+    pub drift_policy: DriftPolicy,
 }
 
 /// The credentials without the secret: whether it is set and a short fingerprint.
@@ -101,6 +103,7 @@ impl Admin {
             secret_expiring,
             warnings,
             users,
+            drift_policy: c.drift,
         }
     }
 
@@ -136,6 +139,19 @@ impl Admin {
         c.enabled = true;
         self.directory.put_company(&c).await?;
         tracing::info!(company, "admin: integration enabled");
+        self.company_status(company).await
+    }
+
+    /// Sets what the repair pass does with the company's copies changed in Outlook.
+    pub async fn set_drift_policy(
+        &self,
+        company: &str,
+        policy: DriftPolicy,
+    ) -> Result<CompanyStatus, AdminError> {
+        let mut c = self.load(company).await?;
+        c.drift = policy;
+        self.directory.put_company(&c).await?;
+        tracing::info!(company, policy = policy.as_str(), "admin: drift policy set");
         self.company_status(company).await
     }
 

@@ -2866,6 +2866,20 @@ async fn every_route_answers_what_the_openapi_document_says_in_success_and_in_er
         .await,
         422,
     );
+    let policy = "/v1/companies/acme/microsoft365/drift-policy";
+    let set = expect(
+        "drift policy",
+        api.checked(c, "PUT", policy, tok, json(json!({"policy": "report"})))
+            .await,
+        200,
+    );
+    assert_eq!(set["drift_policy"], "report");
+    expect(
+        "drift policy, bad",
+        api.checked(c, "PUT", policy, tok, json(json!({"policy": "fix"})))
+            .await,
+        422,
+    );
     expect(
         "disable",
         api.checked(
