@@ -27,6 +27,11 @@
 //!   behaviour and its dedupe window undocumented): what the pipeline would do if Graph did not
 //!   deduplicate (see RELIABILITY.md: it duplicates today).
 //!
+//! The mailboxes' owners act too: while the history is delivered, they delete or edit (retitle
+//! and move) copies in Outlook now and then, and repair passes (`repair::Repairer::pass`, as the
+//! workers run them) read every mailbox's calendarView delta and have the flush restore what
+//! drifted. The settling runs a repair pass over every mailbox before each check.
+//!
 //! A failing seed is printed with its history, what each mailbox should hold and what it holds.
 //! With `--nocapture` a `RELIABILITY convergence …` line gives the totals (scripts/reliability.sh
 //! collects it).
@@ -47,7 +52,10 @@ use outlook_sync::deadletter::REPLAY_HEADER;
 use outlook_sync::deadletter::{Control, Dlq, Filter, ReplayRequest};
 use outlook_sync::demo::{Ev, Sandbox};
 use outlook_sync::event::WireEvent;
+use outlook_sync::graph::client::GraphClient;
 use outlook_sync::graph::mapping::{TAG_PROPERTY_ID, parse_tag};
+use outlook_sync::metrics::Metrics;
+use outlook_sync::repair::Repairer;
 use outlook_sync::tenants::Plan;
 use outlook_sync::worker::Worker;
 use rand::rngs::StdRng;
@@ -567,6 +575,10 @@ struct Totals {
     create_dedupes: u64,
     graph_writes: u64,
     dead_letters_replayed: usize,
+    owner_deletes: u64,
+    owner_edits: u64,
+    repair_passes: u64,
+    drift_found: u64,
     copies: usize,
     missing: usize,
     duplicated: usize,
@@ -597,7 +609,8 @@ async fn every_mailbox_converges_to_the_latest_state_under_faults_kills_and_repl
         "RELIABILITY convergence seeds={} schedules={} revisions={} deliveries={} duplicates={} \
          redeliveries={} late={} operator_replays={} worker_kills={} scripted_503={} \
          scripted_429={} graph_429={} graph_503={} graph_504={} graph_dropped={} create_dedupes={} \
-         graph_writes={} dead_letters_replayed={} copies_checked={} missing={} duplicated={} \
+         graph_writes={} dead_letters_replayed={} owner_deletes={} owner_edits={} \
+         repair_passes={} drift_found={} copies_checked={} missing={} duplicated={} \
          stale={} extra={} failed_seeds={} elapsed_s={:.1}",
         totals.seeds,
         totals.schedules,
@@ -617,6 +630,10 @@ async fn every_mailbox_converges_to_the_latest_state_under_faults_kills_and_repl
         totals.create_dedupes,
         totals.graph_writes,
         totals.dead_letters_replayed,
+        totals.owner_deletes,
+        totals.owner_edits,
+        totals.repair_passes,
+        totals.drift_found,
         totals.copies,
         totals.missing,
         totals.duplicated,
@@ -808,6 +825,34 @@ async fn run_chunk(seeds: &[u64], totals: &mut Totals) -> Vec<String> {
         }
     });
 
+    // The owners: cursors first (so every later deletion is listed), then edits and deletions
+    // in Outlook while the history is delivered, and repair passes now and then.
+    let owners = Arc::new(Owners {
+        repairer: Repairer::new(
+            Arc::new(sb.cfg.clone()),
+            sb.redis.clone(),
+            GraphClient::new(&sb.cfg.graph),
+            Metrics::new(),
+        ),
+        mailboxes: histories
+            .iter()
+            .flat_map(|h| {
+                LINKED
+                    .iter()
+                    .map(|(_, l)| (h.company.clone(), mailbox(&h.company, l)))
+            })
+            .collect(),
+        emulator: sb.emulator.emulator.clone(),
+        deletes: AtomicU64::new(0),
+        edits: AtomicU64::new(0),
+        passes: AtomicU64::new(0),
+        found: AtomicU64::new(0),
+    });
+    owners.sweep().await;
+    let owners_on = Arc::new(AtomicBool::new(true));
+    let owner_task = tokio::spawn(owners.clone().act(owners_on.clone(), run_seed));
+    let repair_task = tokio::spawn(owners.clone().keep_repairing(owners_on.clone()));
+
     let publisher = Publisher::new(&sb).await;
     for phase in 0..PHASES {
         let mut items: Vec<(Vec<u8>, String, BasicProperties)> = Vec::new();
@@ -831,12 +876,16 @@ async fn run_chunk(seeds: &[u64], totals: &mut Totals) -> Vec<String> {
     chaos_on.store(false, Ordering::Relaxed);
     chaos.await.expect("chaos task");
     totals.kills += kills.load(Ordering::Relaxed);
+    owners_on.store(false, Ordering::Relaxed);
+    owner_task.await.expect("owner task");
+    repair_task.await.expect("repair task");
 
     // Settle: drain, replay the dead-letter queue as an operator would, until the dead-letter
     // queue stays empty and every seed converged, or DRAIN passes. (Idleness alone is not
     // enough: a batch a worker holds unacked looks idle from outside.)
     let deadline = Instant::now() + DRAIN;
     loop {
+        owners.sweep().await;
         let idle = sb.wait_idle(Duration::from_secs(10)).await.expect("idle");
         let replayed = replay_dead_letters(&sb).await;
         totals.dead_letters_replayed += replayed;
@@ -854,6 +903,10 @@ async fn run_chunk(seeds: &[u64], totals: &mut Totals) -> Vec<String> {
         w.stop(Duration::from_secs(5)).await;
     }
 
+    totals.owner_deletes += owners.deletes.load(Ordering::Relaxed);
+    totals.owner_edits += owners.edits.load(Ordering::Relaxed);
+    totals.repair_passes += owners.passes.load(Ordering::Relaxed);
+    totals.drift_found += owners.found.load(Ordering::Relaxed);
     let stats = sb.emulator.emulator.stats();
     totals.create_dedupes += stats.create_dedupes;
     totals.graph_writes += stats.writes;
@@ -892,6 +945,74 @@ async fn run_chunk(seeds: &[u64], totals: &mut Totals) -> Vec<String> {
     }
     sb.cleanup().await;
     reports
+}
+
+/// The mailboxes' owners, who delete and edit copies in Outlook, and the repair passes that
+/// bring them back.
+struct Owners {
+    repairer: Repairer,
+    mailboxes: Vec<(String, String)>,
+    emulator: graph_emulator::Emulator,
+    deletes: AtomicU64,
+    edits: AtomicU64,
+    passes: AtomicU64,
+    found: AtomicU64,
+}
+
+impl Owners {
+    /// One repair pass over every mailbox, eight at a time. A pass that fails (Graph faults) or
+    /// finds the mailbox busy is simply tried again by the next sweep.
+    async fn sweep(&self) {
+        use futures_util::StreamExt;
+        let passes = futures_util::stream::iter(self.mailboxes.clone())
+            .map(|(c, m)| {
+                let r = self.repairer.clone();
+                async move { r.pass(&c, &m).await }
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await;
+        for p in passes.into_iter().flatten() {
+            self.passes.fetch_add(1, Ordering::Relaxed);
+            self.found
+                .fetch_add(p.found.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    async fn keep_repairing(self: Arc<Self>, on: Arc<AtomicBool>) {
+        while on.load(Ordering::Relaxed) {
+            self.sweep().await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Every 100–400 ms, a random owner deletes one of their copies, or retitles and moves it.
+    async fn act(self: Arc<Self>, on: Arc<AtomicBool>, seed: u64) {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x0a11_ce);
+        while on.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
+            let (_, mb) = &self.mailboxes[rng.random_range(0..self.mailboxes.len())];
+            let events = self.emulator.calendar(mb);
+            let Some(e) = events.choose(&mut rng) else {
+                continue;
+            };
+            let id = e["id"].as_str().expect("id");
+            if rng.random_bool(0.5) {
+                if self.emulator.remove_event(mb, id) {
+                    self.deletes.fetch_add(1, Ordering::Relaxed);
+                }
+            } else {
+                let edit = serde_json::json!({
+                    "subject": "changed in Outlook",
+                    "start": {"dateTime": "2026-12-30T06:00:00", "timeZone": "UTC"},
+                    "end": {"dateTime": "2026-12-30T07:00:00", "timeZone": "UTC"},
+                });
+                if self.emulator.edit_event(mb, id, &edit).is_ok() {
+                    self.edits.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
 }
 
 /// Replays every dead letter with the operators' own tool (`outlook-sync dlq replay --all`:
