@@ -2,7 +2,7 @@
 //! Redis and the embedded emulator. Every figure is a ratio of two things measured side by side
 //! in the same run (the machine is shared and noisy), and `BENCHMARKS.md` is written from it.
 //!
-//! One file per figure (`ingest`, `coalescing`, `drain`, `memory`, `scale`), over the shared
+//! One file per figure (`ingest`, `coalescing`, `drain`, `memory`, `scale`, `repair`), over the shared
 //! workloads (`load`) and readings (`measure`); `markdown` writes BENCHMARKS.md.
 
 mod coalescing;
@@ -12,6 +12,7 @@ mod load;
 mod markdown;
 mod measure;
 mod memory;
+mod repair;
 mod scale;
 
 use std::fmt::Write as _;
@@ -127,6 +128,10 @@ pub async fn run(
     // 5. Scale-out: one worker against two on a Graph-bound backlog.
     if wanted(only, "scale") {
         scale::measure(quick, &mut figures).await?;
+    }
+    // 6. The repair pass: Graph requests per pass, unchanged and full (issue #19).
+    if wanted(only, "repair") {
+        repair::measure(quick, &mut figures, &mut notes).await?;
     }
     notes.push(format!(
         "machine: {} cores; RabbitMQ and Redis local; Graph: the embedded emulator",
