@@ -63,6 +63,13 @@ const METHOD: &str = r#"
 - **Scale-out.** The same Graph-bound backlog (latency 100 ms; each worker capped at 64 requests in
   flight, as a pod would be) is drained by one worker, then by two. Ratio: one worker's time /
   two workers' time.
+- **Repair.** 1,000 linked mailboxes get copies through the pipeline (1,500 schedules × 2
+  participants in a quick run, 5,000 × 2 in a full one), then every mailbox gets a repair pass
+  (`repair::Repairer::pass`, eight at a time), twice. The first pass of a mailbox has no cursor:
+  it reads its whole range in pages of `repair.page_size` (100); its floor is ⌈copies / 100⌉ (at
+  least 1) requests per mailbox. The second finds nothing changed: its floor is one delta request
+  per mailbox (its one page carries the next deltaLink). Ratios: requests / floor, for each; both
+  passes must make no write (our own writes are never drift).
 
 ## Reproduce
 
