@@ -574,6 +574,12 @@ impl Windows {
     }
 
     /// The due backlog: how many schedules wait and the due time of the oldest (ms).
+    /// How many schedules are due now (their window has ended) and not yet claimed.
+    pub async fn due_now(&self) -> Result<u64, redis::RedisError> {
+        let mut r = self.redis.clone();
+        r.zcount(self.keys.due(), "-inf", now_ms()).await
+    }
+
     pub async fn backlog(&self) -> Result<(u64, Option<u64>), redis::RedisError> {
         let mut r = self.redis.clone();
         let due = self.keys.due();

@@ -154,7 +154,7 @@ impl Repairer {
                     }
                 }
             }
-            if let Err(e) = self.next_due().await {
+            if let Err(e) = self.run_due().await {
                 warn!(error = %e, "repair: no pass this time; trying again");
             }
             tokio::select! {
@@ -188,22 +188,25 @@ impl Repairer {
         Ok(new.len())
     }
 
-    /// Runs the pass of one due mailbox, if nothing is due for the flush.
-    async fn next_due(&self) -> Result<(), RepairError> {
+    /// Runs the pass of one due mailbox, if nothing is due for the flush: which mailbox, and
+    /// what its pass did (`None`: nothing ran).
+    pub async fn run_due(&self) -> Result<Option<(String, PassReport)>, RepairError> {
         let s = &self.inner;
-        let (due_for_flush, _) = s.windows.backlog().await?;
-        if due_for_flush > 0 {
-            return Ok(()); // cyzen's changes first
+        if s.windows.due_now().await? > 0 {
+            return Ok(None); // cyzen's changes first
         }
         let now = now_ms();
         let next = now + self.interval().as_millis() as u64;
+        let mut ran = None;
         for (company, mailbox) in s.store.claim_due(now, 1, next).await? {
             match self.pass(&company, &mailbox).await {
-                Ok(r) if r.result == "busy" => {
-                    let retry = now_ms() + BUSY_RETRY.as_millis() as u64;
-                    s.store.reschedule(&company, &mailbox, retry).await?;
+                Ok(r) => {
+                    if r.result == "busy" {
+                        let retry = now_ms() + BUSY_RETRY.as_millis() as u64;
+                        s.store.reschedule(&company, &mailbox, retry).await?;
+                    }
+                    ran = Some((mailbox, r));
                 }
-                Ok(_) => {}
                 Err(e) => {
                     s.metrics
                         .drift
@@ -214,7 +217,7 @@ impl Repairer {
                 }
             }
         }
-        Ok(())
+        Ok(ran)
     }
 
     /// One pass over one mailbox (see the module's steps). Tests and the benchmark call it
@@ -448,6 +451,29 @@ impl Repairer {
             return Ok(Vec::new());
         }
         Ok(self.inner.windows.read(members).await?)
+    }
+
+    /// When a mailbox's next pass is due (ms since the epoch), if it is scheduled.
+    pub async fn due_at(&self, company: &str, mailbox: &str) -> Result<Option<u64>, RepairError> {
+        Ok(self
+            .inner
+            .store
+            .due_at(company, &mailbox_key(mailbox))
+            .await?)
+    }
+
+    /// Moves a scheduled mailbox's next pass to `at_ms` (operators and tests: "now").
+    pub async fn due_by(
+        &self,
+        company: &str,
+        mailbox: &str,
+        at_ms: u64,
+    ) -> Result<(), RepairError> {
+        Ok(self
+            .inner
+            .store
+            .reschedule(company, &mailbox_key(mailbox), at_ms)
+            .await?)
     }
 
     fn counted(&self, r: PassReport) -> PassReport {

@@ -426,3 +426,59 @@ async fn two_workers_never_read_one_mailbox_at_once() {
     }
     f.done().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linked_mailboxes_are_spread_over_the_interval_and_each_due_pass_is_taken_by_one_worker() {
+    let mut f = fx("repair-due", Settings::default()).await;
+    f.sb.company(
+        "globex",
+        Plan::Standard,
+        &[("u-1", "hanako", MailboxKind::Ok)],
+    )
+    .await
+    .unwrap();
+    f.publish(&[visit("s-1", 1, "visit")]).await;
+    let now = outlook_sync::window::now_ms();
+    let interval = f.sb.cfg.repair.interval_minutes * 60_000;
+    assert_eq!(f.repairer.register().await.unwrap(), 2);
+    let at = f
+        .repairer
+        .due_at(C, &f.taro)
+        .await
+        .unwrap()
+        .expect("scheduled");
+    assert!(
+        at >= now && at <= now + interval + 1_000,
+        "within one interval: {at}"
+    );
+    // Registering again keeps each mailbox's slot.
+    f.repairer.register().await.unwrap();
+    assert_eq!(f.repairer.due_at(C, &f.taro).await.unwrap(), Some(at));
+    // Due now: of two workers asking at once, one takes the pass.
+    f.repairer.due_by(C, &f.taro, 0).await.unwrap();
+    let other = repairer(&f.sb, Metrics::new());
+    let (a, b) = tokio::join!(f.repairer.run_due(), other.run_due());
+    let ran: Vec<_> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
+    assert_eq!(ran.len(), 1, "{ran:?}");
+    assert_eq!(ran[0].0, f.taro);
+    assert_eq!(ran[0].1.result, "clean");
+    let next = f.repairer.due_at(C, &f.taro).await.unwrap().unwrap();
+    assert!(next >= now + interval, "the next pass is an interval later");
+    // Changes from cyzen first: while a schedule is due (no worker takes it here), no pass
+    // starts; once it is gone, the pass runs.
+    f.worker.take().unwrap().stop(Duration::from_secs(5)).await;
+    f.repairer.due_by(C, &f.taro, 0).await.unwrap();
+    let cfg = f.sb.cfg.clone();
+    let windows =
+        outlook_sync::window::Windows::new(f.sb.redis.clone(), store::keys(&cfg), cfg.window());
+    let s1 = [Member::new(C, "s-1")];
+    windows.make_due_now(&s1).await.unwrap();
+    assert_eq!(windows.due_now().await.unwrap(), 1);
+    assert!(f.repairer.run_due().await.unwrap().is_none());
+    let mut r = f.sb.redis.clone();
+    let _: () = redis::AsyncCommands::zrem(&mut r, store::keys(&cfg).due(), s1[0].encode())
+        .await
+        .unwrap();
+    assert!(f.repairer.run_due().await.unwrap().is_some());
+    f.done().await;
+}
