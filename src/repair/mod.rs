@@ -117,7 +117,7 @@ impl Repairer {
                 Duration::from_secs(cfg.graph.mailbox_lease_seconds),
                 cfg.mailbox_budget(),
             ),
-            ledger: Ledger::from_config(redis, &cfg),
+            ledger: Ledger::from_config(redis, &cfg).with_metrics(metrics.clone()),
             graph,
             metrics,
             cfg,

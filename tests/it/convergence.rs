@@ -988,7 +988,7 @@ impl Owners {
 
     /// Every 100–400 ms, a random owner deletes one of their copies, or retitles and moves it.
     async fn act(self: Arc<Self>, on: Arc<AtomicBool>, seed: u64) {
-        let mut rng = StdRng::seed_from_u64(seed ^ 0x0a11_ce);
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x000a_11ce);
         while on.load(Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(rng.random_range(100..400))).await;
             let (_, mb) = &self.mailboxes[rng.random_range(0..self.mailboxes.len())];

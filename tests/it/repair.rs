@@ -391,8 +391,10 @@ async fn a_stale_delta_token_starts_over_without_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_never_read_one_mailbox_at_once() {
-    let mut settings = Settings::default();
-    settings.latency = Duration::from_millis(150);
+    let settings = Settings {
+        latency: Duration::from_millis(150),
+        ..Settings::default()
+    };
     let mut f = fx("repair-two", settings).await;
     let events: Vec<_> = (0..6)
         .map(|i| visit(&format!("s-{i}"), 1, &format!("v{i}")))
