@@ -366,7 +366,13 @@ impl Repairer {
         let members: Vec<Member> = drifted.iter().map(|(m, _)| m.clone()).collect();
         let staged = self.staged(&members).await?;
         let mut notes = Vec::new();
-        let mut due = Vec::new();
+        // Copies marked by an earlier pass are due again too (idempotent): a pass that died
+        // between marking and making due leaves nothing stuck.
+        let mut due: Vec<Member> = ours
+            .values()
+            .filter(|(_, r)| r.drift.is_some())
+            .map(|(m, _)| m.clone())
+            .collect();
         for ((member, kind), staged) in drifted.into_iter().zip(staged) {
             let record = record_of(&member);
             let label = Metrics::label("kind", kind.as_str());

@@ -484,3 +484,33 @@ async fn linked_mailboxes_are_spread_over_the_interval_and_each_due_pass_is_take
     assert!(f.repairer.run_due().await.unwrap().is_some());
     f.done().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drift_marked_by_a_pass_that_died_before_making_it_due_is_restored_by_the_next_pass() {
+    let f = fx("repair-stuck", Settings::default()).await;
+    f.publish(&[visit("s-1", 1, "visit")]).await;
+    f.pass().await;
+    // A pass marked the copy, then died before making its schedule due.
+    let copies = Copies::new(f.sb.redis.clone(), store::keys(&f.sb.cfg));
+    let m = Member::new(C, "s-1");
+    let marked = CopyRecord {
+        drift: Some(Drift::Edited),
+        ..f.copy("s-1").await.unwrap()
+    };
+    copies.write(&f.taro, &[(&m, marked)], &[]).await.unwrap();
+    let writes = f.writes();
+    f.pass().await;
+    f.idle().await;
+    assert_eq!(f.writes(), writes + 1, "written back once");
+    let copy = f.copy("s-1").await.unwrap();
+    assert_eq!(copy.drift, None);
+    assert_eq!(
+        copy.ck.as_deref(),
+        f.event_of("visit")["changeKey"].as_str()
+    );
+    assert_eq!(
+        f.ledger_words("s-1").await[0],
+        "edited in Outlook, restored"
+    );
+    f.done().await;
+}
