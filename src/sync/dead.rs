@@ -7,31 +7,12 @@ use tracing::warn;
 use super::Shared;
 use super::batch::Step;
 use super::intake::Claimed;
-use super::work::{Work, graph_entry};
+use super::work::{Settlement, Work, graph_entry};
 use crate::amqp;
 use crate::deadletter::DeadLetter;
 use crate::graph::error::{ErrorClass, GraphError};
 use crate::internal_events::{ChangeDeadLettered, InternalEvent};
 use crate::ledger::{self, Entry};
-
-/// How a claimed schedule ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settlement {
-    /// Applied, already applied, or dead-lettered: the claim is completed.
-    Settled,
-    /// Interrupted (Redis or RabbitMQ failed): the claim is released and retried shortly.
-    Unsettled,
-}
-
-impl Settlement {
-    /// Unsettled if either is.
-    pub fn worst(self, other: Settlement) -> Settlement {
-        match (self, other) {
-            (Settlement::Settled, Settlement::Settled) => Settlement::Settled,
-            _ => Settlement::Unsettled,
-        }
-    }
-}
 
 /// Publishes the dead letter of a change; `Unsettled` if the publish failed (the schedule is
 /// then retried, nothing is lost).

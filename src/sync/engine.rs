@@ -13,9 +13,9 @@ use tracing::warn;
 
 use super::Shared;
 use super::batch::{self, MailboxKey, Queues, Request, Step};
-pub use super::dead::Settlement;
 use super::intake::{FlushReport, Intake};
 use super::outcome::{self, CopyFate, Transition};
+pub use super::work::Settlement;
 use super::work::{Held, Work, graph_entry};
 use crate::graph::client::{Credentials, GraphRequest, GraphResponse};
 use crate::graph::error::{ErrorClass, GraphError};

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use jiff::Timestamp;
 
 use super::batch::{MailboxKey, Step};
-use super::dead::Settlement;
 use super::intake::Claimed;
 use super::plan::OpKind;
 use crate::graph::error::GraphError;
@@ -129,5 +128,24 @@ pub fn graph_entry(
         request_id: e.request_id.clone(),
         attempt,
         ..Entry::new(revision, mailbox, op, outcome, reason)
+    }
+}
+
+/// How a claimed schedule ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// Applied, already applied, or dead-lettered: the claim is completed.
+    Settled,
+    /// Interrupted (Redis or RabbitMQ failed): the claim is released and retried shortly.
+    Unsettled,
+}
+
+impl Settlement {
+    /// Unsettled if either is.
+    pub fn worst(self, other: Settlement) -> Settlement {
+        match (self, other) {
+            (Settlement::Settled, Settlement::Settled) => Settlement::Settled,
+            _ => Settlement::Unsettled,
+        }
     }
 }
