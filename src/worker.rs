@@ -195,6 +195,7 @@ impl Worker {
             metrics: self.metrics.clone(),
             consumer_ready: self.ingest.ready(),
             redis: self.redis.clone(),
+            database: self.flusher.directory().directory().db().clone(),
         }
     }
 

@@ -33,6 +33,42 @@ pub struct Config {
     pub log: LogConfig,
     pub secrets: SecretsConfig,
     pub worker: WorkerConfig,
+    pub database: DatabaseConfig,
+}
+
+/// The directory's PostgreSQL (`tenants::db`): companies, linked users, the admin audit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// A `postgres://` URL (it may hold the password: redacted wherever configuration is shown).
+    pub url: String,
+    /// The schema every table lives in (tests and sandboxes use one of their own).
+    pub schema: String,
+    /// Whether `run` applies pending migrations at start (otherwise `outlook-sync db migrate`).
+    pub migrate_on_start: bool,
+    /// Connections per process.
+    pub pool_size: usize,
+    /// How long one connection attempt or one query may take, in milliseconds.
+    pub timeout_ms: u64,
+    /// The per-worker cache reloads everything this often, in seconds (LISTEN/NOTIFY carries
+    /// each change at once; the reload is the safety net).
+    pub reload_seconds: u64,
+    /// The last-sync times of users are written behind, at most this often, in seconds.
+    pub write_behind_seconds: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/test".into(),
+            schema: "outlook_sync".into(),
+            migrate_on_start: true,
+            pool_size: 4,
+            timeout_ms: 5000,
+            reload_seconds: 60,
+            write_behind_seconds: 10,
+        }
+    }
 }
 
 /// How `outlook-sync run` behaves as a process.

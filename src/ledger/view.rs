@@ -107,7 +107,7 @@ pub async fn sync_view(
     let staged = seen
         .revision
         .map(|revision| staged_view(revision, &seen, event.as_ref()));
-    let directory = Directory::from_config(redis.clone(), cfg);
+    let directory = Directory::from_config(cfg);
     let company_status = match directory.company(company).await? {
         None => "unknown_company".to_string(),
         Some(c) => match c.sync_allowed() {

@@ -485,7 +485,7 @@ async fn secrets_are_encrypted_at_rest_rotate_by_key_id_and_are_never_returned()
             ),
         });
     rotated.secrets.active_key = "k2".into();
-    let dir = outlook_sync::tenants::Directory::from_config(sb.redis.clone(), &rotated);
+    let dir = outlook_sync::tenants::Directory::from_config(&rotated);
     let c = dir.company("acme").await.unwrap().unwrap();
     assert_eq!(c.credentials.unwrap().client_secret.expose(), t.secret);
     let report = dir.reseal_all().await.unwrap();
@@ -493,11 +493,11 @@ async fn secrets_are_encrypted_at_rest_rotate_by_key_id_and_are_never_returned()
     let doc: Value = serde_json::from_str(&r.get::<_, String>(&key).await.unwrap()).unwrap();
     assert_eq!(doc["credentials"]["secret"]["key_id"], "k2");
     rotated.secrets.keys.remove(0);
-    let only_new = outlook_sync::tenants::Directory::from_config(sb.redis.clone(), &rotated);
+    let only_new = outlook_sync::tenants::Directory::from_config(&rotated);
     let c = only_new.company("acme").await.unwrap().unwrap();
     assert_eq!(c.credentials.unwrap().client_secret.expose(), t.secret);
     // The old key alone cannot open it: the company is not synced, and says why.
-    let old_only = outlook_sync::tenants::Directory::from_config(sb.redis.clone(), &sb.cfg);
+    let old_only = outlook_sync::tenants::Directory::from_config(&sb.cfg);
     let c = old_only.company("acme").await.unwrap().unwrap();
     assert!(c.credentials.is_none());
     assert!(c.credentials_error.as_deref().unwrap().contains("k2"));

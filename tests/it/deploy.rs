@@ -533,12 +533,14 @@ async fn the_probed_paths_answer_without_the_services() {
     outlook_sync::install_crypto_provider();
     let mut cfg = Config::default();
     cfg.redis.url = "redis://127.0.0.1:1/".into();
+    cfg.database.url = "postgres://postgres@127.0.0.1:1/test".into();
     let metrics = Metrics::new();
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let health = outlook_sync::admin::Health {
         metrics,
         consumer_ready: rx,
         redis: outlook_sync::store::connect_lazy(&cfg).unwrap(),
+        database: outlook_sync::tenants::db::Db::new(&cfg.database),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -573,6 +575,7 @@ async fn the_probed_paths_answer_without_the_services() {
         .await
         .unwrap();
     assert!(m.contains("outlook_sync_redis_reachable 0"), "{m}");
+    assert!(m.contains("outlook_sync_database_reachable 0"), "{m}");
     assert!(m.contains("outlook_sync_consumer_attached 0"), "{m}");
     server.abort();
 }

@@ -10,6 +10,7 @@ mod contract;
 mod convergence;
 mod deadletter;
 mod demo;
+mod directory;
 mod deploy;
 mod emulator;
 mod faults;
