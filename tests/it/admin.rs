@@ -461,11 +461,10 @@ async fn secrets_are_encrypted_at_rest_rotate_by_key_id_and_are_never_returned()
             .len(),
         12
     );
-    let mut r = sb.redis.clone();
-    let key = format!("{}:company:acme", sb.cfg.redis.key_prefix);
-    let raw: String = r.get(&key).await.unwrap();
+    let db = sb.directory.db();
+    let raw = crate::directory::stored_text(db).await;
     assert!(!raw.contains(&t.secret), "stored in plain text: {raw}");
-    let doc: Value = serde_json::from_str(&raw).unwrap();
+    let doc = crate::directory::company_doc(db, "acme").await;
     assert_eq!(doc["credentials"]["secret"]["key_id"], "sandbox");
     assert_eq!(
         api.admin.verify_credentials("acme").await.unwrap().outcome,
@@ -490,7 +489,7 @@ async fn secrets_are_encrypted_at_rest_rotate_by_key_id_and_are_never_returned()
     assert_eq!(c.credentials.unwrap().client_secret.expose(), t.secret);
     let report = dir.reseal_all().await.unwrap();
     assert_eq!(report.resealed, 1, "{report:?}");
-    let doc: Value = serde_json::from_str(&r.get::<_, String>(&key).await.unwrap()).unwrap();
+    let doc = crate::directory::company_doc(db, "acme").await;
     assert_eq!(doc["credentials"]["secret"]["key_id"], "k2");
     rotated.secrets.keys.remove(0);
     let only_new = outlook_sync::tenants::Directory::from_config(&rotated);
@@ -1420,12 +1419,9 @@ async fn the_full_scenario_never_reveals_the_secret_in_logs_metrics_responses_or
     )
     .await;
     let mut r = sb.redis.clone();
-    let _: () = r
-        .hset(
-            format!("{}:users:acme", sb.cfg.redis.key_prefix),
-            "u-4",
-            json!({"user_id":"u-4","mailbox":t.upn("guest"),"linked_at":"2026-01-01T00:00:00Z","status":"authenticated"}).to_string(),
-        )
+    let u4 = json!({"user_id":"u-4","mailbox":t.upn("guest"),"linked_at":"2026-01-01T00:00:00Z","status":"authenticated"});
+    sb.directory
+        .put_user("acme", &serde_json::from_value(u4).unwrap())
         .await
         .unwrap();
     let worker = sb.worker().await.unwrap();
@@ -1438,7 +1434,21 @@ async fn the_full_scenario_never_reveals_the_secret_in_logs_metrics_responses_or
     .await
     .unwrap();
     assert!(sb.wait_idle(Duration::from_secs(40)).await.unwrap());
-    let list = api.ok("GET", "/v1/companies/acme/users", None).await;
+    // Last-sync times are written behind (the sandbox: every second).
+    let mut list = Value::Null;
+    for _ in 0..50 {
+        list = api.ok("GET", "/v1/companies/acme/users", None).await;
+        let taro = list["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["user_id"] == "u-1")
+            .unwrap();
+        if taro["last_sync_at"].is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let taro = list["users"]
         .as_array()
         .unwrap()
@@ -1512,6 +1522,10 @@ async fn the_full_scenario_never_reveals_the_secret_in_logs_metrics_responses_or
         ("API responses", api.bodies.lock().unwrap().join("\n")),
         ("dead letters", dead.join("\n")),
         ("Redis", stored),
+        (
+            "PostgreSQL",
+            crate::directory::stored_text(sb.directory.db()).await,
+        ),
     ];
     for (place, text) in &places {
         assert!(!text.is_empty(), "{place} is empty");

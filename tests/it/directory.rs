@@ -11,10 +11,9 @@ use outlook_sync::demo::Ev;
 use outlook_sync::tenants::db::{Db, sql};
 use outlook_sync::tenants::{CachedCompany, Directory, LinkedUser, Lookup, Plan, UserStatus};
 
-use crate::proxy::Proxy;
 use crate::support::{mailbox, sandbox, subjects, unique};
 
-const OK: MailboxKind = MailboxKind::Exchange;
+const OK: MailboxKind = MailboxKind::Ok;
 
 /// A configuration whose directory lives in a schema of its own (dropped by [`Schema::drop`]).
 pub struct Schema {
@@ -40,6 +39,32 @@ impl Schema {
     pub async fn drop(self) {
         self.db.drop_schema().await.unwrap();
     }
+}
+
+/// Everything the directory's tables hold, as text (to look for a secret in).
+pub async fn stored_text(db: &Db) -> String {
+    let c = db.client().await.unwrap();
+    let mut out = String::new();
+    for table in ["companies", "linked_users", "removed_companies", "audit"] {
+        for row in c
+            .query(&format!("SELECT t::text FROM {table} AS t"), &[])
+            .await
+            .unwrap()
+        {
+            out.push_str(&row.get::<_, String>(0));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// A company's stored document.
+pub async fn company_doc(db: &Db, company: &str) -> serde_json::Value {
+    let c = db.client().await.unwrap();
+    c.query_one("SELECT doc FROM companies WHERE company_id = $1", &[&company])
+        .await
+        .unwrap()
+        .get(0)
 }
 
 /// Waits until `f` holds, polling every 20 ms; the time it took, or a failure after `limit`.
