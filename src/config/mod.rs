@@ -80,6 +80,22 @@ pub struct WorkerConfig {
     pub shutdown_grace_seconds: u64,
 }
 
+/// An `admin.tokens` entry as (name, token): `name:token` when the text before the first `:` is
+/// a name (1 to 40 of `A-Za-z0-9._-`), else the whole entry is the token, named `token-N` (`index`
+/// counts from 0). The audit records the name, never the token.
+pub fn admin_token_parts(entry: &str, index: usize) -> (String, &str) {
+    if let Some((name, token)) = entry.split_once(':') {
+        let is_name = (1..=40).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if is_name {
+            return (name.to_string(), token);
+        }
+    }
+    (format!("token-{}", index + 1), entry)
+}
+
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
@@ -276,7 +292,9 @@ pub struct RetryConfig {
 pub struct AdminConfig {
     /// Where the admin API, /metrics, /healthz and /readyz listen.
     pub listen: String,
-    /// Bearer tokens accepted by the admin API. Empty: the admin API refuses every call.
+    /// Bearer tokens accepted by the admin API, each `name:token` (the name is what the audit
+    /// records) or a bare token (named `token-N`, its position from 1). Empty: the admin API
+    /// refuses every call.
     pub tokens: Vec<String>,
     /// The admin API's base URL as the administrator's browser reaches it: the admin-consent
     /// redirect comes back to `{public_url}/v1/consent/callback`.

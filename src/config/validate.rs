@@ -199,8 +199,18 @@ impl Config {
                 ),
             ));
         }
-        for (i, token) in self.admin.tokens.iter().enumerate() {
+        let mut names = std::collections::HashSet::new();
+        for (i, entry) in self.admin.tokens.iter().enumerate() {
+            let (name, token) = super::admin_token_parts(entry, i);
             checks::admin_token(token).map_err(|m| bad(&format!("admin.tokens[{i}]"), m))?;
+            if !names.insert(name.clone()) {
+                return Err(bad(
+                    &format!("admin.tokens[{i}]"),
+                    format!(
+                        "names {name:?} again: each token's name must be its own (the audit records it)"
+                    ),
+                ));
+            }
         }
         match url::Url::parse(&self.admin.public_url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}

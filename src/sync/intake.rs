@@ -139,10 +139,7 @@ pub(crate) async fn intake(s: &Shared, limit: usize) -> Result<Intake, redis::Re
 /// How long a schedule waits when the directory cannot answer for its company.
 pub const DIRECTORY_RETRY: Duration = Duration::from_secs(10);
 
-type Row = (
-    Arc<Claimed>,
-    BTreeMap<String, crate::store::CopyRecord>,
-);
+type Row = (Arc<Claimed>, BTreeMap<String, crate::store::CopyRecord>);
 
 /// Gives back, due again after [`DIRECTORY_RETRY`], the claims of companies the directory
 /// cannot answer for now (not loaded, unreachable, empty, or a company it knew and lost):

@@ -236,7 +236,10 @@ impl Inner {
             }
             One::Absent { removed } => {
                 if s.companies.remove(company).is_some() && !removed {
-                    warn!(company, "directory: a company this worker knew is missing from the database without a removal; its events are retried until it is back");
+                    warn!(
+                        company,
+                        "directory: a company this worker knew is missing from the database without a removal; its events are retried until it is back"
+                    );
                     s.lost.insert(company.to_string());
                 }
                 if removed {
@@ -315,8 +318,12 @@ async fn listen_once(inner: &Inner, db: &Db) -> Result<(), super::DirectoryError
             }
         }
     }));
-    db.timed(async { Ok(client.batch_execute(&format!("LISTEN {}", db::CHANNEL)).await?) })
-        .await?;
+    db.timed(async {
+        Ok(client
+            .batch_execute(&format!("LISTEN {}", db::CHANNEL))
+            .await?)
+    })
+    .await?;
     inner.load_all().await?;
     inner.set(|s| s.listening = true);
     let prefix = format!("{}/", db.schema());

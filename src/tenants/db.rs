@@ -57,8 +57,7 @@ pub mod sql {
         WHERE linked_users.doc IS DISTINCT FROM EXCLUDED.doc \
            OR linked_users.last_sync_at IS DISTINCT FROM \
               GREATEST(linked_users.last_sync_at, EXCLUDED.last_sync_at)";
-    pub const USER_DELETE: &str =
-        "DELETE FROM linked_users WHERE company_id = $1 AND user_id = $2";
+    pub const USER_DELETE: &str = "DELETE FROM linked_users WHERE company_id = $1 AND user_id = $2";
     /// The written-behind last-sync times, many users in one statement; a time never goes back.
     pub const USERS_SYNCED: &str = "UPDATE linked_users AS u \
         SET last_sync_at = to_timestamp(v.at) \

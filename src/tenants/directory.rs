@@ -196,7 +196,11 @@ impl Directory {
     /// version before encryption at rest, sealed with the active key unless the stored company
     /// already holds the same. Whether anything changed.
     pub(super) async fn put_company_doc(&self, doc: CompanyDoc) -> Result<bool, DirectoryError> {
-        if !doc.credentials.as_ref().is_some_and(CredentialsDoc::is_plain) {
+        if !doc
+            .credentials
+            .as_ref()
+            .is_some_and(CredentialsDoc::is_plain)
+        {
             return timed!(self, self.put_doc(&doc).await);
         }
         let company = self.open(doc);
@@ -359,19 +363,20 @@ impl Directory {
             let mut changed = 0;
             for u in users {
                 let (mailbox_key, status, doc, last) = user_columns(u);
-                changed += tx.execute(
-                    &put,
-                    &[
-                        &company,
-                        &u.user_id,
-                        &u.mailbox,
-                        &mailbox_key,
-                        &status,
-                        &doc,
-                        &last,
-                    ],
-                )
-                .await?;
+                changed += tx
+                    .execute(
+                        &put,
+                        &[
+                            &company,
+                            &u.user_id,
+                            &u.mailbox,
+                            &mailbox_key,
+                            &status,
+                            &doc,
+                            &last,
+                        ],
+                    )
+                    .await?;
             }
             tx.commit().await?;
             Ok(usize::try_from(changed).unwrap_or(usize::MAX))

@@ -1534,6 +1534,76 @@ async fn the_full_scenario_never_reveals_the_secret_in_logs_metrics_responses_or
     sb.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_admin_write_is_audited_with_the_token_name_and_never_a_secret() {
+    let sb = sandbox("admin-audit").await;
+    let api = serve(&sb, |c| c.admin.tokens = vec![format!("ops-alice:{TOKEN}")]).await;
+    let t = tenant(&sb, "acme", |a| a, &[("taro", MailboxKind::Ok)]);
+    company(&api, "acme", "standard", &t).await;
+    api.ok(
+        "PUT",
+        "/v1/companies/acme/users/u-1",
+        Some(json!({"mailbox": t.upn("taro")})),
+    )
+    .await;
+    // A refused write and the reads are not changes.
+    let (status, _) = api
+        .call("PUT", "/v1/companies/acme", Some(json!({"plan": "gold"})))
+        .await;
+    assert_eq!(status, 422);
+    api.ok("GET", "/v1/companies/acme/users", None).await;
+    api.ok("DELETE", "/v1/companies/acme/users/u-1", None).await;
+
+    let audit = api.ok("GET", "/v1/companies/acme/audit", None).await;
+    let entries = audit["entries"].as_array().unwrap();
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions.first(),
+        Some(&"DELETE /v1/companies/{company}/users/{user}"),
+        "newest first: {audit}"
+    );
+    assert!(
+        actions.contains(&"PUT /v1/companies/{company}/microsoft365"),
+        "{audit}"
+    );
+    assert!(
+        actions.contains(&"PUT /v1/companies/{company}/users/{user}"),
+        "{audit}"
+    );
+    assert!(actions.contains(&"PUT /v1/companies/{company}"), "{audit}");
+    assert!(
+        !actions.iter().any(|a| a.starts_with("GET")),
+        "reads are not audited: {audit}"
+    );
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e["summary"].as_str().unwrap().contains("422"))
+            .count(),
+        0,
+        "a refused write changed nothing: {audit}"
+    );
+    for e in entries {
+        assert_eq!(e["token"], "ops-alice", "{e}");
+        assert!(e["at"].is_string());
+    }
+    assert!(
+        !audit.to_string().contains(&t.secret),
+        "the secret is in the audit"
+    );
+    assert!(
+        !audit.to_string().contains(TOKEN),
+        "the token is in the audit"
+    );
+    // Another company's audit holds none of it.
+    let other = api.ok("GET", "/v1/companies/other/audit", None).await;
+    assert!(other["entries"].as_array().unwrap().is_empty(), "{other}");
+    sb.cleanup().await;
+}
+
 // ---- the command line -----------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2976,6 +3046,20 @@ async fn every_route_answers_what_the_openapi_document_says_in_success_and_in_er
         "backlog",
         api.checked(c, "GET", "/v1/backlog", tok, None).await,
         200,
+    );
+
+    let audit = expect(
+        "audit",
+        api.checked(c, "GET", "/v1/companies/acme/audit?limit=5", tok, None)
+            .await,
+        200,
+    );
+    assert_eq!(audit["entries"].as_array().unwrap().len(), 5, "{audit}");
+    expect(
+        "audit, bad limit",
+        api.checked(c, "GET", "/v1/companies/acme/audit?limit=0", tok, None)
+            .await,
+        422,
     );
 
     // Last: remove the integration (a job).

@@ -11,6 +11,7 @@ use outlook_sync::demo::Ev;
 use outlook_sync::tenants::db::{Db, sql};
 use outlook_sync::tenants::{CachedCompany, Directory, LinkedUser, Lookup, Plan, UserStatus};
 
+use crate::proxy::Proxy;
 use crate::support::{mailbox, sandbox, subjects, unique};
 
 const OK: MailboxKind = MailboxKind::Ok;
@@ -61,10 +62,13 @@ pub async fn stored_text(db: &Db) -> String {
 /// A company's stored document.
 pub async fn company_doc(db: &Db, company: &str) -> serde_json::Value {
     let c = db.client().await.unwrap();
-    c.query_one("SELECT doc FROM companies WHERE company_id = $1", &[&company])
-        .await
-        .unwrap()
-        .get(0)
+    c.query_one(
+        "SELECT doc FROM companies WHERE company_id = $1",
+        &[&company],
+    )
+    .await
+    .unwrap()
+    .get(0)
 }
 
 /// Waits until `f` holds, polling every 20 ms; the time it took, or a failure after `limit`.
@@ -118,8 +122,14 @@ async fn two_processes_migrating_at_once_apply_each_migration_once() {
         .collect();
     let mut applied = [ra, rb].concat();
     applied.sort();
-    assert_eq!(applied, all, "each migration applied by exactly one of the two");
-    assert!(a.migrate().await.unwrap().is_empty(), "a third run finds nothing to do");
+    assert_eq!(
+        applied, all,
+        "each migration applied by exactly one of the two"
+    );
+    assert!(
+        a.migrate().await.unwrap().is_empty(),
+        "a third run finds nothing to do"
+    );
     a.drop_schema().await.unwrap();
 }
 
@@ -161,9 +171,13 @@ async fn a_link_an_unlink_a_plan_change_and_a_credential_change_reach_a_running_
  {
     let sb = sandbox("db-cache", Settings::default()).await;
     let c = "acme";
-    sb.company(c, Plan::Standard, &[("u-1", "taro", OK), ("u-2", "hanako", OK)])
-        .await
-        .unwrap();
+    sb.company(
+        c,
+        Plan::Standard,
+        &[("u-1", "taro", OK), ("u-2", "hanako", OK)],
+    )
+    .await
+    .unwrap();
     let w = sb.worker().await.unwrap();
     let cache = w.flusher.directory();
     let limit = Duration::from_secs(2);
@@ -171,17 +185,29 @@ async fn a_link_an_unlink_a_plan_change_and_a_credential_change_reach_a_running_
         Lookup::Known(e) => f(&e),
         _ => false,
     };
-    within(limit, "the first load", || known(&|e| e.users.contains_key("u-2"))).await;
+    within(limit, "the first load", || {
+        known(&|e| e.users.contains_key("u-2"))
+    })
+    .await;
 
     // An unlink, then a link: the event after it reaches the newly linked mailbox.
     let hanako = sb.directory.user(c, "u-2").await.unwrap().unwrap();
     sb.directory.remove_user(c, "u-2").await.unwrap();
-    let took = within(limit, "the unlink", || known(&|e| !e.users.contains_key("u-2"))).await;
+    let took = within(limit, "the unlink", || {
+        known(&|e| !e.users.contains_key("u-2"))
+    })
+    .await;
     println!("the unlink reached the worker in {took:?}");
     sb.directory.put_user(c, &hanako).await.unwrap();
-    let took = within(limit, "the link", || known(&|e| e.users.contains_key("u-2"))).await;
+    let took = within(limit, "the link", || {
+        known(&|e| e.users.contains_key("u-2"))
+    })
+    .await;
     println!("the link reached the worker in {took:?}");
-    sb.publish(&[Ev::created(c, "s-1").title("v1").people("u-1", &["u-2"]).wire()])
+    sb.publish(&[Ev::created(c, "s-1")
+        .title("v1")
+        .people("u-1", &["u-2"])
+        .wire()])
         .await
         .unwrap();
     assert!(sb.wait_idle(Duration::from_secs(20)).await.unwrap());
@@ -213,5 +239,402 @@ async fn a_link_an_unlink_a_plan_change_and_a_credential_change_reach_a_running_
     .await;
     println!("the credential change reached the worker in {took:?}");
     w.stop(Duration::from_secs(5)).await;
+    sb.cleanup().await;
+}
+
+/// A counter of the worker's metrics, by its name and label (`reason="…"`).
+fn counter(metrics: &str, name: &str, label: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l.contains(label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// An admin API on `cfg` (token `ops:…`), for its answers while the database is down.
+async fn admin_api(sb: &outlook_sync::demo::Sandbox, mut cfg: Config) -> String {
+    cfg.admin.tokens = vec![format!("ops:{ADMIN_TOKEN}")];
+    let admin = outlook_sync::admin::service::Admin::new(
+        std::sync::Arc::new(cfg.clone()),
+        sb.redis.clone(),
+        outlook_sync::graph::client::GraphClient::new(&cfg.graph),
+        outlook_sync::metrics::Metrics::new(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, outlook_sync::admin::api::router(admin))
+            .await
+            .unwrap()
+    });
+    base
+}
+
+const ADMIN_TOKEN: &str = "test-token-Vq3xN8kR2mT7wZ5pL9cY4hB6";
+
+async fn put_plan(base: &str, plan: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .put(format!("{base}/v1/companies/acme"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({ "plan": plan }))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_keeps_cached_companies_syncing_fails_admin_writes_cleanly_and_writes_nothing_twice()
+ {
+    let mut sb = sandbox("db-outage", Settings::default()).await;
+    let c = "acme";
+    sb.company(
+        c,
+        Plan::Standard,
+        &[("u-1", "taro", OK), ("u-2", "hanako", OK)],
+    )
+    .await
+    .unwrap();
+    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    sb.cfg.database.url = format!("postgres://postgres@127.0.0.1:{}/test", proxy.port());
+    sb.cfg.database.timeout_ms = 1000;
+    let w = sb.worker().await.unwrap();
+    let cache = w.flusher.directory();
+    within(Duration::from_secs(5), "the first load", || {
+        cache.is_fresh()
+    })
+    .await;
+    sb.publish(&[Ev::created(c, "s-1")
+        .title("v1")
+        .people("u-1", &["u-2"])
+        .wire()])
+        .await
+        .unwrap();
+    assert!(sb.wait_idle(Duration::from_secs(20)).await.unwrap());
+    let base = admin_api(&sb, sb.cfg.clone()).await;
+
+    proxy.cut();
+    within(Duration::from_secs(10), "noticing the outage", || {
+        !cache.is_fresh()
+    })
+    .await;
+    let ready = w.health().check().await;
+    assert!(
+        !ready.database_reachable && ready.redis_reachable,
+        "{ready:?}"
+    );
+    // The cached company keeps syncing; a company the cache does not hold is retried.
+    sb.publish(&[
+        Ev::updated(c, "s-1", 2)
+            .title("v2")
+            .people("u-1", &["u-2"])
+            .wire(),
+        Ev::created("newco", "s-9")
+            .title("n1")
+            .people("u-9", &[])
+            .wire(),
+    ])
+    .await
+    .unwrap();
+    within(Duration::from_secs(20), "the cached company's sync", || {
+        subjects(&sb, &mailbox("taro", c)) == vec!["v2"]
+            && subjects(&sb, &mailbox("hanako", c)) == vec!["v2"]
+    })
+    .await;
+    within(
+        Duration::from_secs(10),
+        "the unknown company's retry",
+        || {
+            counter(
+                &w.metrics.render(),
+                "outlook_sync_events_deferred",
+                "directory_unreachable",
+            ) >= 1.0
+        },
+    )
+    .await;
+    assert_eq!(
+        counter(
+            &w.metrics.render(),
+            "outlook_sync_events_skipped",
+            "\"unknown_company\""
+        ),
+        0.0,
+        "nothing is skipped while the directory cannot tell"
+    );
+    // Admin writes fail cleanly, in both languages.
+    let (status, body) = put_plan(&base, "premium").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "directory_unavailable", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("try again"),
+        "{body}"
+    );
+    assert!(
+        !body["error"]["message_ja"].as_str().unwrap().is_empty(),
+        "{body}"
+    );
+
+    proxy.restore();
+    within(Duration::from_secs(15), "recovering", || cache.is_fresh()).await;
+    // Back: the unknown company is now known to be unknown, and skipped.
+    within(
+        Duration::from_secs(20),
+        "the unknown company's skip",
+        || {
+            counter(
+                &w.metrics.render(),
+                "outlook_sync_events_skipped",
+                "\"unknown_company\"",
+            ) >= 1.0
+        },
+    )
+    .await;
+    let (status, body) = put_plan(&base, "premium").await;
+    assert_eq!(status, 200, "{body}");
+    // The last-sync time held through the outage is written, once.
+    let synced = |u: &str| {
+        let d = sb.directory.clone();
+        let u = u.to_string();
+        async move { d.user(c, &u).await.unwrap().unwrap().last_sync_at }
+    };
+    let mut last = None;
+    for _ in 0..100 {
+        last = synced("u-1").await;
+        if last.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(last.is_some(), "the held last-sync time was written");
+    assert_eq!(
+        w.flusher.directory().write_pending().await.unwrap(),
+        0,
+        "nothing left to write twice"
+    );
+    assert!(sb.wait_idle(Duration::from_secs(20)).await.unwrap());
+    w.stop(Duration::from_secs(5)).await;
+    let stats = sb.emulator.emulator.stats();
+    assert_eq!(
+        stats.events_created, 2,
+        "one copy per mailbox, none written twice"
+    );
+    assert_eq!(subjects(&sb, &mailbox("taro", c)), vec!["v2"]);
+    sb.cleanup().await;
+}
+
+#[tokio::test]
+async fn importing_a_redis_directory_twice_copies_it_once() {
+    use redis::AsyncCommands;
+    let mut s = Schema::new("db-import").await;
+    s.cfg.secrets = outlook_sync::config::SecretsConfig {
+        keys: vec![outlook_sync::config::SecretKeyConfig {
+            id: "k1".into(),
+            key_base64: base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                rand::random::<[u8; 32]>(),
+            ),
+        }],
+        active_key: "k1".into(),
+    };
+    let ring = outlook_sync::crypto::KeyRing::from_config(&s.cfg.secrets).unwrap();
+    let sealed = ring
+        .seal(
+            &outlook_sync::secret::Secret::new("sealed-secret-1"),
+            "outlook-sync/client-secret/v1/acme",
+        )
+        .unwrap();
+    let keys = outlook_sync::store::keys(&s.cfg);
+    let mut r = crate::support::redis().await;
+    let acme = serde_json::json!({"id": "acme", "plan": "standard", "enabled": true,
+        "credentials": {"tenant_id": "t-1", "client_id": "c-1", "secret": sealed}});
+    // Stored in plain text by a version before encryption at rest.
+    let old = serde_json::json!({"id": "oldco", "plan": "premium", "enabled": false,
+        "credentials": {"tenant_id": "t-2", "client_id": "c-2", "client_secret": "plain-secret-2"}});
+    let _: () = r.set(keys.company("acme"), acme.to_string()).await.unwrap();
+    let _: () = r.set(keys.company("oldco"), old.to_string()).await.unwrap();
+    let _: () = r.sadd(keys.companies(), &["acme", "oldco"]).await.unwrap();
+    for (id, addr) in [("u-1", "Taro@acme.example"), ("u-2", "hanako@acme.example")] {
+        let mut u = user(id, addr);
+        u.last_sync_at = Some(jiff::Timestamp::now());
+        let _: () = r
+            .hset(keys.users("acme"), id, serde_json::to_string(&u).unwrap())
+            .await
+            .unwrap();
+    }
+    let _: () = r
+        .hset(
+            keys.users("oldco"),
+            "u-7",
+            serde_json::to_string(&user("u-7", "x@old.example")).unwrap(),
+        )
+        .await
+        .unwrap();
+
+    let d = Directory::from_config(&s.cfg);
+    let from = outlook_sync::tenants::RedisDirectory::new(r.clone(), keys.clone());
+    let first = from.import_into(&d).await.unwrap();
+    assert_eq!(
+        (
+            first.companies,
+            first.companies_written,
+            first.users,
+            first.users_written
+        ),
+        (2, 2, 3, 3),
+        "{first:?}"
+    );
+    let stored = stored_text(&s.db).await;
+    let second = from.import_into(&d).await.unwrap();
+    assert_eq!(
+        (
+            second.companies,
+            second.companies_written,
+            second.users,
+            second.users_written
+        ),
+        (2, 0, 3, 0),
+        "a second run writes nothing: {second:?}"
+    );
+    assert_eq!(
+        stored_text(&s.db).await,
+        stored,
+        "a second run changes nothing"
+    );
+    let acme = d.company("acme").await.unwrap().unwrap();
+    assert_eq!(
+        acme.credentials.unwrap().client_secret.expose(),
+        "sealed-secret-1"
+    );
+    let old = d.company("oldco").await.unwrap().unwrap();
+    assert_eq!(
+        old.credentials.unwrap().client_secret.expose(),
+        "plain-secret-2"
+    );
+    assert!(
+        !stored.contains("plain-secret-2"),
+        "the plain-text secret is sealed on import"
+    );
+    let users = d.users("acme").await.unwrap();
+    assert_eq!(users["u-1"].mailbox, "Taro@acme.example");
+    assert!(users["u-1"].last_sync_at.is_some());
+    let _: () = r
+        .del(&[
+            keys.company("acme"),
+            keys.company("oldco"),
+            keys.companies(),
+            keys.users("acme"),
+            keys.users("oldco"),
+        ])
+        .await
+        .unwrap();
+    s.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_loses_everything_mid_history_keeps_the_directory_finds_copies_by_tag_and_syncs_what_follows()
+ {
+    use redis::AsyncCommands;
+    let sb = sandbox("db-redis-loss", Settings::default()).await;
+    let c = "acme";
+    sb.company(
+        c,
+        Plan::Standard,
+        &[("u-1", "taro", OK), ("u-2", "hanako", OK)],
+    )
+    .await
+    .unwrap();
+    let w = sb.worker().await.unwrap();
+    let ids: Vec<String> = (1..=10).map(|i| format!("s-{i}")).collect();
+    let changes = |rev: u64, range: std::ops::Range<usize>| -> Vec<_> {
+        ids[range]
+            .iter()
+            .map(|id| {
+                let ev = if rev == 1 {
+                    Ev::created(c, id)
+                } else {
+                    Ev::updated(c, id, rev)
+                };
+                ev.title(&format!("{id} r{rev}"))
+                    .people("u-1", &["u-2"])
+                    .wire()
+            })
+            .collect()
+    };
+    sb.publish(&changes(1, 0..10)).await.unwrap();
+    assert!(sb.wait_idle(Duration::from_secs(30)).await.unwrap());
+
+    // Mid-history: revision 2 of s-1..s-5 staged, then every key of this sandbox is lost at
+    // once (only this test's prefix: other tests share the Redis).
+    sb.publish(&changes(2, 0..5)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let keys = outlook_sync::store::keys(&sb.cfg);
+    let wipe = redis::Script::new(
+        r"local n = redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+          local all = redis.call('KEYS', ARGV[1])
+          for i = 1, #all, 500 do redis.call('DEL', unpack(all, i, math.min(i + 499, #all))) end
+          return {n, #all}",
+    );
+    let mut r = sb.redis.clone();
+    let (pending, wiped): (u64, u64) = wipe
+        .key(keys.due())
+        .key(keys.inflight())
+        .arg(format!("{}:*", sb.cfg.redis.key_prefix))
+        .invoke_async(&mut r)
+        .await
+        .unwrap();
+    assert!(wiped > 0);
+
+    // History goes on: revision 3 of s-3..s-10 (s-1 and s-2 get nothing newer).
+    sb.publish(&changes(3, 2..10)).await.unwrap();
+    assert!(sb.wait_idle(Duration::from_secs(60)).await.unwrap());
+    w.stop(Duration::from_secs(5)).await;
+
+    // The directory is intact.
+    let company = sb.directory.company(c).await.unwrap().unwrap();
+    assert!(company.credentials.is_some());
+    assert_eq!(sb.directory.users(c).await.unwrap().len(), 2);
+    // Every change staged after the loss is in Outlook, each copy once (found again by its
+    // tag); of the changes before it, only revision 2 of s-1/s-2 may be missing, and only if it
+    // was staged and not flushed when Redis lost everything.
+    for m in ["taro", "hanako"] {
+        let got = subjects(&sb, &mailbox(m, c));
+        assert_eq!(got.len(), 10, "{m}: one copy per schedule: {got:?}");
+        for (i, id) in ids.iter().enumerate() {
+            let s = got
+                .iter()
+                .find(|s| s.starts_with(&format!("{id} ")))
+                .unwrap();
+            if i >= 2 {
+                assert_eq!(s, &format!("{id} r3"), "{m}");
+            } else {
+                assert!(
+                    s == &format!("{id} r1") || s == &format!("{id} r2"),
+                    "{m}: {s}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        sb.emulator.emulator.stats().events_created,
+        20,
+        "no second copy"
+    );
+    let missing = subjects(&sb, &mailbox("taro", c))
+        .iter()
+        .filter(|s| s.ends_with(" r1"))
+        .count();
+    println!(
+        "Redis lost everything with {pending} schedule(s) staged and not flushed (due or claimed); \
+         {missing} of the lost revision-2 changes without a later change are missing in Outlook; {wiped} keys wiped"
+    );
+    assert!(
+        missing as u64 <= pending,
+        "only staged-not-flushed changes are missing"
+    );
     sb.cleanup().await;
 }
