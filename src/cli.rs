@@ -298,8 +298,7 @@ async fn db(cfg: &Config, command: DbCommand) -> anyhow::Result<std::process::Ex
             .await
             .context("the import stopped (what was copied stays; run it again)")?;
         println!(
-            "imported from Redis (prefix {}): {} companies ({} written, {} already there), {} linked users ({} written, {} already there)",
-            cfg.redis.key_prefix,
+            "imported from Redis: {} companies ({} written, {} already there), {} linked users ({} written, {} already there)",
             r.companies,
             r.companies_written,
             r.companies - r.companies_written,

@@ -538,7 +538,6 @@ async fn importing_a_redis_directory_twice_copies_it_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_that_loses_everything_mid_history_keeps_the_directory_finds_copies_by_tag_and_syncs_what_follows()
  {
-    use redis::AsyncCommands;
     let sb = sandbox("db-redis-loss", Settings::default()).await;
     let c = "acme";
     sb.company(
@@ -636,5 +635,96 @@ async fn a_redis_that_loses_everything_mid_history_keeps_the_directory_finds_cop
         missing as u64 <= pending,
         "only staged-not-flushed changes are missing"
     );
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_company_the_directory_knew_and_lost_is_retried_and_one_an_admin_removed_is_skipped() {
+    let sb = sandbox("db-lost", Settings::default()).await;
+    sb.company("acme", Plan::Standard, &[("u-1", "taro", OK)])
+        .await
+        .unwrap();
+    sb.company("beta", Plan::Standard, &[("u-5", "goro", OK)])
+        .await
+        .unwrap();
+    let w = sb.worker().await.unwrap();
+    let cache = w.flusher.directory();
+    within(Duration::from_secs(5), "the first load", || {
+        matches!(cache.lookup("beta"), Lookup::Known(_))
+    })
+    .await;
+    // beta vanishes without a removal (a restore from an older backup, a mistaken DELETE).
+    let c = sb.directory.db().client().await.unwrap();
+    c.execute("DELETE FROM companies WHERE company_id = 'beta'", &[])
+        .await
+        .unwrap();
+    within(Duration::from_secs(2), "noticing the loss", || {
+        matches!(
+            cache.lookup("beta"),
+            Lookup::Unavailable("directory_lost_company")
+        )
+    })
+    .await;
+    sb.publish(&[Ev::created("beta", "s-1").people("u-5", &[]).wire()])
+        .await
+        .unwrap();
+    let deferred =
+        |reason: &str| counter(&w.metrics.render(), "outlook_sync_events_deferred", reason);
+    let skipped = || {
+        counter(
+            &w.metrics.render(),
+            "outlook_sync_events_skipped",
+            "\"unknown_company\"",
+        )
+    };
+    within(Duration::from_secs(10), "the retry", || {
+        deferred("directory_lost_company") >= 1.0
+    })
+    .await;
+    assert_eq!(skipped(), 0.0, "a lost company's event is never acked away");
+    // An administrator removes it for good: its events are skipped from then on.
+    sb.directory.remove_company("beta").await.unwrap();
+    within(Duration::from_secs(2), "the removal", || {
+        matches!(cache.lookup("beta"), Lookup::Unknown)
+    })
+    .await;
+    within(Duration::from_secs(20), "the skip", || skipped() >= 1.0).await;
+    assert!(sb.wait_idle(Duration::from_secs(20)).await.unwrap());
+    w.stop(Duration::from_secs(5)).await;
+    drop(c);
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_directory_retries_every_event_instead_of_skipping_it() {
+    let sb = sandbox("db-empty", Settings::default()).await;
+    let w = sb.worker().await.unwrap();
+    sb.publish(&[Ev::created("acme", "s-1").people("u-1", &[]).wire()])
+        .await
+        .unwrap();
+    within(Duration::from_secs(10), "the retry", || {
+        counter(
+            &w.metrics.render(),
+            "outlook_sync_events_deferred",
+            "directory_empty",
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        counter(
+            &w.metrics.render(),
+            "outlook_sync_events_skipped",
+            "\"unknown_company\""
+        ),
+        0.0
+    );
+    // The schedule is still waiting (due again), not acked away.
+    let mut r = sb.redis.clone();
+    let keys = outlook_sync::store::keys(&sb.cfg);
+    let due: u64 = redis::AsyncCommands::zcard(&mut r, keys.due())
+        .await
+        .unwrap();
+    assert_eq!(due, 1);
+    w.stop(Duration::from_secs(5)).await;
     sb.cleanup().await;
 }
