@@ -728,3 +728,63 @@ async fn an_empty_directory_retries_every_event_instead_of_skipping_it() {
     w.stop(Duration::from_secs(5)).await;
     sb.cleanup().await;
 }
+
+fn db_command(args: &[&str], schema: &str, url: &str) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_outlook-sync"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OUTLOOK_SYNC") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(args)
+        .env("OUTLOOK_SYNC__DATABASE__SCHEMA", schema)
+        .env("OUTLOOK_SYNC__DATABASE__URL", url)
+        .env("OUTLOOK_SYNC__DATABASE__TIMEOUT_MS", "2000")
+        .env("OUTLOOK_SYNC__REDIS__KEY_PREFIX", schema)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_db_commands_migrate_once_import_and_name_an_unreachable_database_without_its_password()
+{
+    let schema = unique("db-cli").replace('-', "_");
+    let url = "postgres://postgres@127.0.0.1:5432/test";
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let first = db_command(&["db", "migrate"], &schema, url);
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(
+        text(&first).contains("applied migrations [1]"),
+        "{}",
+        text(&first)
+    );
+    let again = db_command(&["db", "migrate"], &schema, url);
+    assert!(text(&again).contains("up to date"), "{}", text(&again));
+    let import = db_command(&["db", "import-redis-directory"], &schema, url);
+    assert!(import.status.success(), "{}", text(&import));
+    assert!(text(&import).contains("0 companies"), "{}", text(&import));
+    let down = db_command(
+        &["db", "migrate"],
+        &schema,
+        "postgres://postgres:hunter2-sentinel@127.0.0.1:1/test",
+    );
+    assert!(!down.status.success());
+    let said = text(&down);
+    assert!(
+        said.contains("cannot migrate PostgreSQL at") && said.contains("database.url"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("hunter2-sentinel"),
+        "the password is shown: {said}"
+    );
+    let mut cfg = Config::default();
+    cfg.database.schema = schema;
+    Db::new(&cfg.database).drop_schema().await.unwrap();
+}
