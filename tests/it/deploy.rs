@@ -596,6 +596,11 @@ fn fill(value: &str) -> String {
             "redis password" => "redis-placeholder-password",
             "redis host" => "redis.internal",
             "admin token" => "Vq3xN8kR2mT7wZ5pL9cY4hB6-admin",
+            "admin token name" => "ops",
+            "database user" => "outlook_sync",
+            "database password" => "database-placeholder-password",
+            "database host" => "postgres.internal",
+            "database name" => "cyzen",
             "key id" => "k2026",
             "32 random bytes, base64" => "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
             other => {
@@ -632,6 +637,7 @@ fn the_secret_template_holds_no_real_value_and_sets_real_configuration_keys() {
     for key in [
         "OUTLOOK_SYNC__AMQP__URL",
         "OUTLOOK_SYNC__REDIS__URL",
+        "OUTLOOK_SYNC__DATABASE__URL",
         "OUTLOOK_SYNC__ADMIN__TOKENS",
         "OUTLOOK_SYNC__SECRETS__KEYS",
         "OUTLOOK_SYNC__SECRETS__ACTIVE_KEY",
@@ -645,6 +651,7 @@ fn the_secret_template_holds_no_real_value_and_sets_real_configuration_keys() {
     for secret in [
         "amqp-placeholder-password",
         "redis-placeholder-password",
+        "database-placeholder-password",
         "Vq3xN8kR2mT7wZ5pL9cY4hB6-admin",
         "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
     ] {
@@ -946,7 +953,7 @@ fn the_redis_configuration_is_durable_and_never_evicts() {
 fn compose_runs_rabbitmq_redis_the_emulator_and_a_worker_with_a_valid_configuration() {
     let c = yaml("deploy/compose.yaml");
     let services = c["services"].as_object().expect("services");
-    for s in ["rabbitmq", "redis", "graph-emulator", "worker"] {
+    for s in ["rabbitmq", "redis", "postgres", "graph-emulator", "worker"] {
         assert!(services.contains_key(s), "compose.yaml lacks {s}");
     }
     // Redis runs with the production configuration file.
