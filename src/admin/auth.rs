@@ -95,27 +95,24 @@ pub async fn require_bearer(
         req.extensions_mut().insert(Actor(name));
         return next.run(req).await;
     }
-    match bearer(&req) {
-        presented => {
-            let (code, message) = match presented {
-                None => ("unauthorized", "a bearer token is required"),
-                Some(_) => ("unauthorized", "the bearer token is not valid"),
-            };
-            tracing::info!(
-                method = %req.method(),
-                path = %req.uri().path(),
-                token_present = presented.is_some(),
-                "admin: refused an unauthenticated call"
-            );
-            let mut resp = super::errors::ApiError::new(StatusCode::UNAUTHORIZED, code, message)
-                .into_response();
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"outlook-sync admin\""),
-            );
-            resp
-        }
-    }
+    let presented = bearer(&req);
+    let (code, message) = match presented {
+        None => ("unauthorized", "a bearer token is required"),
+        Some(_) => ("unauthorized", "the bearer token is not valid"),
+    };
+    tracing::info!(
+        method = %req.method(),
+        path = %req.uri().path(),
+        token_present = presented.is_some(),
+        "admin: refused an unauthenticated call"
+    );
+    let mut resp =
+        super::errors::ApiError::new(StatusCode::UNAUTHORIZED, code, message).into_response();
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"outlook-sync admin\""),
+    );
+    resp
 }
 
 #[cfg(test)]

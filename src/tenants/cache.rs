@@ -232,7 +232,7 @@ impl Inner {
                 s.lost.remove(company);
                 s.removed.remove(company);
                 s.companies
-                    .insert(company.to_string(), Arc::new(Entry { company: c, users }));
+                    .insert(company.to_string(), Arc::new(Entry { company: *c, users }));
             }
             One::Absent { removed } => {
                 if s.companies.remove(company).is_some() && !removed {
@@ -333,10 +333,8 @@ async fn listen_once(inner: &Inner, db: &Db) -> Result<(), super::DirectoryError
             payload = rx.recv() => {
                 let Some(payload) = payload else { return Ok(()) };
                 if let Some(company) = payload.strip_prefix(&prefix) {
-                    if let Err(e) = inner.load_one(company).await {
-                        // Missed: the reload after reconnecting picks it up.
-                        return Err(e);
-                    }
+                    // On failure the reload after reconnecting picks it up.
+                    inner.load_one(company).await?;
                 }
             }
             _ = check.tick() => {

@@ -502,7 +502,7 @@ impl Directory {
                 .iter()
                 .map(|r| user_row(company, r, 0).map(|u| (u.user_id.clone(), u)))
                 .collect::<Result<_, _>>()?;
-            Ok(One::Present(self.open(doc), users))
+            Ok(One::Present(Box::new(self.open(doc)), users))
         })
     }
 }
@@ -517,7 +517,7 @@ pub(super) struct Snapshot {
 
 /// One company at one moment.
 pub(super) enum One {
-    Present(Company, HashMap<String, LinkedUser>),
+    Present(Box<Company>, HashMap<String, LinkedUser>),
     Absent { removed: bool },
 }
 

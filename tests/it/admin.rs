@@ -1515,6 +1515,7 @@ async fn the_full_scenario_never_reveals_the_secret_in_logs_metrics_responses_or
         logs.contains("token request failed") || logs.contains("invalid_client"),
         "the capture saw no token failure"
     );
+    let in_postgres = crate::directory::stored_text(sb.directory.db()).await;
     let places: Vec<(&str, String)> = vec![
         ("logs", logs),
         ("admin metrics", api.metrics.render()),
@@ -1522,10 +1523,7 @@ async fn the_full_scenario_never_reveals_the_secret_in_logs_metrics_responses_or
         ("API responses", api.bodies.lock().unwrap().join("\n")),
         ("dead letters", dead.join("\n")),
         ("Redis", stored),
-        (
-            "PostgreSQL",
-            crate::directory::stored_text(sb.directory.db()).await,
-        ),
+        ("PostgreSQL", in_postgres),
     ];
     for (place, text) in &places {
         assert!(!text.is_empty(), "{place} is empty");
