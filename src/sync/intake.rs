@@ -88,6 +88,10 @@ impl FlushReport {
 
 /// Claims up to `limit` due schedules and plans them.
 pub(crate) async fn intake(s: &Shared, limit: usize) -> Result<Intake, redis::RedisError> {
+    // Before the directory's first load every claim would only be given back: claim nothing.
+    if !s.directory.is_loaded() {
+        return Ok(Intake::default());
+    }
     let members = s.windows.claim(&s.token, limit, s.claim_lease()).await?;
     if members.is_empty() {
         return Ok(Intake::default());

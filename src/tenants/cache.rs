@@ -127,6 +127,12 @@ impl DirectoryCache {
         Lookup::Unknown
     }
 
+    /// Whether a full load has succeeded (the flush claims nothing before: it could only give
+    /// the claims back).
+    pub fn is_loaded(&self) -> bool {
+        self.inner.state.read().expect("not poisoned").loaded
+    }
+
     /// Whether a full load succeeded and the database is reachable now.
     pub fn is_fresh(&self) -> bool {
         let s = self.inner.state.read().expect("not poisoned");
@@ -332,9 +338,15 @@ async fn listen_once(inner: &Inner, db: &Db) -> Result<(), super::DirectoryError
         tokio::select! {
             payload = rx.recv() => {
                 let Some(payload) = payload else { return Ok(()) };
-                if let Some(company) = payload.strip_prefix(&prefix) {
+                // Coalesced: a burst of changes (a bulk link) reloads each company once.
+                let mut companies = HashSet::new();
+                companies.extend(payload.strip_prefix(&prefix).map(str::to_string));
+                while let Ok(more) = rx.try_recv() {
+                    companies.extend(more.strip_prefix(&prefix).map(str::to_string));
+                }
+                for company in companies {
                     // On failure the reload after reconnecting picks it up.
-                    inner.load_one(company).await?;
+                    inner.load_one(&company).await?;
                 }
             }
             _ = check.tick() => {

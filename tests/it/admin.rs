@@ -1709,6 +1709,32 @@ async fn the_admin_command_line_sets_verifies_and_links_without_ever_printing_th
             .len(),
         2
     );
+    // Each write is in the audit under the command line's name; refused writes and dry runs
+    // are not.
+    use outlook_sync::tenants::AuditLog;
+    let audit = sb.directory.audit("acme", 100).await.unwrap();
+    let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
+    for want in [
+        "admin set-plan",
+        "admin set-credentials",
+        "admin verify",
+        "admin link",
+    ] {
+        assert!(actions.contains(&want), "{want} not audited: {actions:?}");
+    }
+    assert!(
+        !actions.contains(&"admin enable"),
+        "a refused write is not audited: {actions:?}"
+    );
+    assert!(
+        !actions.contains(&"admin bulk"),
+        "a dry run is not audited: {actions:?}"
+    );
+    assert!(
+        audit.iter().all(|e| e.token.starts_with("command-line:")),
+        "{audit:?}"
+    );
+    assert!(!format!("{audit:?}").contains(&t.secret));
     sb.cleanup().await;
 }
 
