@@ -71,6 +71,9 @@ struct Inner {
     pending: Mutex<HashMap<(String, String), Timestamp>>,
     /// Bumped on every change applied (tests wait on it).
     changes: tokio::sync::watch::Sender<u64>,
+    /// Held while a load reads and applies, so a company's reload after a notification never
+    /// lands under an older full reload that started before it.
+    loading: tokio::sync::Mutex<()>,
 }
 
 /// A worker's directory cache; its tasks end when it is dropped.
@@ -88,6 +91,7 @@ impl DirectoryCache {
             state: RwLock::new(State::default()),
             pending: Mutex::new(HashMap::new()),
             changes: tokio::sync::watch::channel(0).0,
+            loading: tokio::sync::Mutex::new(()),
         });
         let reload = Duration::from_secs(cfg.reload_seconds);
         let behind = Duration::from_secs(cfg.write_behind_seconds);
@@ -200,6 +204,7 @@ impl Inner {
     }
 
     async fn load_all(&self) -> Result<(), super::DirectoryError> {
+        let _one_at_a_time = self.loading.lock().await;
         let mut snap = self.directory.load_all().await?;
         let mut s = self.state.write().expect("not poisoned");
         let lost: Vec<String> = s
@@ -231,6 +236,7 @@ impl Inner {
     }
 
     async fn load_one(&self, company: &str) -> Result<(), super::DirectoryError> {
+        let _one_at_a_time = self.loading.lock().await;
         let one = self.directory.load_one(company).await?;
         let mut s = self.state.write().expect("not poisoned");
         match one {

@@ -464,10 +464,18 @@ impl Directory {
     /// the companies an administrator removed.
     pub(super) async fn load_all(&self) -> Result<Snapshot, DirectoryError> {
         timed!(self, {
-            let c = self.db.client().await?;
-            let companies = c.query(sql::COMPANIES_ALL, &[]).await?;
-            let users = c.query(sql::USERS_ALL, &[]).await?;
-            let removed = c.query(sql::REMOVED_ALL, &[]).await?;
+            let mut c = self.db.client().await?;
+            // One snapshot for the three reads.
+            let tx = c
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let companies = tx.query(sql::COMPANIES_ALL, &[]).await?;
+            let users = tx.query(sql::USERS_ALL, &[]).await?;
+            let removed = tx.query(sql::REMOVED_ALL, &[]).await?;
+            tx.commit().await?;
             let mut snap = Snapshot::default();
             for r in &companies {
                 let id: String = r.get(0);

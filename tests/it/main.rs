@@ -12,6 +12,7 @@ mod deadletter;
 mod demo;
 mod deploy;
 mod directory;
+mod directory_import;
 mod emulator;
 mod faults;
 mod fleet;
