@@ -80,6 +80,11 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::admin::command::AdminCommand,
     },
+    /// The directory's PostgreSQL: apply the migrations, move an old Redis directory in.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Dead letters: list, summary, show, replay, purge (safe by construction: the queue keeps
     /// every message it does not replay or purge, once, in order).
     Dlq {
@@ -108,6 +113,15 @@ pub enum Command {
     CheckConfig,
     /// Print the commented default configuration.
     ConfigDefaults,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Apply the pending migrations (safe while workers run, and from several pods at once).
+    Migrate,
+    /// Copy the directory (companies, sealed secrets, linked users) that versions before
+    /// PostgreSQL kept in Redis into PostgreSQL. Running it again changes nothing.
+    ImportRedisDirectory,
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +162,11 @@ pub async fn main(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 wait_empty.then(|| std::time::Duration::from_secs(timeout)),
             )
             .await
+        }
+        Command::Db { command } => {
+            let cfg = load_config(cli.config.as_deref())?;
+            crate::telemetry::init_logging(&quiet_log(&cfg));
+            db(&cfg, command).await
         }
         Command::Ledger { command } => {
             let cfg = load_config(cli.config.as_deref())?;
@@ -247,12 +266,84 @@ async fn bench(
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+/// `outlook-sync db …`.
+async fn db(cfg: &Config, command: DbCommand) -> anyhow::Result<std::process::ExitCode> {
+    let directory = crate::tenants::Directory::from_config(cfg);
+    let at = || {
+        format!(
+            "PostgreSQL at {} (database.url), schema {} (database.schema)",
+            amqp::redacted(&cfg.database.url),
+            cfg.database.schema
+        )
+    };
+    let applied = directory
+        .db()
+        .migrate()
+        .await
+        .with_context(|| format!("cannot migrate {}", at()))?;
+    match applied.as_slice() {
+        [] => println!("{}: up to date", at()),
+        v => println!("{}: applied migrations {v:?}", at()),
+    }
+    if let DbCommand::ImportRedisDirectory = command {
+        let redis = crate::store::connect(cfg).await.with_context(|| {
+            format!(
+                "cannot reach Redis at {} (redis.url)",
+                amqp::redacted(&cfg.redis.url)
+            )
+        })?;
+        let from = crate::tenants::RedisDirectory::new(redis, crate::store::keys(cfg));
+        let r = from
+            .import_into(&directory)
+            .await
+            .context("the import stopped (what was copied stays; run it again)")?;
+        println!(
+            "imported from Redis: {} companies ({} written, {} already there), {} linked users ({} written, {} already there)",
+            r.companies,
+            r.companies_written,
+            r.companies - r.companies_written,
+            r.users,
+            r.users_written,
+            r.users - r.users_written
+        );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Applies the migrations at start (`database.migrate_on_start`), retrying while PostgreSQL is
+/// unreachable: a worker never fails to start on an outage.
+fn migrate_in_background(cfg: &Config) -> Option<tokio::task::JoinHandle<()>> {
+    if !cfg.database.migrate_on_start {
+        return None;
+    }
+    let db = crate::tenants::db::Db::new(&cfg.database);
+    Some(tokio::spawn(async move {
+        let mut backoff = crate::runtime::Backoff::new(
+            std::time::Duration::from_millis(500),
+            std::time::Duration::from_secs(30),
+        );
+        loop {
+            match db.migrate().await {
+                Ok(v) => {
+                    tracing::info!(applied = ?v, schema = db.schema(), "database: migrations up to date");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "database: cannot apply the migrations yet; retrying (or run `outlook-sync db migrate`)");
+                    tokio::time::sleep(backoff.delay()).await;
+                }
+            }
+        }
+    }))
+}
+
 /// `outlook-sync run`: a worker until SIGTERM or Ctrl-C, then a bounded drain.
 async fn run(cfg: Config) -> anyhow::Result<()> {
     use crate::worker::{Worker, shutdown_signal};
     let addr = cfg.admin_addr();
     let admin_cfg = std::sync::Arc::new(cfg.clone());
     let grace = std::time::Duration::from_secs(cfg.worker.shutdown_grace_seconds);
+    let _migrate = migrate_in_background(&cfg).map(crate::runtime::AbortOnDrop);
     // Never fails on an unreachable Redis or RabbitMQ: the worker starts not ready and connects
     // when they are there.
     let worker = Worker::start(cfg).await?;

@@ -77,6 +77,26 @@ impl InternalEvent for ChangeSkipped<'_> {
     }
 }
 
+/// A schedule given back because the directory cannot answer for its company now (not loaded,
+/// PostgreSQL unreachable, empty, or a company known and lost): retried, never skipped.
+pub struct DirectoryUnanswered<'a> {
+    pub company: &'a str,
+    pub reason: &'static str,
+}
+
+impl InternalEvent for DirectoryUnanswered<'_> {
+    fn emit(self, m: &Metrics) {
+        m.events_deferred
+            .get_or_create(&Metrics::label("reason", self.reason))
+            .inc();
+        warn!(
+            company = self.company,
+            reason = self.reason,
+            "flush: the directory cannot answer for this company now; the schedule is retried"
+        );
+    }
+}
+
 /// A mailbox waits before it is written again (`Retry-After`, else backoff).
 pub struct MailboxWaits<'a> {
     pub company: &'a str,

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub events_deduplicated: Family<Labels, Counter>,
     pub events_invalid: Family<Labels, Counter>,
     pub events_skipped: Family<Labels, Counter>,
+    pub events_deferred: Family<Labels, Counter>,
     pub schedules_flushed: Counter,
     pub graph_requests: Family<Labels, Counter>,
     pub graph_writes: Family<Labels, Counter>,
@@ -48,6 +49,7 @@ pub struct Metrics {
     pub company_failures: Family<Labels, Counter>,
     pub consumer_attached: Gauge,
     pub redis_reachable: Gauge,
+    pub database_reachable: Gauge,
     pub ingest_reconnects: Counter,
     pub shutdown_released_claims: Counter,
     // The admin API (issue 5).
@@ -153,6 +155,7 @@ impl Metrics {
             events_deduplicated: Family::default(),
             events_invalid: Family::default(),
             events_skipped: Family::default(),
+            events_deferred: Family::default(),
             schedules_flushed: Counter::default(),
             graph_requests: Family::default(),
             graph_writes: Family::default(),
@@ -175,6 +178,7 @@ impl Metrics {
             company_failures: Family::default(),
             consumer_attached: Gauge::default(),
             redis_reachable: Gauge::default(),
+            database_reachable: Gauge::default(),
             ingest_reconnects: Counter::default(),
             shutdown_released_claims: Counter::default(),
             secret_expiry_timestamp_seconds: Family::default(),
@@ -223,6 +227,11 @@ impl Metrics {
             "events_skipped",
             "Changes not synced by product rule (label reason)",
             self.events_skipped.clone(),
+        );
+        registry.register(
+            "events_deferred",
+            "Schedules given back because the directory could not answer for their company (label reason)",
+            self.events_deferred.clone(),
         );
         registry.register(
             "schedules_flushed",
@@ -332,6 +341,11 @@ impl Metrics {
             self.redis_reachable.clone(),
         );
         registry.register(
+            "database_reachable",
+            "1 if the directory's PostgreSQL answered at the last /metrics or /readyz",
+            self.database_reachable.clone(),
+        );
+        registry.register(
             "ingest_reconnects",
             "Times the consumer was rebuilt after its connection or stream was lost",
             self.ingest_reconnects.clone(),
@@ -374,6 +388,9 @@ impl Metrics {
         }
         for reason in known::skip_reasons() {
             touch(&self.events_skipped, Self::label("reason", reason));
+        }
+        for reason in known::DEFERRED_REASONS {
+            touch(&self.events_deferred, Self::label("reason", *reason));
         }
         for status in known::GRAPH_STATUSES {
             touch(&self.graph_requests, Self::label("status", *status));
@@ -481,6 +498,13 @@ pub mod known {
 
     /// `events_deduplicated{kind}`: staging dropped a duplicate or an older revision.
     pub const DEDUPLICATED_KINDS: &[&str] = &["duplicate", "stale"];
+    /// `events_deferred{reason}`: why the directory cache could not answer (`tenants::Lookup`).
+    pub const DEFERRED_REASONS: &[&str] = &[
+        "directory_not_loaded",
+        "directory_unreachable",
+        "directory_empty",
+        "directory_lost_company",
+    ];
     /// `graph_writes{op}`.
     pub const WRITE_OPS: &[&str] = &["create", "update", "delete"];
     /// `dead_letters_replayed{outcome}`: what staging made of a replayed dead letter.

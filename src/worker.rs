@@ -143,6 +143,18 @@ impl Worker {
     /// flush and releases this worker's claims (due again at once, for any worker); its mailbox
     /// leases expire by themselves. Returns within `grace` plus a few seconds at most.
     pub async fn stop(mut self, grace: Duration) -> Stopped {
+        let stopped = self.drain(grace).await;
+        // The last-sync times still held for the write behind.
+        let pending = self.flusher.directory().write_pending();
+        match tokio::time::timeout(RELEASE_TIMEOUT, pending).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => warn!(error = %e, "worker: last-sync times not written"),
+            Err(_) => warn!("worker: writing the last-sync times timed out"),
+        }
+        stopped
+    }
+
+    async fn drain(&mut self, grace: Duration) -> Stopped {
         let started = tokio::time::Instant::now();
         let _ = self.shutdown.send(true);
         let tasks = std::mem::take(&mut self.tasks);
@@ -200,6 +212,7 @@ impl Worker {
             metrics: self.metrics.clone(),
             consumer_ready: self.ingest.ready(),
             redis: self.redis.clone(),
+            database: self.flusher.directory().directory().db().clone(),
         }
     }
 

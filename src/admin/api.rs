@@ -125,6 +125,7 @@ fn protected() -> Routes {
             put_drift_policy,
         )
         .post("/v1/companies/{company}/microsoft365/consent", consent_link)
+        .get("/v1/companies/{company}/audit", list_audit)
         .get("/v1/companies/{company}/users", list_users)
         .get("/v1/companies/{company}/users/{user}", get_user)
         .put("/v1/companies/{company}/users/{user}", link_user)
@@ -173,9 +174,11 @@ pub fn router(admin: Admin) -> Router {
         tokens.clone(),
         require_bearer,
     ));
+    let audit = axum::middleware::from_fn_with_state(admin.clone(), super::audit::record_writes);
     let state = ApiState { admin, jobs };
     let protected = protected()
         .router
+        .route_layer(audit)
         .route_layer(axum::middleware::from_fn_with_state(tokens, require_bearer));
     protected
         .merge(public().router)
@@ -386,6 +389,33 @@ fn html_escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+}
+
+/// The company's audit, newest first (`limit`: 1..=1000, default 100). Listed for a company
+/// removed since, too.
+async fn list_audit(
+    State(s): State<ApiState>,
+    Path(company): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult {
+    use crate::tenants::AuditLog;
+    let limit = match q.get("limit").map(|v| v.parse::<i64>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=1000).contains(&n) => n,
+        Some(_) => {
+            return Err(ApiError::from(AdminError::Invalid {
+                code: "invalid_query",
+                message: "limit must be a number from 1 to 1000".into(),
+            }));
+        }
+    };
+    let entries = s
+        .admin
+        .directory()
+        .audit(&company, limit)
+        .await
+        .map_err(AdminError::from)?;
+    ok(serde_json::json!({ "company": company, "entries": entries }))
 }
 
 async fn list_users(State(s): State<ApiState>, Path(company): Path<String>) -> ApiResult {

@@ -318,12 +318,55 @@ pub async fn run(cfg: Config, cmd: AdminCommand) -> Result<ExitCode, AdminComman
         GraphClient::new(&cfg.graph),
         Metrics::new(),
     );
+    let audited = audited_write(&cmd);
     let failed = execute(&admin, cmd).await?;
+    if let Some((company, action)) = audited {
+        record_audit(&admin, &company, action).await;
+    }
     Ok(if failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The company and action of a command that writes one company (recorded in the audit as the
+/// API's writes are); `None` for reads, dry runs and `reseal` (every company, the key only).
+fn audited_write(cmd: &AdminCommand) -> Option<(String, &'static str)> {
+    let (company, action) = match cmd {
+        AdminCommand::SetPlan { company, .. } => (company, "admin set-plan"),
+        AdminCommand::SetCredentials { company, .. } => (company, "admin set-credentials"),
+        AdminCommand::Verify { company } => (company, "admin verify"),
+        AdminCommand::RemoveCredentials { company } => (company, "admin remove-credentials"),
+        AdminCommand::Enable { company } => (company, "admin enable"),
+        AdminCommand::Disable { company } => (company, "admin disable"),
+        AdminCommand::ConsentLink { company } => (company, "admin consent-link"),
+        AdminCommand::Link { company, .. } => (company, "admin link"),
+        AdminCommand::VerifyUser { company, .. } => (company, "admin verify-user"),
+        AdminCommand::Unlink { company, .. } => (company, "admin unlink"),
+        AdminCommand::Bulk {
+            company, dry_run, ..
+        } if !dry_run => (company, "admin bulk"),
+        AdminCommand::RemoveIntegration { company, .. } => (company, "admin remove-integration"),
+        _ => return None,
+    };
+    Some((company.clone(), action))
+}
+
+/// Records a command-line write in the audit: its name is `command-line` and the operating
+/// system user who ran it (`$USER`), as the operator's own account says.
+async fn record_audit(admin: &Admin, company: &str, action: &str) {
+    use crate::tenants::AuditLog;
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let actor = format!("command-line:{user}");
+    let summary = format!("outlook-sync {action} {company}");
+    if let Err(e) = admin
+        .directory()
+        .record_audit(&actor, company, action, &summary)
+        .await
+    {
+        eprintln!("warning: done, but its audit entry was not recorded: {e}");
+    }
 }
 
 /// Runs the command and prints its answer; whether the outcome is a failure.

@@ -26,6 +26,9 @@ pub struct Health {
     pub metrics: Arc<Metrics>,
     pub consumer_ready: tokio::sync::watch::Receiver<bool>,
     pub redis: redis::aio::ConnectionManager,
+    /// The directory's PostgreSQL (while it is down, cached companies keep syncing; the admin's
+    /// writes answer 503).
+    pub database: crate::tenants::db::Db,
 }
 
 /// What `/readyz` found.
@@ -33,11 +36,12 @@ pub struct Health {
 pub struct Readiness {
     pub consumer_attached: bool,
     pub redis_reachable: bool,
+    pub database_reachable: bool,
 }
 
 impl Readiness {
     pub fn ready(&self) -> bool {
-        self.consumer_attached && self.redis_reachable
+        self.consumer_attached && self.redis_reachable && self.database_reachable
     }
 }
 
@@ -48,14 +52,21 @@ impl Health {
         let mut r = self.redis.clone();
         let cmd = redis::cmd("PING");
         let ping = cmd.query_async::<String>(&mut r);
-        let redis_reachable = matches!(tokio::time::timeout(PING_TIMEOUT, ping).await, Ok(Ok(_)));
+        let database = tokio::time::timeout(PING_TIMEOUT, self.database.ping());
+        let (redis, database) = tokio::join!(tokio::time::timeout(PING_TIMEOUT, ping), database);
+        let redis_reachable = matches!(redis, Ok(Ok(_)));
+        let database_reachable = matches!(database, Ok(true));
         self.metrics
             .consumer_attached
             .set(i64::from(consumer_attached));
         self.metrics.redis_reachable.set(i64::from(redis_reachable));
+        self.metrics
+            .database_reachable
+            .set(i64::from(database_reachable));
         Readiness {
             consumer_attached,
             redis_reachable,
+            database_reachable,
         }
     }
 }
@@ -71,8 +82,8 @@ pub fn router(state: Health) -> Router {
 async fn readyz(State(h): State<Health>) -> impl IntoResponse {
     let r = h.check().await;
     let body = format!(
-        "consumer_attached {}\nredis_reachable {}\n",
-        r.consumer_attached, r.redis_reachable
+        "consumer_attached {}\nredis_reachable {}\ndatabase_reachable {}\n",
+        r.consumer_attached, r.redis_reachable, r.database_reachable
     );
     if r.ready() {
         (StatusCode::OK, body)

@@ -297,6 +297,11 @@ const REASONS: &[(&str, &str, &str)] = &[
         "No encryption key is configured, so no client secret can be stored (contact the operators)",
     ),
     (
+        "directory_unavailable",
+        "会社・連携ユーザーのデータベースに接続できないため、変更していません。しばらくしてから再度お試しください（続く場合は運用担当者に連絡してください）",
+        "The directory's database is unavailable, so nothing was changed; try again in a minute (contact the operators if it lasts)",
+    ),
+    (
         "internal",
         "サーバー内部でエラーが発生しました。しばらくしてから再度お試しください",
         "Something went wrong inside the service; try again later",

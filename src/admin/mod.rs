@@ -5,6 +5,7 @@
 //! in `messages`; one error shape in `errors`), served by the hardened `listener`.
 
 pub mod api;
+mod audit;
 pub mod auth;
 pub mod bulk;
 mod cleanup;

@@ -53,6 +53,11 @@ pub enum AdminError {
     /// No encryption key is configured, so no secret can be stored (503).
     #[error("{0}")]
     SecretsNotConfigured(CryptoError),
+    /// The directory's database is down, slow or refusing (503): nothing was changed.
+    #[error(
+        "the directory's database (PostgreSQL) is unavailable, so nothing was changed; try again in a minute, and tell the operators if it lasts ({0})"
+    )]
+    DirectoryUnavailable(DirectoryError),
     #[error("directory: {0}")]
     Directory(DirectoryError),
     #[error("Redis: {0}")]
@@ -63,6 +68,7 @@ impl From<DirectoryError> for AdminError {
     fn from(e: DirectoryError) -> Self {
         match e {
             DirectoryError::Crypto(c @ CryptoError::NoKey) => AdminError::SecretsNotConfigured(c),
+            other if other.is_unavailable() => AdminError::DirectoryUnavailable(other),
             other => AdminError::Directory(other),
         }
     }
@@ -77,7 +83,9 @@ impl AdminError {
             | AdminError::UnknownJob(_) => 404,
             AdminError::Invalid { .. } => 422,
             AdminError::Conflict { .. } => 409,
-            AdminError::Unavailable { .. } | AdminError::SecretsNotConfigured(_) => 503,
+            AdminError::Unavailable { .. }
+            | AdminError::SecretsNotConfigured(_)
+            | AdminError::DirectoryUnavailable(_) => 503,
             AdminError::Directory(_) | AdminError::Redis(_) => 500,
         }
     }
@@ -91,6 +99,7 @@ impl AdminError {
             AdminError::Invalid { code, .. } | AdminError::Conflict { code, .. } => code,
             AdminError::Unavailable { .. } => "verification_unavailable",
             AdminError::SecretsNotConfigured(_) => "secrets_not_configured",
+            AdminError::DirectoryUnavailable(_) => "directory_unavailable",
             AdminError::Directory(_) | AdminError::Redis(_) => "internal",
         }
     }
@@ -147,7 +156,7 @@ impl Admin {
     ) -> Admin {
         let keys = crate::store::keys(&cfg);
         Admin {
-            directory: Directory::from_config(redis.clone(), &cfg),
+            directory: Directory::from_config(&cfg),
             copies: Copies::new(redis.clone(), keys.clone()),
             leases: MailboxLeases::new(
                 redis.clone(),

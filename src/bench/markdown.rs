@@ -78,5 +78,5 @@ cargo build --release
 ./target/release/outlook-sync bench --size quick   # under a minute
 ./target/release/outlook-sync bench --size full    # a few minutes; writes BENCHMARKS.md
 ```
-RabbitMQ and Redis must run locally (`scripts/services.sh` starts them).
+RabbitMQ, Redis and PostgreSQL must run locally (`scripts/services.sh` starts them).
 "#;

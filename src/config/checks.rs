@@ -104,6 +104,33 @@ pub(super) fn redis_url(v: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `database.url`: a `postgres://` URL the PostgreSQL client parses. The client's own error is
+/// not quoted (it may repeat the value, password included).
+pub(super) fn postgres_url(v: &str) -> Result<(), String> {
+    let form = "the form is postgres://user:password@host:5432/database";
+    let u = url::Url::parse(v).map_err(|_| format!("is not a URL; {form}"))?;
+    if !matches!(u.scheme(), "postgres" | "postgresql") {
+        return Err(format!("must start with postgres://; {form}"));
+    }
+    v.parse::<tokio_postgres::Config>()
+        .map(|_| ())
+        .map_err(|_| format!("cannot be used by the PostgreSQL client; {form}"))
+}
+
+/// `database.schema`: a plain lowercase SQL identifier (it is written into statements).
+pub(super) fn schema_name(v: &str) -> Result<(), String> {
+    let ok = !v.is_empty()
+        && v.len() <= 63
+        && v.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && v.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err("must be 1 to 63 of a-z, 0-9 and _, not starting with a digit".into())
+    }
+}
+
 /// `graph.base_url` and `graph.login_url`: paths are appended to them, and the client secret is
 /// sent to `login_url`, so they take no credentials, no query or fragment, and `https://` unless
 /// the host is this machine (or `graph.allow_insecure_http` says otherwise).

@@ -34,6 +34,7 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub worker: WorkerConfig,
     pub repair: RepairConfig,
+    pub database: DatabaseConfig,
 }
 
 /// The repair pass (issue #19): each linked mailbox is read with Graph's calendarView delta and
@@ -68,6 +69,41 @@ impl Default for RepairConfig {
     }
 }
 
+/// The directory's PostgreSQL (`tenants::db`): companies, linked users, the admin audit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// A `postgres://` URL (it may hold the password: redacted wherever configuration is shown).
+    pub url: String,
+    /// The schema every table lives in (tests and sandboxes use one of their own).
+    pub schema: String,
+    /// Whether `run` applies pending migrations at start (otherwise `outlook-sync db migrate`).
+    pub migrate_on_start: bool,
+    /// Connections per process.
+    pub pool_size: usize,
+    /// How long one connection attempt or one query may take, in milliseconds.
+    pub timeout_ms: u64,
+    /// The per-worker cache reloads everything this often, in seconds (LISTEN/NOTIFY carries
+    /// each change at once; the reload is the safety net).
+    pub reload_seconds: u64,
+    /// The last-sync times of users are written behind, at most this often, in seconds.
+    pub write_behind_seconds: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/test".into(),
+            schema: "outlook_sync".into(),
+            migrate_on_start: true,
+            pool_size: 4,
+            timeout_ms: 5000,
+            reload_seconds: 60,
+            write_behind_seconds: 10,
+        }
+    }
+}
+
 /// How `outlook-sync run` behaves as a process.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -75,6 +111,22 @@ pub struct WorkerConfig {
     /// On SIGTERM, how long the current flush pass may take to finish before the worker gives
     /// its claims back and exits. Kubernetes' `terminationGracePeriodSeconds` must exceed it.
     pub shutdown_grace_seconds: u64,
+}
+
+/// An `admin.tokens` entry as (name, token): `name:token` when the text before the first `:` is
+/// a name (1 to 40 of `A-Za-z0-9._-`), else the whole entry is the token, named `token-N` (`index`
+/// counts from 0). The audit records the name, never the token.
+pub fn admin_token_parts(entry: &str, index: usize) -> (String, &str) {
+    if let Some((name, token)) = entry.split_once(':') {
+        let is_name = (1..=40).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if is_name {
+            return (name.to_string(), token);
+        }
+    }
+    (format!("token-{}", index + 1), entry)
 }
 
 impl Default for WorkerConfig {
@@ -273,7 +325,9 @@ pub struct RetryConfig {
 pub struct AdminConfig {
     /// Where the admin API, /metrics, /healthz and /readyz listen.
     pub listen: String,
-    /// Bearer tokens accepted by the admin API. Empty: the admin API refuses every call.
+    /// Bearer tokens accepted by the admin API, each `name:token` (the name is what the audit
+    /// records) or a bare token (named `token-N`, its position from 1). Empty: the admin API
+    /// refuses every call.
     pub tokens: Vec<String>,
     /// The admin API's base URL as the administrator's browser reaches it: the admin-consent
     /// redirect comes back to `{public_url}/v1/consent/callback`.

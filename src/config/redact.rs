@@ -16,6 +16,7 @@ enum Secrecy {
 const SECRET_KEYS: &[(&str, Secrecy)] = &[
     ("amqp.url", Secrecy::Url),
     ("redis.url", Secrecy::Url),
+    ("database.url", Secrecy::Url),
     ("graph.base_url", Secrecy::Url),
     ("graph.login_url", Secrecy::Url),
     ("admin.public_url", Secrecy::Url),

@@ -23,7 +23,37 @@ impl Config {
         self.validate_graph_and_retry()?;
         self.validate_admin()?;
         self.validate_secrets()?;
-        self.validate_the_rest()
+        self.validate_the_rest()?;
+        self.validate_database()
+    }
+
+    /// The directory's PostgreSQL: a URL its client parses, a plain schema name, the cache.
+    fn validate_database(&self) -> Result<(), ConfigError> {
+        let d = &self.database;
+        checks::postgres_url(&d.url).map_err(|m| bad("database.url", m))?;
+        checks::schema_name(&d.schema).map_err(|m| bad("database.schema", m))?;
+        if d.pool_size == 0 || d.pool_size > 64 {
+            return Err(bad(
+                "database.pool_size",
+                format!("{} is out of range 1..=64", d.pool_size),
+            ));
+        }
+        if d.timeout_ms < 100 {
+            return Err(bad("database.timeout_ms", "must be at least 100"));
+        }
+        if !(5..=3600).contains(&d.reload_seconds) {
+            return Err(bad(
+                "database.reload_seconds",
+                format!("{} is out of range 5..=3600", d.reload_seconds),
+            ));
+        }
+        if !(1..=600).contains(&d.write_behind_seconds) {
+            return Err(bad(
+                "database.write_behind_seconds",
+                format!("{} is out of range 1..=600", d.write_behind_seconds),
+            ));
+        }
+        Ok(())
     }
 
     /// The AMQP URL, the names that must not be empty, the queues, prefetch and batches.
@@ -169,8 +199,18 @@ impl Config {
                 ),
             ));
         }
-        for (i, token) in self.admin.tokens.iter().enumerate() {
+        let mut names = std::collections::HashSet::new();
+        for (i, entry) in self.admin.tokens.iter().enumerate() {
+            let (name, token) = super::admin_token_parts(entry, i);
             checks::admin_token(token).map_err(|m| bad(&format!("admin.tokens[{i}]"), m))?;
+            if !names.insert(name.clone()) {
+                return Err(bad(
+                    &format!("admin.tokens[{i}]"),
+                    format!(
+                        "names {name:?} again: each token's name must be its own (the audit records it)"
+                    ),
+                ));
+            }
         }
         match url::Url::parse(&self.admin.public_url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}

@@ -35,6 +35,13 @@ pub enum SandboxError {
         url: String,
         source: redis::RedisError,
     },
+    #[error(
+        "PostgreSQL is not reachable at {url} ({source}); run scripts/services.sh (it installs and starts RabbitMQ, Redis and PostgreSQL) or `docker compose -f deploy/compose.yaml up -d postgres`"
+    )]
+    Postgres {
+        url: String,
+        source: crate::tenants::db::DbError,
+    },
     #[error("the Graph emulator could not start: {0}")]
     Emulator(std::io::Error),
     #[error("RabbitMQ: {0}")]
@@ -84,6 +91,10 @@ impl Sandbox {
         cfg.amqp.queue = format!("{id}.work");
         cfg.amqp.dead_letter_exchange = format!("{id}.dead");
         cfg.amqp.dead_letter_queue = format!("{id}.dead");
+        // The directory in a schema of its own, dropped by `cleanup`.
+        cfg.database.schema = format!("sb_{}", id.to_ascii_lowercase().replace('-', "_"));
+        cfg.database.reload_seconds = 5;
+        cfg.database.write_behind_seconds = 1;
         cfg.redis.key_prefix = id;
         cfg.window.seconds = window_seconds;
         cfg.window.poll_interval_ms = 100;
@@ -124,8 +135,17 @@ impl Sandbox {
                 url: amqp::redacted(&cfg.redis.url),
                 source,
             })?;
+        let directory = Directory::from_config(&cfg);
+        directory
+            .db()
+            .migrate()
+            .await
+            .map_err(|source| SandboxError::Postgres {
+                url: amqp::redacted(&cfg.database.url),
+                source,
+            })?;
         Ok(Sandbox {
-            directory: Directory::from_config(redis.clone(), &cfg),
+            directory,
             redis,
             emulator,
             cfg,
@@ -320,8 +340,12 @@ impl Sandbox {
         Ok(false)
     }
 
-    /// Deletes the sandbox's queues, exchanges and Redis keys, and stops the emulator.
+    /// Deletes the sandbox's queues, exchanges, Redis keys and PostgreSQL schema, and stops the
+    /// emulator.
     pub async fn cleanup(self) {
+        if let Err(e) = self.directory.db().drop_schema().await {
+            tracing::warn!(error = %e, schema = %self.cfg.database.schema, "sandbox: the schema was not dropped");
+        }
         if let Ok(ch) = self.conn.create_channel().await {
             for q in [&self.cfg.amqp.queue, &self.cfg.amqp.dead_letter_queue] {
                 let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;

@@ -107,15 +107,26 @@ pub async fn sync_view(
     let staged = seen
         .revision
         .map(|revision| staged_view(revision, &seen, event.as_ref()));
-    let directory = Directory::from_config(redis.clone(), cfg);
-    let company_status = match directory.company(company).await? {
-        None => "unknown_company".to_string(),
-        Some(c) => match c.sync_allowed() {
-            Ok(()) => "syncing".to_string(),
-            Err(why) => why.code().to_string(),
-        },
+    // The directory is context: without it (PostgreSQL down) the view still shows what Redis
+    // holds, and says the company's status is unknown for now.
+    let directory = Directory::from_config(cfg);
+    let read = async {
+        let status = match directory.company(company).await? {
+            None => "unknown_company".to_string(),
+            Some(c) => match c.sync_allowed() {
+                Ok(()) => "syncing".to_string(),
+                Err(why) => why.code().to_string(),
+            },
+        };
+        Ok::<_, crate::tenants::DirectoryError>((status, directory.users(company).await?))
     };
-    let users = directory.users(company).await?;
+    let (company_status, users) = match read.await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(company, error = %e, "ledger: the directory cannot be read; its part of the view is left out");
+            ("directory_unavailable".to_string(), Default::default())
+        }
+    };
     let copies = Copies::new(redis, store::keys(cfg))
         .all(std::slice::from_ref(&member))
         .await?

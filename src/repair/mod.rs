@@ -110,7 +110,7 @@ impl Repairer {
             store: RepairStore::new(redis.clone(), keys.clone()),
             copies: Copies::new(redis.clone(), keys.clone()),
             windows: Windows::new(redis.clone(), keys.clone(), cfg.window()),
-            directory: Directory::from_config(redis.clone(), &cfg),
+            directory: Directory::from_config(&cfg),
             leases: MailboxLeases::new(
                 redis.clone(),
                 keys,

@@ -3,16 +3,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::warn;
 
 use super::Shared;
 use super::plan::{Op, plan};
 use crate::event::{self, ScheduleEvent};
-use crate::internal_events::{ChangeSkipped, InternalEvent};
+use crate::internal_events::{ChangeSkipped, DirectoryUnanswered, InternalEvent};
 use crate::ledger::{self, Entry};
 use crate::store::Member;
-use crate::tenants::{Company, LinkedUser, NotSyncing};
+use crate::tenants::{Company, Lookup, NotSyncing};
 use crate::window::StagedSchedule;
 
 /// A claimed schedule with a staged event to apply.
@@ -68,6 +69,8 @@ pub struct FlushReport {
     pub lookups: usize,
     pub dead_letters: usize,
     pub skipped: usize,
+    /// Schedules given back because the directory could not answer for their company.
+    pub deferred: usize,
 }
 
 impl FlushReport {
@@ -79,11 +82,16 @@ impl FlushReport {
         self.lookups += o.lookups;
         self.dead_letters += o.dead_letters;
         self.skipped += o.skipped;
+        self.deferred += o.deferred;
     }
 }
 
 /// Claims up to `limit` due schedules and plans them.
 pub(crate) async fn intake(s: &Shared, limit: usize) -> Result<Intake, redis::RedisError> {
+    // Before the directory's first load every claim would only be given back: claim nothing.
+    if !s.directory.is_loaded() {
+        return Ok(Intake::default());
+    }
     let members = s.windows.claim(&s.token, limit, s.claim_lease()).await?;
     if members.is_empty() {
         return Ok(Intake::default());
@@ -112,20 +120,71 @@ pub(crate) async fn intake(s: &Shared, limit: usize) -> Result<Intake, redis::Re
             None => intake.empty.push(member),
         }
     }
-    let directory = read_directory(s, &intake.claimed).await?;
+    let directory = read_directory(s, &intake.claimed);
+    let rows = defer_unanswered(s, &mut intake, rows, &directory).await?;
     let mut groups: BTreeMap<(String, String), Vec<Job>> = BTreeMap::new();
     for (claimed, copies) in rows {
         for job in plan_one(s, &claimed, &copies, &directory, &mut intake) {
-            let key = (claimed.member.company_id.clone(), job.mailbox.clone());
+            let key = (job.claimed.member.company_id.clone(), job.mailbox.clone());
             groups.entry(key).or_default().push(job);
         }
     }
     intake.jobs = groups.into_values().flatten().collect();
     intake.companies = directory
         .into_iter()
-        .filter_map(|(id, entry)| entry.map(|(c, _)| (id, c)))
+        .filter_map(|(id, entry)| match entry {
+            Lookup::Known(e) => Some((id, e.company.clone())),
+            _ => None,
+        })
         .collect();
     Ok(intake)
+}
+
+/// How long a schedule waits when the directory cannot answer for its company.
+pub const DIRECTORY_RETRY: Duration = Duration::from_secs(10);
+
+type Row = (Arc<Claimed>, BTreeMap<String, crate::store::CopyRecord>);
+
+/// Gives back, due again after [`DIRECTORY_RETRY`], the claims of companies the directory
+/// cannot answer for now (not loaded, unreachable, empty, or a company it knew and lost):
+/// counted and noted with the reason, never skipped. The rest are returned.
+async fn defer_unanswered(
+    s: &Shared,
+    intake: &mut Intake,
+    rows: Vec<Row>,
+    directory: &DirectorySlice,
+) -> Result<Vec<Row>, redis::RedisError> {
+    let mut deferred = Vec::new();
+    let mut kept = Vec::with_capacity(rows.len());
+    for row in rows {
+        match directory.get(&row.0.member.company_id) {
+            Some(Lookup::Unavailable(reason)) => {
+                DirectoryUnanswered {
+                    company: &row.0.member.company_id,
+                    reason,
+                }
+                .emit(&s.metrics);
+                let note = Entry::new(
+                    row.0.event.revision,
+                    "-",
+                    "plan",
+                    ledger::Outcome::Deferred,
+                    reason,
+                );
+                intake.notes.push((row.0.member.clone(), note));
+                deferred.push(row.0.member.clone());
+            }
+            _ => kept.push(row),
+        }
+    }
+    if !deferred.is_empty() {
+        intake.claimed.retain(|c| !deferred.contains(&c.member));
+        intake.report.deferred += deferred.len();
+        s.windows
+            .release(&s.token, &deferred, DIRECTORY_RETRY)
+            .await?;
+    }
+    Ok(kept)
 }
 
 fn decoded(m: &Member, staged: StagedSchedule) -> Option<(StagedSchedule, ScheduleEvent)> {
@@ -138,30 +197,23 @@ fn decoded(m: &Member, staged: StagedSchedule) -> Option<(StagedSchedule, Schedu
     }
 }
 
-/// Per company: the company (if known) and its linked users, read once per claim.
-type DirectorySlice = HashMap<String, Option<(Company, HashMap<String, LinkedUser>)>>;
+/// Per company: what this worker's directory cache says of it, asked once per claim.
+type DirectorySlice = HashMap<String, Lookup>;
 
-async fn read_directory(
-    s: &Shared,
-    claimed: &[Arc<Claimed>],
-) -> Result<DirectorySlice, redis::RedisError> {
+fn read_directory(s: &Shared, claimed: &[Arc<Claimed>]) -> DirectorySlice {
     let mut out: DirectorySlice = HashMap::new();
     for c in claimed {
         let id = &c.member.company_id;
         if out.contains_key(id) {
             continue;
         }
-        let entry = match s.directory.company(id).await.map_err(redis_err)? {
-            Some(company) => {
-                s.metrics.company_loaded(id);
-                let users = s.directory.users(id).await.map_err(redis_err)?;
-                Some((company, users))
-            }
-            None => None,
-        };
+        let entry = s.directory.lookup(id);
+        if matches!(entry, Lookup::Known(_)) {
+            s.metrics.company_loaded(id);
+        }
         out.insert(id.clone(), entry);
     }
-    Ok(out)
+    out
 }
 
 /// The jobs of one claimed schedule; skips go to the ledger and the report.
@@ -174,8 +226,11 @@ fn plan_one(
 ) -> Vec<Job> {
     let ev = &claimed.event;
     let member = &claimed.member;
-    let entry = directory.get(&ev.company_id).and_then(Option::as_ref);
-    let users = match entry.map(|(company, users)| company.sync_allowed().map(|()| users)) {
+    let entry = match directory.get(&ev.company_id) {
+        Some(Lookup::Known(e)) => Some(e),
+        _ => None,
+    };
+    let users = match entry.map(|e| e.company.sync_allowed().map(|()| &e.users)) {
         Some(Ok(users)) => users,
         other => {
             let why = match other {
@@ -212,13 +267,4 @@ fn plan_one(
             op,
         })
         .collect()
-}
-
-fn redis_err(e: crate::tenants::DirectoryError) -> redis::RedisError {
-    match e {
-        crate::tenants::DirectoryError::Redis(r) => r,
-        other => {
-            redis::RedisError::from((redis::ErrorKind::Client, "directory", other.to_string()))
-        }
-    }
 }

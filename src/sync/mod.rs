@@ -41,7 +41,7 @@ use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::runtime::{AbortOnDrop, Backoff};
 use crate::store::{self, Copies, MailboxLeases, Member};
-use crate::tenants::Directory;
+use crate::tenants::{Directory, DirectoryCache};
 use crate::window::Windows;
 
 pub use intake::FlushReport;
@@ -56,7 +56,8 @@ pub struct Flusher {
 pub(crate) struct Shared {
     pub cfg: Arc<Config>,
     pub windows: Windows,
-    pub directory: Directory,
+    /// This worker's copy of the directory (no database call on the hot path).
+    pub directory: DirectoryCache,
     pub copies: Copies,
     pub leases: MailboxLeases,
     pub ledger: Ledger,
@@ -84,7 +85,7 @@ impl Flusher {
             jiff::tz::TimeZone::get(&cfg.graph.default_time_zone).expect("validated in config");
         let shared = Shared {
             windows: Windows::new(redis.clone(), keys.clone(), cfg.window()),
-            directory: Directory::from_config(redis.clone(), &cfg),
+            directory: DirectoryCache::start(Directory::from_config(&cfg), &cfg.database),
             copies: Copies::new(redis.clone(), keys.clone()),
             ledger: Ledger::from_config(redis.clone(), &cfg).with_metrics(metrics.clone()),
             leases: MailboxLeases::new(
@@ -113,6 +114,11 @@ impl Flusher {
         Self {
             shared: Arc::new(shared),
         }
+    }
+
+    /// This worker's copy of the directory.
+    pub fn directory(&self) -> &DirectoryCache {
+        &self.shared.directory
     }
 
     /// This worker's claim token (the owner recorded for its claims; shutdown releases them).

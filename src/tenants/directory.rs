@@ -1,17 +1,20 @@
-//! The tenant directory in Redis: companies (credentials, plan, enabled) and their linked users.
+//! The tenant directory in PostgreSQL (`db`): companies (credentials, plan, enabled) and their
+//! linked users.
 //!
-//! Keys (`store::keys`): `company:{company}` (a JSON document; the client secret sealed with
-//! AES-256-GCM, see [`crate::crypto`]), `companies` (the set of company ids) and
-//! `users:{company}` (a hash of user id → JSON).
+//! A company is a row of `companies`: the typed columns the service queries (`plan`, `enabled`)
+//! and the whole document as JSONB (`doc`, the client secret sealed with AES-256-GCM, see
+//! [`crate::crypto`]), so a field added to [`CompanyDoc`] flows without a migration. A linked
+//! user is a row of `linked_users` keyed (company, user), with its mailbox spelled by
+//! [`super::mailbox_key`] and the [`LinkedUser`] as JSONB; its last-sync time is a column of its
+//! own, written behind by the workers' cache (`cache`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
+use super::db::{self, Db, DbError, sql};
 use super::{
     Company, ConsentRecord, DriftPolicy, LinkedUser, Plan, StoredCredentials, UserStatus,
     VerificationRecord,
@@ -20,25 +23,25 @@ use crate::crypto::{CryptoError, KeyRing, Sealed};
 use crate::secret::Secret;
 
 /// The company as stored: the secret sealed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CompanyDoc {
-    id: String,
-    plan: Plan,
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(super) struct CompanyDoc {
+    pub(super) id: String,
+    pub(super) plan: Plan,
     #[serde(default)]
-    options: Vec<String>,
-    enabled: bool,
+    pub(super) options: Vec<String>,
+    pub(super) enabled: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    credentials: Option<CredentialsDoc>,
+    pub(super) credentials: Option<CredentialsDoc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    consent: Option<ConsentRecord>,
+    pub(super) consent: Option<ConsentRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    verification: Option<VerificationRecord>,
+    pub(super) verification: Option<VerificationRecord>,
     #[serde(default)]
-    drift: DriftPolicy,
+    pub(super) drift: DriftPolicy,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct CredentialsDoc {
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(super) struct CredentialsDoc {
     tenant_id: String,
     client_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -52,6 +55,13 @@ struct CredentialsDoc {
     set_at: Option<Timestamp>,
 }
 
+impl CredentialsDoc {
+    /// Stored in plain text by a version before encryption at rest.
+    pub(super) fn is_plain(&self) -> bool {
+        self.secret.is_none() && self.client_secret.is_some()
+    }
+}
+
 /// What the client secret of `company` is bound to when sealed.
 fn secret_aad(company: &str) -> String {
     format!("outlook-sync/client-secret/v1/{company}")
@@ -59,6 +69,8 @@ fn secret_aad(company: &str) -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
+    #[error("{0}")]
+    Db(#[from] DbError),
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("corrupt record {key}: {message}")]
@@ -67,11 +79,29 @@ pub enum DirectoryError {
     Crypto(#[from] CryptoError),
 }
 
+impl DirectoryError {
+    /// The database is down, slow or refusing: a retry later may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, DirectoryError::Db(e) if e.is_unavailable())
+    }
+}
+
+impl From<tokio_postgres::Error> for DirectoryError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        DirectoryError::Db(e.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for DirectoryError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        DirectoryError::Db(e.into())
+    }
+}
+
 /// Reads and writes the directory.
 #[derive(Clone)]
 pub struct Directory {
-    redis: ConnectionManager,
-    names: crate::store::Keys,
+    db: Db,
     keys: Arc<KeyRing>,
 }
 
@@ -84,22 +114,35 @@ pub struct ResealReport {
     pub failed: Vec<(String, String)>,
 }
 
+/// Bounds a directory call by the database's timeout.
+macro_rules! timed {
+    ($self:ident, $body:expr) => {
+        match tokio::time::timeout($self.db.timeout(), async { $body }).await {
+            Ok(r) => r,
+            Err(_) => Err(DirectoryError::Db(DbError::Unavailable(format!(
+                "no answer within {} ms",
+                $self.db.timeout().as_millis()
+            )))),
+        }
+    };
+}
+
 impl Directory {
     /// A directory without encryption keys: it reads companies without credentials, and
     /// refuses to store a secret. Use [`Directory::from_config`] or [`Directory::with_keys`].
-    pub fn new(redis: ConnectionManager, keys: crate::store::Keys) -> Self {
+    pub fn new(db: Db) -> Self {
         Self {
-            redis,
-            names: keys,
+            db,
             keys: Arc::new(KeyRing::default()),
         }
     }
 
-    /// The directory of a (validated) configuration: its key prefix and its secret keys.
-    pub fn from_config(redis: ConnectionManager, cfg: &crate::config::Config) -> Self {
+    /// The directory of a (validated) configuration: its database and its secret keys. No
+    /// connection is made until the first call.
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
         let keys =
             KeyRing::from_config(&cfg.secrets).expect("secrets.* are checked by Config::validate");
-        Self::new(redis, crate::store::keys(cfg)).with_keys(Arc::new(keys))
+        Self::new(Db::new(&cfg.database)).with_keys(Arc::new(keys))
     }
 
     pub fn with_keys(mut self, keys: Arc<KeyRing>) -> Self {
@@ -107,34 +150,18 @@ impl Directory {
         self
     }
 
-    fn company_key(&self, company: &str) -> String {
-        self.names.company(company)
-    }
-
-    fn companies_key(&self) -> String {
-        self.names.companies()
-    }
-
-    fn users_key(&self, company: &str) -> String {
-        self.names.users(company)
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
     async fn read_doc(&self, company: &str) -> Result<Option<CompanyDoc>, DirectoryError> {
-        let key = self.company_key(company);
-        let mut r = self.redis.clone();
-        let doc: Option<String> = r.get(&key).await?;
-        doc.map(|d| {
-            serde_json::from_str(&d).map_err(|e| DirectoryError::Corrupt {
-                key,
-                message: e.to_string(),
-            })
-        })
-        .transpose()
+        let c = self.db.client().await?;
+        let row = c.query_opt(sql::COMPANY, &[&company]).await?;
+        row.map(|r| company_doc(company, r.get(0))).transpose()
     }
 
-    /// Stores the company, sealing its client secret with the active key. Fails with
-    /// [`CryptoError::NoKey`] when it has a secret and no key is configured.
-    pub async fn put_company(&self, c: &Company) -> Result<(), DirectoryError> {
+    /// The stored document of a company as it would be written (its secret sealed).
+    async fn doc_of(&self, c: &Company) -> Result<CompanyDoc, DirectoryError> {
         let credentials = match (&c.credentials, &c.credentials_error) {
             (Some(sc), _) => Some(CredentialsDoc {
                 tenant_id: sc.tenant_id.clone(),
@@ -148,7 +175,7 @@ impl Directory {
             (None, Some(_)) => self.read_doc(&c.id).await?.and_then(|d| d.credentials),
             (None, None) => None,
         };
-        let doc = CompanyDoc {
+        Ok(CompanyDoc {
             id: c.id.clone(),
             plan: c.plan,
             options: c.options.clone(),
@@ -157,25 +184,64 @@ impl Directory {
             consent: c.consent.clone(),
             verification: c.verification.clone(),
             drift: c.drift,
-        };
-        let doc = serde_json::to_string(&doc).expect("serializable");
-        let mut r = self.redis.clone();
-        let _: () = redis::pipe()
-            .set(self.company_key(&c.id), doc)
-            .ignore()
-            .sadd(self.companies_key(), &c.id)
-            .ignore()
-            .query_async(&mut r)
+        })
+    }
+
+    /// Stores the company, sealing its client secret with the active key. Fails with
+    /// [`CryptoError::NoKey`] when it has a secret and no key is configured.
+    pub async fn put_company(&self, c: &Company) -> Result<(), DirectoryError> {
+        timed!(self, {
+            let doc = self.doc_of(c).await?;
+            self.put_doc(&doc).await.map(|_| ())
+        })
+    }
+
+    /// Writes a stored document (an import's): as it is, or, for a secret in plain text from a
+    /// version before encryption at rest, sealed with the active key unless the stored company
+    /// already holds the same. Whether anything changed.
+    pub(super) async fn put_company_doc(&self, doc: CompanyDoc) -> Result<bool, DirectoryError> {
+        if !doc
+            .credentials
+            .as_ref()
+            .is_some_and(CredentialsDoc::is_plain)
+        {
+            return timed!(self, self.put_doc(&doc).await);
+        }
+        let company = self.open(doc);
+        let stored = self.company(&company.id).await?;
+        if stored.is_some_and(|s| same_company(&s, &company)) {
+            return Ok(false);
+        }
+        self.put_company(&company).await?;
+        Ok(true)
+    }
+
+    /// Writes a stored document as it is (nothing changes, and no one is notified, when the
+    /// stored one is equal).
+    pub(super) async fn put_doc(&self, doc: &CompanyDoc) -> Result<bool, DirectoryError> {
+        let value = serde_json::to_value(doc).expect("serializable");
+        let plan = serde_json::to_value(doc.plan).expect("serializable");
+        let plan = plan.as_str().unwrap_or_default().to_string();
+        let mut c = self.db.client().await?;
+        let tx = c.transaction().await?;
+        let changed = tx
+            .execute(sql::COMPANY_PUT, &[&doc.id, &plan, &doc.enabled, &value])
             .await?;
-        Ok(())
+        tx.execute(sql::COMPANY_UNREMOVE, &[&doc.id]).await?;
+        tx.commit().await?;
+        Ok(changed > 0)
     }
 
     /// The company, its client secret decrypted. Credentials the keys cannot open come back as
     /// `credentials: None` with `credentials_error` set (and a warning is logged).
     pub async fn company(&self, company: &str) -> Result<Option<Company>, DirectoryError> {
-        let Some(doc) = self.read_doc(company).await? else {
-            return Ok(None);
-        };
+        timed!(self, {
+            Ok(self.read_doc(company).await?.map(|d| self.open(d)))
+        })
+    }
+
+    /// A stored document → the company, its secret opened with this directory's keys.
+    pub(super) fn open(&self, doc: CompanyDoc) -> Company {
         let mut credentials = None;
         let mut credentials_error = None;
         if let Some(cd) = doc.credentials {
@@ -199,12 +265,12 @@ impl Directory {
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(company, error = %e, "the company's client secret cannot be decrypted");
+                    tracing::warn!(company = %doc.id, error = %e, "the company's client secret cannot be decrypted");
                     credentials_error = Some(e.to_string());
                 }
             }
         }
-        Ok(Some(Company {
+        Company {
             id: doc.id,
             plan: doc.plan,
             options: doc.options,
@@ -214,27 +280,30 @@ impl Directory {
             consent: doc.consent,
             verification: doc.verification,
             drift: doc.drift,
-        }))
+        }
     }
 
-    /// Every company id written through this directory, sorted.
+    /// Every company id in the directory, sorted.
     pub async fn company_ids(&self) -> Result<Vec<String>, DirectoryError> {
-        let mut r = self.redis.clone();
-        let mut ids: Vec<String> = r.smembers(self.companies_key()).await?;
-        ids.sort();
-        Ok(ids)
+        timed!(self, {
+            let c = self.db.client().await?;
+            let rows = c.query(sql::COMPANY_IDS, &[]).await?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
     }
 
+    /// Removes the company and its users, and records the removal (so the workers skip its
+    /// events as unknown instead of retrying them as lost).
     pub async fn remove_company(&self, company: &str) -> Result<(), DirectoryError> {
-        let mut r = self.redis.clone();
-        let _: () = redis::pipe()
-            .del(&[self.company_key(company), self.users_key(company)])
-            .ignore()
-            .srem(self.companies_key(), company)
-            .ignore()
-            .query_async(&mut r)
-            .await?;
-        Ok(())
+        timed!(self, {
+            let mut c = self.db.client().await?;
+            let tx = c.transaction().await?;
+            tx.execute(sql::COMPANY_USERS_DELETE, &[&company]).await?;
+            tx.execute(sql::COMPANY_DELETE, &[&company]).await?;
+            tx.execute(sql::COMPANY_REMOVED, &[&company]).await?;
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// Re-encrypts every stored secret sealed with a key other than the active one (or stored
@@ -247,7 +316,7 @@ impl Directory {
             .to_string();
         let mut report = ResealReport::default();
         for id in self.company_ids().await? {
-            let Some(doc) = self.read_doc(&id).await? else {
+            let Some(doc) = timed!(self, self.read_doc(&id).await)? else {
                 continue;
             };
             report.companies += 1;
@@ -270,45 +339,60 @@ impl Directory {
     }
 
     pub async fn put_user(&self, company: &str, u: &LinkedUser) -> Result<(), DirectoryError> {
-        let mut r = self.redis.clone();
-        let _: () = r
-            .hset(
-                self.users_key(company),
-                &u.user_id,
-                serde_json::to_string(u).expect("serializable"),
-            )
-            .await?;
-        Ok(())
+        self.put_users(company, std::slice::from_ref(u)).await
     }
 
-    /// Writes many users in one round trip.
+    /// Writes many users in one transaction.
     pub async fn put_users(
         &self,
         company: &str,
         users: &[LinkedUser],
     ) -> Result<(), DirectoryError> {
+        self.put_users_changed(company, users).await.map(|_| ())
+    }
+
+    /// Writes many users in one transaction; how many rows changed (a user stored the same, and
+    /// a last-sync time older than the stored one, change nothing).
+    pub(super) async fn put_users_changed(
+        &self,
+        company: &str,
+        users: &[LinkedUser],
+    ) -> Result<usize, DirectoryError> {
         if users.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
-        let key = self.users_key(company);
-        let mut pipe = redis::pipe();
-        for u in users {
-            pipe.hset(
-                &key,
-                &u.user_id,
-                serde_json::to_string(u).expect("serializable"),
-            )
-            .ignore();
-        }
-        let mut r = self.redis.clone();
-        pipe.query_async::<()>(&mut r).await?;
-        Ok(())
+        timed!(self, {
+            let mut c = self.db.client().await?;
+            let tx = c.transaction().await?;
+            let put = tx.prepare(sql::USER_PUT).await?;
+            let mut changed = 0;
+            for u in users {
+                let (mailbox_key, status, doc, last) = user_columns(u);
+                changed += tx
+                    .execute(
+                        &put,
+                        &[
+                            &company,
+                            &u.user_id,
+                            &u.mailbox,
+                            &mailbox_key,
+                            &status,
+                            &doc,
+                            &last,
+                        ],
+                    )
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(usize::try_from(changed).unwrap_or(usize::MAX))
+        })
     }
 
     pub async fn remove_user(&self, company: &str, user_id: &str) -> Result<bool, DirectoryError> {
-        let mut r = self.redis.clone();
-        let n: u32 = r.hdel(self.users_key(company), user_id).await?;
-        Ok(n > 0)
+        timed!(self, {
+            let c = self.db.client().await?;
+            Ok(c.execute(sql::USER_DELETE, &[&company, &user_id]).await? > 0)
+        })
     }
 
     pub async fn user(
@@ -316,10 +400,11 @@ impl Directory {
         company: &str,
         user_id: &str,
     ) -> Result<Option<LinkedUser>, DirectoryError> {
-        let key = self.users_key(company);
-        let mut r = self.redis.clone();
-        let doc: Option<String> = r.hget(&key, user_id).await?;
-        doc.map(|d| parse_user(&key, &d)).transpose()
+        timed!(self, {
+            let c = self.db.client().await?;
+            let row = c.query_opt(sql::USER, &[&company, &user_id]).await?;
+            row.map(|r| user_row(company, &r, 0)).transpose()
+        })
     }
 
     /// Every linked user of a company, by cyzen user id.
@@ -327,16 +412,18 @@ impl Directory {
         &self,
         company: &str,
     ) -> Result<HashMap<String, LinkedUser>, DirectoryError> {
-        let key = self.users_key(company);
-        let mut r = self.redis.clone();
-        let all: HashMap<String, String> = r.hgetall(&key).await?;
-        all.into_iter()
-            .map(|(id, d)| parse_user(&key, &d).map(|u| (id, u)))
-            .collect()
+        timed!(self, {
+            let c = self.db.client().await?;
+            let rows = c.query(sql::USERS, &[&company]).await?;
+            rows.iter()
+                .map(|r| user_row(company, r, 0).map(|u| (u.user_id.clone(), u)))
+                .collect()
+        })
     }
 
     /// Records the outcome of writes to a user's mailbox: a success sets the last sync time; a
-    /// mailbox problem flips the user to auth_failed with the reason.
+    /// mailbox problem flips the user to auth_failed with the reason. (The workers write
+    /// successes behind, many at once, through their cache: [`Directory::record_synced`].)
     pub async fn record_sync(
         &self,
         company: &str,
@@ -358,11 +445,151 @@ impl Directory {
         }
         self.put_user(company, &u).await
     }
+
+    /// Sets the last-sync times of many users in one statement; a time never goes back, so
+    /// writing the same batch twice changes nothing. Returns the rows changed.
+    pub async fn record_synced(
+        &self,
+        synced: &[(String, String, Timestamp)],
+    ) -> Result<u64, DirectoryError> {
+        if synced.is_empty() {
+            return Ok(0);
+        }
+        let companies: Vec<&str> = synced.iter().map(|s| s.0.as_str()).collect();
+        let users: Vec<&str> = synced.iter().map(|s| s.1.as_str()).collect();
+        let at: Vec<f64> = synced.iter().map(|s| db::epoch(s.2)).collect();
+        timed!(self, {
+            let c = self.db.client().await?;
+            Ok(c.execute(sql::USERS_SYNCED, &[&companies, &users, &at])
+                .await?)
+        })
+    }
+
+    /// Everything, for the workers' cache: the companies (opened), the users by company, and
+    /// the companies an administrator removed.
+    pub(super) async fn load_all(&self) -> Result<Snapshot, DirectoryError> {
+        timed!(self, {
+            let mut c = self.db.client().await?;
+            // One snapshot for the three reads.
+            let tx = c
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let companies = tx.query(sql::COMPANIES_ALL, &[]).await?;
+            let users = tx.query(sql::USERS_ALL, &[]).await?;
+            let removed = tx.query(sql::REMOVED_ALL, &[]).await?;
+            tx.commit().await?;
+            let mut snap = Snapshot::default();
+            for r in &companies {
+                let id: String = r.get(0);
+                let doc = company_doc(&id, r.get(1))?;
+                snap.companies.insert(id, self.open(doc));
+            }
+            for r in &users {
+                let company: String = r.get(0);
+                let u = user_row(&company, r, 1)?;
+                snap.users
+                    .entry(company)
+                    .or_default()
+                    .insert(u.user_id.clone(), u);
+            }
+            snap.removed = removed.iter().map(|r| r.get(0)).collect();
+            Ok(snap)
+        })
+    }
+
+    /// One company for the workers' cache: the company (opened) with its users, or whether an
+    /// administrator removed it.
+    pub(super) async fn load_one(&self, company: &str) -> Result<One, DirectoryError> {
+        timed!(self, {
+            let c = self.db.client().await?;
+            let Some(row) = c.query_opt(sql::COMPANY, &[&company]).await? else {
+                let removed = c.query_opt(sql::IS_REMOVED, &[&company]).await?.is_some();
+                return Ok(One::Absent { removed });
+            };
+            let doc = company_doc(company, row.get(0))?;
+            let rows = c.query(sql::USERS, &[&company]).await?;
+            let users = rows
+                .iter()
+                .map(|r| user_row(company, r, 0).map(|u| (u.user_id.clone(), u)))
+                .collect::<Result<_, _>>()?;
+            Ok(One::Present(Box::new(self.open(doc)), users))
+        })
+    }
 }
 
-fn parse_user(key: &str, doc: &str) -> Result<LinkedUser, DirectoryError> {
-    serde_json::from_str(doc).map_err(|e| DirectoryError::Corrupt {
-        key: key.to_string(),
+/// The whole directory at one moment.
+#[derive(Default)]
+pub(super) struct Snapshot {
+    pub companies: HashMap<String, Company>,
+    pub users: HashMap<String, HashMap<String, LinkedUser>>,
+    pub removed: std::collections::HashSet<String>,
+}
+
+/// One company at one moment.
+pub(super) enum One {
+    Present(Box<Company>, HashMap<String, LinkedUser>),
+    Absent { removed: bool },
+}
+
+/// Two companies hold the same (secrets compared in clear, sealing aside).
+fn same_company(a: &Company, b: &Company) -> bool {
+    let creds = |c: &Company| {
+        c.credentials.as_ref().map(|s| {
+            (
+                s.tenant_id.clone(),
+                s.client_id.clone(),
+                s.client_secret.expose().to_string(),
+                s.secret_expires_at,
+                s.set_at,
+            )
+        })
+    };
+    a.id == b.id
+        && a.plan == b.plan
+        && a.options == b.options
+        && a.enabled == b.enabled
+        && a.consent == b.consent
+        && a.verification == b.verification
+        && creds(a) == creds(b)
+}
+
+fn company_doc(company: &str, doc: serde_json::Value) -> Result<CompanyDoc, DirectoryError> {
+    serde_json::from_value(doc).map_err(|e| DirectoryError::Corrupt {
+        key: format!("companies/{company}"),
         message: e.to_string(),
     })
+}
+
+/// The columns of a user row besides its keys: mailbox key, status, the document (without the
+/// last-sync time, a column of its own), the last-sync time.
+fn user_columns(u: &LinkedUser) -> (String, String, serde_json::Value, Option<f64>) {
+    let status = serde_json::to_value(u.status).expect("serializable");
+    let mut doc = u.clone();
+    doc.last_sync_at = None;
+    (
+        u.mailbox_key(),
+        status.as_str().unwrap_or_default().to_string(),
+        serde_json::to_value(&doc).expect("serializable"),
+        u.last_sync_at.map(db::epoch),
+    )
+}
+
+/// A user row (`user_id, doc, last_sync_at` from column `at`).
+fn user_row(
+    company: &str,
+    r: &tokio_postgres::Row,
+    at: usize,
+) -> Result<LinkedUser, DirectoryError> {
+    let user_id: String = r.get(at);
+    let doc: serde_json::Value = r.get(at + 1);
+    let last: Option<f64> = r.get(at + 2);
+    let mut u: LinkedUser = serde_json::from_value(doc).map_err(|e| DirectoryError::Corrupt {
+        key: format!("linked_users/{company}/{user_id}"),
+        message: e.to_string(),
+    })?;
+    u.last_sync_at = last.and_then(db::from_epoch).or(u.last_sync_at);
+    Ok(u)
 }

@@ -1,14 +1,24 @@
 //! The tenants: companies (plan, credentials, consent, verification, enabled) and their linked
 //! users (cyzen user → mailbox, linked-at, status), and [`mailbox_key`], the one spelling of an
-//! address. Their store in Redis is the [`Directory`] (`directory`): the flush reads it; the
-//! admin API writes it.
+//! address. Their store is PostgreSQL (`db`, the only module that talks to it): the
+//! [`Directory`] (`directory`) reads and writes it for the admin API and the commands; each
+//! worker's flush reads its [`DirectoryCache`] (`cache`), kept fresh by LISTEN/NOTIFY, and writes
+//! its users' last-sync times behind. `redis_directory` reads the directory as older versions
+//! kept it in Redis, to import it once.
 
+pub mod audit;
+mod cache;
+pub mod db;
 mod directory;
+mod redis_directory;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+pub use self::audit::{AuditEntry, AuditLog};
+pub use self::cache::{DirectoryCache, Entry as CachedCompany, Lookup};
 pub use self::directory::{Directory, DirectoryError, ResealReport};
+pub use self::redis_directory::{ImportReport, RedisDirectory};
 use crate::graph::client::Credentials;
 use crate::secret::Secret;
 

@@ -461,11 +461,10 @@ async fn secrets_are_encrypted_at_rest_rotate_by_key_id_and_are_never_returned()
             .len(),
         12
     );
-    let mut r = sb.redis.clone();
-    let key = format!("{}:company:acme", sb.cfg.redis.key_prefix);
-    let raw: String = r.get(&key).await.unwrap();
+    let db = sb.directory.db();
+    let raw = crate::directory::stored_text(db).await;
     assert!(!raw.contains(&t.secret), "stored in plain text: {raw}");
-    let doc: Value = serde_json::from_str(&raw).unwrap();
+    let doc = crate::directory::company_doc(db, "acme").await;
     assert_eq!(doc["credentials"]["secret"]["key_id"], "sandbox");
     assert_eq!(
         api.admin.verify_credentials("acme").await.unwrap().outcome,
@@ -485,19 +484,19 @@ async fn secrets_are_encrypted_at_rest_rotate_by_key_id_and_are_never_returned()
             ),
         });
     rotated.secrets.active_key = "k2".into();
-    let dir = outlook_sync::tenants::Directory::from_config(sb.redis.clone(), &rotated);
+    let dir = outlook_sync::tenants::Directory::from_config(&rotated);
     let c = dir.company("acme").await.unwrap().unwrap();
     assert_eq!(c.credentials.unwrap().client_secret.expose(), t.secret);
     let report = dir.reseal_all().await.unwrap();
     assert_eq!(report.resealed, 1, "{report:?}");
-    let doc: Value = serde_json::from_str(&r.get::<_, String>(&key).await.unwrap()).unwrap();
+    let doc = crate::directory::company_doc(db, "acme").await;
     assert_eq!(doc["credentials"]["secret"]["key_id"], "k2");
     rotated.secrets.keys.remove(0);
-    let only_new = outlook_sync::tenants::Directory::from_config(sb.redis.clone(), &rotated);
+    let only_new = outlook_sync::tenants::Directory::from_config(&rotated);
     let c = only_new.company("acme").await.unwrap().unwrap();
     assert_eq!(c.credentials.unwrap().client_secret.expose(), t.secret);
     // The old key alone cannot open it: the company is not synced, and says why.
-    let old_only = outlook_sync::tenants::Directory::from_config(sb.redis.clone(), &sb.cfg);
+    let old_only = outlook_sync::tenants::Directory::from_config(&sb.cfg);
     let c = old_only.company("acme").await.unwrap().unwrap();
     assert!(c.credentials.is_none());
     assert!(c.credentials_error.as_deref().unwrap().contains("k2"));
@@ -1420,12 +1419,9 @@ async fn the_full_scenario_never_reveals_the_secret_in_logs_metrics_responses_or
     )
     .await;
     let mut r = sb.redis.clone();
-    let _: () = r
-        .hset(
-            format!("{}:users:acme", sb.cfg.redis.key_prefix),
-            "u-4",
-            json!({"user_id":"u-4","mailbox":t.upn("guest"),"linked_at":"2026-01-01T00:00:00Z","status":"authenticated"}).to_string(),
-        )
+    let u4 = json!({"user_id":"u-4","mailbox":t.upn("guest"),"linked_at":"2026-01-01T00:00:00Z","status":"authenticated"});
+    sb.directory
+        .put_user("acme", &serde_json::from_value(u4).unwrap())
         .await
         .unwrap();
     let worker = sb.worker().await.unwrap();
@@ -1438,7 +1434,21 @@ async fn the_full_scenario_never_reveals_the_secret_in_logs_metrics_responses_or
     .await
     .unwrap();
     assert!(sb.wait_idle(Duration::from_secs(40)).await.unwrap());
-    let list = api.ok("GET", "/v1/companies/acme/users", None).await;
+    // Last-sync times are written behind (the sandbox: every second).
+    let mut list = Value::Null;
+    for _ in 0..50 {
+        list = api.ok("GET", "/v1/companies/acme/users", None).await;
+        let taro = list["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["user_id"] == "u-1")
+            .unwrap();
+        if taro["last_sync_at"].is_string() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let taro = list["users"]
         .as_array()
         .unwrap()
@@ -1505,6 +1515,7 @@ async fn the_full_scenario_never_reveals_the_secret_in_logs_metrics_responses_or
         logs.contains("token request failed") || logs.contains("invalid_client"),
         "the capture saw no token failure"
     );
+    let in_postgres = crate::directory::stored_text(sb.directory.db()).await;
     let places: Vec<(&str, String)> = vec![
         ("logs", logs),
         ("admin metrics", api.metrics.render()),
@@ -1512,11 +1523,82 @@ async fn the_full_scenario_never_reveals_the_secret_in_logs_metrics_responses_or
         ("API responses", api.bodies.lock().unwrap().join("\n")),
         ("dead letters", dead.join("\n")),
         ("Redis", stored),
+        ("PostgreSQL", in_postgres),
     ];
     for (place, text) in &places {
         assert!(!text.is_empty(), "{place} is empty");
         assert!(!text.contains(&secret), "the secret appears in the {place}");
     }
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_admin_write_is_audited_with_the_token_name_and_never_a_secret() {
+    let sb = sandbox("admin-audit").await;
+    let api = serve(&sb, |c| c.admin.tokens = vec![format!("ops-alice:{TOKEN}")]).await;
+    let t = tenant(&sb, "acme", |a| a, &[("taro", MailboxKind::Ok)]);
+    company(&api, "acme", "standard", &t).await;
+    api.ok(
+        "PUT",
+        "/v1/companies/acme/users/u-1",
+        Some(json!({"mailbox": t.upn("taro")})),
+    )
+    .await;
+    // A refused write and the reads are not changes.
+    let (status, _) = api
+        .call("PUT", "/v1/companies/acme", Some(json!({"plan": "gold"})))
+        .await;
+    assert_eq!(status, 422);
+    api.ok("GET", "/v1/companies/acme/users", None).await;
+    api.ok("DELETE", "/v1/companies/acme/users/u-1", None).await;
+
+    let audit = api.ok("GET", "/v1/companies/acme/audit", None).await;
+    let entries = audit["entries"].as_array().unwrap();
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions.first(),
+        Some(&"DELETE /v1/companies/{company}/users/{user}"),
+        "newest first: {audit}"
+    );
+    assert!(
+        actions.contains(&"PUT /v1/companies/{company}/microsoft365"),
+        "{audit}"
+    );
+    assert!(
+        actions.contains(&"PUT /v1/companies/{company}/users/{user}"),
+        "{audit}"
+    );
+    assert!(actions.contains(&"PUT /v1/companies/{company}"), "{audit}");
+    assert!(
+        !actions.iter().any(|a| a.starts_with("GET")),
+        "reads are not audited: {audit}"
+    );
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e["summary"].as_str().unwrap().contains("422"))
+            .count(),
+        0,
+        "a refused write changed nothing: {audit}"
+    );
+    for e in entries {
+        assert_eq!(e["token"], "ops-alice", "{e}");
+        assert!(e["at"].is_string());
+    }
+    assert!(
+        !audit.to_string().contains(&t.secret),
+        "the secret is in the audit"
+    );
+    assert!(
+        !audit.to_string().contains(TOKEN),
+        "the token is in the audit"
+    );
+    // Another company's audit holds none of it.
+    let other = api.ok("GET", "/v1/companies/other/audit", None).await;
+    assert!(other["entries"].as_array().unwrap().is_empty(), "{other}");
     sb.cleanup().await;
 }
 
@@ -1627,6 +1709,32 @@ async fn the_admin_command_line_sets_verifies_and_links_without_ever_printing_th
             .len(),
         2
     );
+    // Each write is in the audit under the command line's name; refused writes and dry runs
+    // are not.
+    use outlook_sync::tenants::AuditLog;
+    let audit = sb.directory.audit("acme", 100).await.unwrap();
+    let actions: Vec<&str> = audit.iter().map(|e| e.action.as_str()).collect();
+    for want in [
+        "admin set-plan",
+        "admin set-credentials",
+        "admin verify",
+        "admin link",
+    ] {
+        assert!(actions.contains(&want), "{want} not audited: {actions:?}");
+    }
+    assert!(
+        !actions.contains(&"admin enable"),
+        "a refused write is not audited: {actions:?}"
+    );
+    assert!(
+        !actions.contains(&"admin bulk"),
+        "a dry run is not audited: {actions:?}"
+    );
+    assert!(
+        audit.iter().all(|e| e.token.starts_with("command-line:")),
+        "{audit:?}"
+    );
+    assert!(!format!("{audit:?}").contains(&t.secret));
     sb.cleanup().await;
 }
 
@@ -2976,6 +3084,20 @@ async fn every_route_answers_what_the_openapi_document_says_in_success_and_in_er
         "backlog",
         api.checked(c, "GET", "/v1/backlog", tok, None).await,
         200,
+    );
+
+    let audit = expect(
+        "audit",
+        api.checked(c, "GET", "/v1/companies/acme/audit?limit=5", tok, None)
+            .await,
+        200,
+    );
+    assert_eq!(audit["entries"].as_array().unwrap().len(), 5, "{audit}");
+    expect(
+        "audit, bad limit",
+        api.checked(c, "GET", "/v1/companies/acme/audit?limit=0", tok, None)
+            .await,
+        422,
     );
 
     // Last: remove the integration (a job).

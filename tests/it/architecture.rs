@@ -130,6 +130,28 @@ fn no_module_but_the_store_builds_a_redis_key() {
 }
 
 #[test]
+fn only_the_directory_module_talks_to_postgresql() {
+    let mut found = Vec::new();
+    for f in rust_files(&repo_path("src")) {
+        let r = rel(&f);
+        // The directory owns the database; the configuration only parses database.url with the
+        // client's own parser (as it does for Redis).
+        if r.starts_with("src/tenants/") || r == "src/config/checks.rs" {
+            continue;
+        }
+        for (n, line) in production_code(&f).lines().enumerate() {
+            if line.contains("tokio_postgres") || line.contains("deadpool_postgres") {
+                found.push(format!("{r}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "PostgreSQL used outside tenants (ask the Directory, or its cache, instead): {found:#?}"
+    );
+}
+
+#[test]
 fn no_source_file_is_over_800_lines() {
     let mut long = Vec::new();
     for dir in ["src", "crates/graph-emulator/src"] {

@@ -495,6 +495,7 @@ fn check_config_prints_the_effective_configuration_as_toml_with_every_secret_red
     );
     let amqp = format!("amqp://sync:{SENTINEL}@mq.internal:5672/cyzen");
     let redis = format!("redis://:{SENTINEL}@redis.internal:6379/0");
+    let database = format!("postgres://outlook_sync:{SENTINEL}@pg.internal:5432/cyzen");
     let out = outlook_sync(
         &["check-config"],
         Some(&file),
@@ -502,6 +503,7 @@ fn check_config_prints_the_effective_configuration_as_toml_with_every_secret_red
             ("OUTLOOK_SYNC__WINDOW__SECONDS", "7"),
             ("OUTLOOK_SYNC__AMQP__URL", &amqp),
             ("OUTLOOK_SYNC__REDIS__URL", &redis),
+            ("OUTLOOK_SYNC__DATABASE__URL", &database),
         ],
     );
     assert_eq!(out.code, Some(0), "{}", out.both());
@@ -520,6 +522,13 @@ fn check_config_prints_the_effective_configuration_as_toml_with_every_secret_red
             .as_str()
             .unwrap()
             .contains("@redis.internal:6379/0")
+    );
+    assert!(
+        shown["database"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("postgres://outlook_sync:"),
+        "the database URL keeps everything but its password"
     );
     assert_eq!(shown["admin"]["tokens"].as_array().unwrap().len(), 1);
     assert_eq!(shown["secrets"]["keys"][0]["id"].as_str(), Some("k1"));

@@ -533,12 +533,14 @@ async fn the_probed_paths_answer_without_the_services() {
     outlook_sync::install_crypto_provider();
     let mut cfg = Config::default();
     cfg.redis.url = "redis://127.0.0.1:1/".into();
+    cfg.database.url = "postgres://postgres@127.0.0.1:1/test".into();
     let metrics = Metrics::new();
     let (_tx, rx) = tokio::sync::watch::channel(false);
     let health = outlook_sync::admin::Health {
         metrics,
         consumer_ready: rx,
         redis: outlook_sync::store::connect_lazy(&cfg).unwrap(),
+        database: outlook_sync::tenants::db::Db::new(&cfg.database),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -573,6 +575,7 @@ async fn the_probed_paths_answer_without_the_services() {
         .await
         .unwrap();
     assert!(m.contains("outlook_sync_redis_reachable 0"), "{m}");
+    assert!(m.contains("outlook_sync_database_reachable 0"), "{m}");
     assert!(m.contains("outlook_sync_consumer_attached 0"), "{m}");
     server.abort();
 }
@@ -593,6 +596,11 @@ fn fill(value: &str) -> String {
             "redis password" => "redis-placeholder-password",
             "redis host" => "redis.internal",
             "admin token" => "Vq3xN8kR2mT7wZ5pL9cY4hB6-admin",
+            "admin token name" => "ops",
+            "database user" => "outlook_sync",
+            "database password" => "database-placeholder-password",
+            "database host" => "postgres.internal",
+            "database name" => "cyzen",
             "key id" => "k2026",
             "32 random bytes, base64" => "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
             other => {
@@ -629,6 +637,7 @@ fn the_secret_template_holds_no_real_value_and_sets_real_configuration_keys() {
     for key in [
         "OUTLOOK_SYNC__AMQP__URL",
         "OUTLOOK_SYNC__REDIS__URL",
+        "OUTLOOK_SYNC__DATABASE__URL",
         "OUTLOOK_SYNC__ADMIN__TOKENS",
         "OUTLOOK_SYNC__SECRETS__KEYS",
         "OUTLOOK_SYNC__SECRETS__ACTIVE_KEY",
@@ -642,6 +651,7 @@ fn the_secret_template_holds_no_real_value_and_sets_real_configuration_keys() {
     for secret in [
         "amqp-placeholder-password",
         "redis-placeholder-password",
+        "database-placeholder-password",
         "Vq3xN8kR2mT7wZ5pL9cY4hB6-admin",
         "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
     ] {
@@ -943,7 +953,7 @@ fn the_redis_configuration_is_durable_and_never_evicts() {
 fn compose_runs_rabbitmq_redis_the_emulator_and_a_worker_with_a_valid_configuration() {
     let c = yaml("deploy/compose.yaml");
     let services = c["services"].as_object().expect("services");
-    for s in ["rabbitmq", "redis", "graph-emulator", "worker"] {
+    for s in ["rabbitmq", "redis", "postgres", "graph-emulator", "worker"] {
         assert!(services.contains_key(s), "compose.yaml lacks {s}");
     }
     // Redis runs with the production configuration file.

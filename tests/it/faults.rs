@@ -389,7 +389,7 @@ async fn a_dedicated_redis_killed_and_restarted_with_aof_loses_nothing_that_was_
     sb.cfg.redis.url = server.as_ref().unwrap().url();
     impatient(&mut sb.cfg);
     sb.redis = outlook_sync::store::connect(&sb.cfg).await.unwrap();
-    sb.directory = Directory::from_config(sb.redis.clone(), &sb.cfg);
+    sb.directory = Directory::from_config(&sb.cfg);
     add_company(&sb).await;
     let worker = sb.worker().await.unwrap();
 

@@ -11,6 +11,8 @@ mod convergence;
 mod deadletter;
 mod demo;
 mod deploy;
+mod directory;
+mod directory_import;
 mod emulator;
 mod faults;
 mod fleet;
