@@ -17,7 +17,6 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use crate::event::{EventType, ScheduleEvent};
@@ -243,7 +242,7 @@ pub struct Counts {
 /// The staging store.
 #[derive(Clone)]
 pub struct Windows {
-    redis: ConnectionManager,
+    redis: crate::store::Redis,
     keys: Keys,
     window_ms: u64,
     stage: std::sync::Arc<Script>,
@@ -257,7 +256,7 @@ pub fn now_ms() -> u64 {
 }
 
 impl Windows {
-    pub fn new(redis: ConnectionManager, keys: Keys, window: Duration) -> Self {
+    pub fn new(redis: crate::store::Redis, keys: Keys, window: Duration) -> Self {
         Self {
             redis,
             keys,
@@ -274,7 +273,7 @@ impl Windows {
     }
 
     /// The Redis connection the staging uses.
-    pub fn redis(&self) -> &ConnectionManager {
+    pub fn redis(&self) -> &crate::store::Redis {
         &self.redis
     }
 

@@ -50,7 +50,7 @@ pub struct Stopped {
 /// The running parts of a worker, for tests and the demo that drive one in-process.
 pub struct Worker {
     pub ingest: Arc<Ingest>,
-    pub redis: redis::aio::ConnectionManager,
+    pub redis: crate::store::Redis,
     pub flusher: Flusher,
     pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,

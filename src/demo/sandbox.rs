@@ -8,7 +8,6 @@ use jiff::Timestamp;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 
 use crate::amqp::{self, Publisher, Topology};
 use crate::config::Config;
@@ -52,7 +51,7 @@ pub struct Sandbox {
     pub cfg: Config,
     pub emulator: RunningEmulator,
     pub directory: Directory,
-    pub redis: ConnectionManager,
+    pub redis: crate::store::Redis,
     conn: lapin::Connection,
     publisher: Publisher,
 }

@@ -5,6 +5,7 @@
 //! admin's consent states and jobs, the dead-letter operations' lock) take their key names from
 //! [`Keys`]; nothing else builds a key.
 
+pub mod connection;
 pub mod copies;
 pub mod keys;
 pub mod lease;
@@ -12,6 +13,7 @@ pub mod pace;
 
 use std::time::Duration;
 
+pub use connection::Redis;
 pub use copies::{Copies, CopyChange, CopyRecord};
 pub use keys::{Keys, Member};
 pub use lease::{LeaseGuard, Leases, MailboxLeases};
@@ -29,18 +31,21 @@ fn manager_config(cfg: &Config) -> redis::aio::ConnectionManagerConfig {
 }
 
 /// Connects to Redis with the configured response timeout; the manager reconnects by itself.
-pub async fn connect(cfg: &Config) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
+pub async fn connect(cfg: &Config) -> Result<Redis, redis::RedisError> {
     let client = redis::Client::open(cfg.redis.url.as_str())?;
-    client
+    let manager = client
         .get_connection_manager_with_config(manager_config(cfg))
-        .await
+        .await?;
+    Ok(Redis::single(manager))
 }
 
 /// A Redis connection manager that connects on first use (so a worker starts, not ready, while
 /// Redis is down) and reconnects by itself.
-pub fn connect_lazy(cfg: &Config) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
+pub fn connect_lazy(cfg: &Config) -> Result<Redis, redis::RedisError> {
     let client = redis::Client::open(cfg.redis.url.as_str())?;
-    client.get_connection_manager_lazy(manager_config(cfg))
+    Ok(Redis::single(
+        client.get_connection_manager_lazy(manager_config(cfg))?,
+    ))
 }
 
 /// The key names of this configuration.

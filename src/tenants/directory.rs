@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -67,7 +66,7 @@ pub enum DirectoryError {
 /// Reads and writes the directory.
 #[derive(Clone)]
 pub struct Directory {
-    redis: ConnectionManager,
+    redis: crate::store::Redis,
     names: crate::store::Keys,
     keys: Arc<KeyRing>,
 }
@@ -84,7 +83,7 @@ pub struct ResealReport {
 impl Directory {
     /// A directory without encryption keys: it reads companies without credentials, and
     /// refuses to store a secret. Use [`Directory::from_config`] or [`Directory::with_keys`].
-    pub fn new(redis: ConnectionManager, keys: crate::store::Keys) -> Self {
+    pub fn new(redis: crate::store::Redis, keys: crate::store::Keys) -> Self {
         Self {
             redis,
             names: keys,
@@ -93,7 +92,7 @@ impl Directory {
     }
 
     /// The directory of a (validated) configuration: its key prefix and its secret keys.
-    pub fn from_config(redis: ConnectionManager, cfg: &crate::config::Config) -> Self {
+    pub fn from_config(redis: crate::store::Redis, cfg: &crate::config::Config) -> Self {
         let keys =
             KeyRing::from_config(&cfg.secrets).expect("secrets.* are checked by Config::validate");
         Self::new(redis, crate::store::keys(cfg)).with_keys(Arc::new(keys))

@@ -14,7 +14,7 @@ use crate::support;
 
 struct Fixture {
     windows: Windows,
-    redis: redis::aio::ConnectionManager,
+    redis: outlook_sync::store::Redis,
     prefix: String,
 }
 
