@@ -83,24 +83,43 @@ pub(super) fn amqp_url(v: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `redis.url`: what the Redis client will parse when it connects. This build has no TLS to
-/// Redis, so `rediss://` could never connect.
+/// `redis.url`: what the Redis client will parse when it connects. `rediss://` always checks
+/// the server's certificate and name: redis-rs's `#insecure` (no check at all) is refused.
 pub(super) fn redis_url(v: &str) -> Result<(), String> {
     let u = url::Url::parse(v)
         .map_err(|e| format!("is not a URL ({e}); the form is redis://[:password@]host:6379/db"))?;
     match u.scheme() {
-        "redis" | "valkey" | "unix" | "redis+unix" | "valkey+unix" => {}
-        "rediss" | "valkeys" => {
-            return Err(
-                "asks for TLS (rediss://), which this build cannot speak to Redis; use \
-                        redis:// to a Redis on a private network, with a password"
-                    .into(),
-            );
-        }
-        _ => return Err("must start with redis:// or unix://".into()),
+        "redis" | "valkey" | "unix" | "redis+unix" | "valkey+unix" | "rediss" | "valkeys" => {}
+        _ => return Err("must start with redis://, rediss:// or unix://".into()),
+    }
+    if u.fragment().is_some() {
+        return Err(
+            "has a #fragment; #insecure would turn off the check of Redis's TLS \
+                    certificate: give the CA that signs it in redis.tls_ca_file instead"
+                .into(),
+        );
     }
     redis::IntoConnectionInfo::into_connection_info(v)
         .map_err(|e| format!("cannot be used by the Redis client: {e}"))?;
+    Ok(())
+}
+
+/// Whether `redis.url` asks for TLS.
+pub(super) fn redis_url_is_tls(v: &str) -> bool {
+    url::Url::parse(v).is_ok_and(|u| matches!(u.scheme(), "rediss" | "valkeys"))
+}
+
+/// `redis.tls_ca_file`: a readable PEM file with at least one certificate.
+pub(super) fn pem_ca_file(path: &str) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!("cannot read {path}: {e}; give a PEM file of the CA that signs Redis's certificate")
+    })?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the CA that \
+             signs Redis's certificate"
+        ));
+    }
     Ok(())
 }
 

@@ -169,6 +169,9 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// Timeout of one Redis call (a large pipeline needs more than redis-rs's 500 ms default).
     pub response_timeout_ms: u64,
+    /// With `rediss://`: a PEM file of the CA(s) that sign Redis's certificate, trusted instead
+    /// of the system's roots; empty: the system's roots.
+    pub tls_ca_file: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -306,6 +309,7 @@ impl Default for RedisConfig {
             url: "redis://127.0.0.1:6379/".into(),
             key_prefix: "outlook-sync".into(),
             response_timeout_ms: 5000,
+            tls_ca_file: String::new(),
         }
     }
 }

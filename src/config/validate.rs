@@ -72,6 +72,17 @@ impl Config {
     /// The Redis URL and timeout; the window, its poll and its claims.
     fn validate_redis_and_window(&self) -> Result<(), ConfigError> {
         checks::redis_url(&self.redis.url).map_err(|m| bad("redis.url", m))?;
+        if !self.redis.tls_ca_file.is_empty() {
+            if !checks::redis_url_is_tls(&self.redis.url) {
+                return Err(bad(
+                    "redis.tls_ca_file",
+                    "is set but redis.url does not ask for TLS: use rediss://, or leave \
+                     tls_ca_file empty",
+                ));
+            }
+            checks::pem_ca_file(&self.redis.tls_ca_file)
+                .map_err(|m| bad("redis.tls_ca_file", m))?;
+        }
         if self.redis.response_timeout_ms < 100 {
             return Err(bad("redis.response_timeout_ms", "must be at least 100"));
         }

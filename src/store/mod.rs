@@ -30,21 +30,68 @@ fn manager_config(cfg: &Config) -> redis::aio::ConnectionManagerConfig {
         .set_number_of_retries(1)
 }
 
+/// The client of `redis.url`: with `rediss://`, the CA of `redis.tls_ca_file` (else the
+/// system's roots) and the URL's host checked against the certificate.
+fn client(cfg: &Config) -> Result<redis::Client, redis::RedisError> {
+    let info = redis::IntoConnectionInfo::into_connection_info(cfg.redis.url.as_str())?;
+    if cfg.redis.tls_ca_file.is_empty() {
+        return redis::Client::open(info);
+    }
+    let pem = std::fs::read(&cfg.redis.tls_ca_file).map_err(|e| {
+        redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "cannot read redis.tls_ca_file",
+            format!("{}: {e}", cfg.redis.tls_ca_file),
+        ))
+    })?;
+    redis::Client::build_with_tls(
+        info,
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        },
+    )
+}
+
+/// A refused TLS certificate, said in words an operator can act on.
+fn explain(e: redis::RedisError, cfg: &Config) -> redis::RedisError {
+    let text = e.to_string();
+    if !text.contains("certificate") {
+        return e;
+    }
+    let trusted = if cfg.redis.tls_ca_file.is_empty() {
+        "the system's roots".to_string()
+    } else {
+        format!("redis.tls_ca_file ({})", cfg.redis.tls_ca_file)
+    };
+    let why = if text.contains("NotValidForName") || text.contains("not valid for name") {
+        "Redis's TLS certificate is not for the host redis.url names: use a host name the \
+         certificate lists"
+    } else {
+        "Redis's TLS certificate is not signed by a CA this worker trusts: give the CA that \
+         signs it in redis.tls_ca_file"
+    };
+    redis::RedisError::from((
+        redis::ErrorKind::Io,
+        "TLS refused",
+        format!("{why} (trusted: {trusted}; {text})"),
+    ))
+}
+
 /// Connects to Redis with the configured response timeout; the manager reconnects by itself.
 pub async fn connect(cfg: &Config) -> Result<Redis, redis::RedisError> {
-    let client = redis::Client::open(cfg.redis.url.as_str())?;
-    let manager = client
+    let manager = client(cfg)?
         .get_connection_manager_with_config(manager_config(cfg))
-        .await?;
+        .await
+        .map_err(|e| explain(e, cfg))?;
     Ok(Redis::single(manager))
 }
 
 /// A Redis connection manager that connects on first use (so a worker starts, not ready, while
 /// Redis is down) and reconnects by itself.
 pub fn connect_lazy(cfg: &Config) -> Result<Redis, redis::RedisError> {
-    let client = redis::Client::open(cfg.redis.url.as_str())?;
     Ok(Redis::single(
-        client.get_connection_manager_lazy(manager_config(cfg))?,
+        client(cfg)?.get_connection_manager_lazy(manager_config(cfg))?,
     ))
 }
 

@@ -1,0 +1,139 @@
+//! Redis as production runs it, each test against `redis-server` processes of its own on free
+//! ports: TLS only (`rediss://`, a CA the test makes). Each runs the pipeline through waves of
+//! creates, updates and deletes and checks every mailbox against the latest state.
+
+use std::time::Duration;
+
+use outlook_sync::config::Config;
+use outlook_sync::demo::Sandbox;
+use outlook_sync::tenants::Directory;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::faults::{Book, add_company, dead_letters, impatient, sandbox, settle};
+use crate::redis_servers::{Certs, RedisProcess, free_port, wait_ping};
+
+/// Points the sandbox at `cfg_redis` (its URL and CA) and reconnects everything that holds Redis.
+async fn use_redis(sb: &mut Sandbox, url: String, ca: &str) {
+    sb.cfg.redis.url = url;
+    sb.cfg.redis.tls_ca_file = ca.to_string();
+    sb.cfg
+        .validate()
+        .expect("the test's Redis configuration is valid");
+    impatient(&mut sb.cfg);
+    sb.redis = outlook_sync::store::connect(&sb.cfg).await.unwrap();
+    sb.directory = Directory::from_config(sb.redis.clone(), &sb.cfg);
+}
+
+/// Publishes `rounds` waves (with `between` run after each), then waits for the mailboxes to
+/// match the book and asserts nothing was lost, duplicated or left stale, and no dead letter.
+async fn converge(sb: &Sandbox, seed: u64, rounds: usize, mut between: impl FnMut(usize)) {
+    let worker = sb.worker().await.unwrap();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut book = Book::default();
+    for round in 0..rounds {
+        let wave = book.wave(&mut rng, &format!("wave {round}"), 6, 6);
+        sb.publish(&wave).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        between(round);
+    }
+    settle(sb, &book, Duration::from_secs(60)).await;
+    let (lost, dup, stale, extra, problems) = book.check(|m| sb.emulator.emulator.calendar(m));
+    assert!(
+        problems.is_empty(),
+        "lost={lost} duplicated={dup} stale={stale} extra={extra}: {problems:#?}\n{}",
+        worker.metrics.render()
+    );
+    assert_eq!(dead_letters(sb).await, 0, "a dead letter");
+    worker.stop(Duration::from_secs(5)).await;
+}
+
+struct TlsRedis {
+    certs: Certs,
+    port: u16,
+    _server: RedisProcess,
+    _dir: tempfile::TempDir,
+}
+
+async fn tls_redis() -> TlsRedis {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::make(dir.path());
+    let port = free_port();
+    let server = RedisProcess::spawn(dir.path(), &certs.server_args(port));
+    let client = redis::Client::build_with_tls(
+        format!("rediss://localhost:{port}/"),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(certs.file("ca.pem")).unwrap()),
+        },
+    )
+    .unwrap();
+    wait_ping(&client, "redis-server with --tls-port").await;
+    TlsRedis {
+        certs,
+        port,
+        _server: server,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_runs_the_pipeline_over_tls_to_a_redis_that_speaks_only_tls() {
+    outlook_sync::install_crypto_provider();
+    let tls = tls_redis().await;
+    let mut sb = sandbox("topology-tls").await;
+    let url = format!("rediss://localhost:{}/", tls.port);
+    use_redis(&mut sb, url.clone(), &tls.certs.file("ca.pem")).await;
+    // The server has no plain port: what the worker does, it does over TLS.
+    let plain = redis::Client::open(format!("redis://localhost:{}/", tls.port)).unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), async {
+            let mut c = plain.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        })
+        .await
+        .map_or(true, |r| r.is_err()),
+        "the test's Redis answered without TLS"
+    );
+    add_company(&sb).await;
+    converge(&sb, 18, 3, |_| {}).await;
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_certificate_from_an_unknown_ca_or_for_another_host_is_refused_saying_what_to_fix()
+{
+    outlook_sync::install_crypto_provider();
+    let tls = tls_redis().await;
+    let mut cfg = Config::default();
+    cfg.redis.response_timeout_ms = 1_000;
+
+    cfg.redis.url = format!("rediss://localhost:{}/", tls.port);
+    cfg.redis.tls_ca_file = tls.certs.file("other-ca.pem");
+    cfg.validate().unwrap();
+    let e = outlook_sync::store::connect(&cfg)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("not signed by a CA this worker trusts")
+            && e.contains("redis.tls_ca_file")
+            && e.contains("other-ca.pem"),
+        "{e}"
+    );
+
+    // The certificate is for `localhost`, not for 127.0.0.1.
+    cfg.redis.url = format!("rediss://127.0.0.1:{}/", tls.port);
+    cfg.redis.tls_ca_file = tls.certs.file("ca.pem");
+    let e = outlook_sync::store::connect(&cfg)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not for the host redis.url names"), "{e}");
+
+    // The right CA and the right name connect.
+    cfg.redis.url = format!("rediss://localhost:{}/", tls.port);
+    let mut r = outlook_sync::store::connect(&cfg).await.unwrap();
+    let pong: String = redis::cmd("PING").query_async(&mut r).await.unwrap();
+    assert_eq!(pong, "PONG");
+}
