@@ -260,6 +260,11 @@ pub struct Windows {
     keys: Keys,
     window_ms: u64,
     consolidate: std::sync::Arc<Script>,
+    /// `WAIT` for this many replicas, this long (ms), after each staged batch.
+    wait: Option<(u32, u64)>,
+    /// After a `WAIT` that came back short, none until this time (ms): a missing replica must
+    /// not slow every batch by the timeout.
+    wait_paused_until: std::sync::Arc<std::sync::atomic::AtomicU64>,
     claim: std::sync::Arc<Script>,
     settle: std::sync::Arc<Script>,
     renew: std::sync::Arc<Script>,
@@ -305,6 +310,8 @@ impl Windows {
             keys,
             window_ms: window.as_millis().max(1) as u64,
             consolidate: std::sync::Arc::new(Script::new(CONSOLIDATE_LUA)),
+            wait: None,
+            wait_paused_until: Default::default(),
             claim: std::sync::Arc::new(Script::new(CLAIM_LUA)),
             settle: std::sync::Arc::new(Script::new(SETTLE_LUA)),
             renew: std::sync::Arc::new(Script::new(RENEW_LUA)),
@@ -313,6 +320,13 @@ impl Windows {
 
     pub fn keys(&self) -> &Keys {
         &self.keys
+    }
+
+    /// Staging returns only once `replicas` replicas have the batch (`WAIT`, at most
+    /// `timeout`), else fails (the batch is held unacked and staged again).
+    pub fn replicated(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait = (replicas > 0).then_some((replicas, timeout.as_millis() as u64));
+        self
     }
 
     /// The Redis connection the staging uses.
@@ -360,8 +374,30 @@ impl Windows {
                 .arg(format!("e:{}", s.revision))
                 .arg(entry);
         }
+        let paused = &self.wait_paused_until;
+        let wait = self
+            .wait
+            .filter(|_| paused.load(std::sync::atomic::Ordering::Relaxed) <= now);
+        if let Some((n, ms)) = wait {
+            pipe.cmd("WAIT").arg(n).arg(ms);
+        }
         let mut r = self.redis.clone();
-        let rows: Vec<redis::Value> = pipe.query_async(&mut r).await?;
+        let mut rows: Vec<redis::Value> = pipe.query_async(&mut r).await?;
+        if let Some((n, ms)) = wait {
+            let acked: u32 = redis::from_redis_value(rows.pop().unwrap_or(redis::Value::Nil))?;
+            if acked < n {
+                // Staged on the primary; holding the batch would stop ingest for as long as a
+                // replica is missing (after a failover there may be none yet), so it is acked,
+                // and said; the next 10 s of batches do not wait.
+                paused.store(now_ms() + 10_000, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    replicas = acked,
+                    wanted = n,
+                    timeout_ms = ms,
+                    "staging: fewer replicas than redis.wait_replicas had the batch in time; acked all the same, and not waiting for 10 s (a failover now could lose these batches): check the replicas"
+                );
+            }
+        }
         let mut rows = rows.chunks(2);
         let mut replays = Vec::new();
         let mut out = Vec::with_capacity(batch.len());

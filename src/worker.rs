@@ -83,7 +83,10 @@ impl Worker {
             Ok(Err(crate::fleet::JoinError::Redis(_))) | Err(_) | Ok(Ok(())) => {}
         }
         let metrics = Metrics::new();
-        let windows = Windows::new(redis.clone(), store::keys(&cfg), cfg.window());
+        let windows = Windows::new(redis.clone(), store::keys(&cfg), cfg.window()).replicated(
+            cfg.redis.wait_replicas,
+            Duration::from_millis(cfg.redis.wait_timeout_ms),
+        );
         let load = crate::fleet::Load::new();
         let ingest =
             Arc::new(Ingest::new((*cfg).clone(), windows, metrics.clone()).with_load(load.clone()));

@@ -83,14 +83,34 @@ pub(super) fn amqp_url(v: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `redis.url`: what the Redis client will parse when it connects. `rediss://` always checks
-/// the server's certificate and name: redis-rs's `#insecure` (no check at all) is refused.
+/// `redis.url`: one Redis, Sentinel or Cluster ([`super::RedisTopology`]), each address as the
+/// Redis client will parse it when it connects. `rediss://` always checks the server's
+/// certificate and name: redis-rs's `#insecure` (no check at all) is refused.
 pub(super) fn redis_url(v: &str) -> Result<(), String> {
+    let single = match super::RedisTopology::parse(v)? {
+        super::RedisTopology::Single { url } => url,
+        super::RedisTopology::Sentinel { sentinels, .. } => {
+            return sentinels.iter().try_for_each(|s| redis_single_url(s));
+        }
+        super::RedisTopology::Cluster { nodes } => {
+            return nodes.iter().try_for_each(|n| redis_single_url(n));
+        }
+    };
+    redis_single_url(&single)
+}
+
+fn redis_single_url(v: &str) -> Result<(), String> {
     let u = url::Url::parse(v)
         .map_err(|e| format!("is not a URL ({e}); the form is redis://[:password@]host:6379/db"))?;
     match u.scheme() {
         "redis" | "valkey" | "unix" | "redis+unix" | "valkey+unix" | "rediss" | "valkeys" => {}
-        _ => return Err("must start with redis://, rediss:// or unix://".into()),
+        _ => {
+            return Err(
+                "must start with redis://, rediss://, unix://, redis+sentinel:// or \
+                        redis+cluster://"
+                    .into(),
+            );
+        }
     }
     if u.fragment().is_some() {
         return Err(
@@ -106,7 +126,7 @@ pub(super) fn redis_url(v: &str) -> Result<(), String> {
 
 /// Whether `redis.url` asks for TLS.
 pub(super) fn redis_url_is_tls(v: &str) -> bool {
-    url::Url::parse(v).is_ok_and(|u| matches!(u.scheme(), "rediss" | "valkeys"))
+    super::RedisTopology::parse(v).is_ok_and(|t| t.tls())
 }
 
 /// `redis.tls_ca_file`: a readable PEM file with at least one certificate.

@@ -8,7 +8,10 @@
 mod checks;
 mod redact;
 mod source;
+mod topology;
 mod validate;
+
+pub use topology::RedisTopology;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -172,6 +175,12 @@ pub struct RedisConfig {
     /// With `rediss://`: a PEM file of the CA(s) that sign Redis's certificate, trusted instead
     /// of the system's roots; empty: the system's roots.
     pub tls_ca_file: String,
+    /// Staging waits until this many replicas have each batch (`WAIT`) before it is acked; 0:
+    /// not at all (asynchronous replication: a failover can lose the last acked batches).
+    pub wait_replicas: u32,
+    /// How long staging waits for `wait_replicas`; a batch not on them by then is acked all
+    /// the same, with a warning (a missing replica must not stop ingest).
+    pub wait_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -310,6 +319,8 @@ impl Default for RedisConfig {
             key_prefix: "outlook-sync".into(),
             response_timeout_ms: 5000,
             tls_ca_file: String::new(),
+            wait_replicas: 0,
+            wait_timeout_ms: 1000,
         }
     }
 }

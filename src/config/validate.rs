@@ -83,6 +83,28 @@ impl Config {
             checks::pem_ca_file(&self.redis.tls_ca_file)
                 .map_err(|m| bad("redis.tls_ca_file", m))?;
         }
+        if self.redis.wait_replicas > 0 {
+            if matches!(
+                super::RedisTopology::parse(&self.redis.url),
+                Ok(super::RedisTopology::Cluster { .. })
+            ) {
+                return Err(bad(
+                    "redis.wait_replicas",
+                    "applies to one Redis or Sentinel, not to a cluster (WAIT is per node): set \
+                     it to 0",
+                ));
+            }
+            // WAIT holds the connection it is sent on (every stage shares one), so it must end
+            // well within a call's timeout.
+            if self.redis.wait_timeout_ms == 0
+                || self.redis.wait_timeout_ms * 4 > self.redis.response_timeout_ms
+            {
+                return Err(bad(
+                    "redis.wait_timeout_ms",
+                    "must be at least 1 and at most a quarter of redis.response_timeout_ms",
+                ));
+            }
+        }
         if self.redis.response_timeout_ms < 100 {
             return Err(bad("redis.response_timeout_ms", "must be at least 100"));
         }

@@ -163,3 +163,161 @@ impl Certs {
         .collect()
     }
 }
+
+/// `redis-server` arguments for a plain node on `port` with production's persistence
+/// (AOF, `appendfsync everysec`), any extra `args` after.
+pub fn node_args(port: u16, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--appendfilename",
+        &format!("aof-{port}.aof"),
+        "--appenddirname",
+        &format!("aof-{port}"),
+        "--dbfilename",
+        &format!("dump-{port}.rdb"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+/// A primary, one replica and one sentinel watching them as `mymaster` (quorum 1, the primary
+/// judged down after 1 s).
+pub struct SentinelSet {
+    pub primary: RedisProcess,
+    pub primary_port: u16,
+    _replica: RedisProcess,
+    pub replica_port: u16,
+    pub sentinel_port: u16,
+    _sentinel: RedisProcess,
+    _dir: tempfile::TempDir,
+}
+
+impl SentinelSet {
+    pub async fn start() -> SentinelSet {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, r, s) = (free_port(), free_port(), free_port());
+        let primary = RedisProcess::spawn(
+            dir.path(),
+            &node_args(p, &["--repl-diskless-sync-delay", "0"]),
+        );
+        let replica = RedisProcess::spawn(
+            dir.path(),
+            &node_args(r, &["--replicaof", "127.0.0.1", &p.to_string()]),
+        );
+        for port in [p, r] {
+            let c = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+            wait_ping(&c, &format!("redis-server on {port}")).await;
+        }
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {s}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor mymaster 127.0.0.1 {p} 1\n\
+                 sentinel down-after-milliseconds mymaster 1000\n\
+                 sentinel failover-timeout mymaster 5000\n\
+                 sentinel parallel-syncs mymaster 1\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let sentinel = RedisProcess::spawn(
+            dir.path(),
+            &[conf.to_string_lossy().into_owned(), "--sentinel".into()],
+        );
+        let c = redis::Client::open(format!("redis://127.0.0.1:{s}/")).unwrap();
+        wait_ping(&c, "redis-server --sentinel").await;
+        // The replica has caught up and the sentinel knows it, so a failover can pick it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let info = Command::new("redis-cli")
+                .args(["-p", &r.to_string(), "INFO", "replication"])
+                .output()
+                .expect("redis-cli");
+            if String::from_utf8_lossy(&info.stdout).contains("master_link_status:up") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the replica never synced");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        loop {
+            let replicas = Command::new("redis-cli")
+                .args(["-p", &s.to_string(), "SENTINEL", "REPLICAS", "mymaster"])
+                .output()
+                .expect("redis-cli");
+            let text = String::from_utf8_lossy(&replicas.stdout).to_string();
+            if text.contains(&r.to_string()) && !text.contains("s_down") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel never saw the replica: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        SentinelSet {
+            primary,
+            primary_port: p,
+            _replica: replica,
+            replica_port: r,
+            sentinel_port: s,
+            _sentinel: sentinel,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis+sentinel://127.0.0.1:{}/mymaster", self.sentinel_port)
+    }
+
+    /// The port of the primary the sentinel names now.
+    pub fn primary_now(&self) -> Option<u16> {
+        let out = Command::new("redis-cli")
+            .args([
+                "-p",
+                &self.sentinel_port.to_string(),
+                "SENTINEL",
+                "GET-MASTER-ADDR-BY-NAME",
+                "mymaster",
+            ])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// `SENTINEL FAILOVER`: the replica is promoted, the primary demoted.
+    pub fn failover(&self) {
+        let out = Command::new("redis-cli")
+            .args([
+                "-p",
+                &self.sentinel_port.to_string(),
+                "SENTINEL",
+                "FAILOVER",
+                "mymaster",
+            ])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("OK"),
+            "SENTINEL FAILOVER: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}

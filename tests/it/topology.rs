@@ -1,5 +1,6 @@
 //! Redis as production runs it, each test against `redis-server` processes of its own on free
-//! ports: TLS only (`rediss://`, a CA the test makes). Each runs the pipeline through waves of
+//! ports: TLS only (`rediss://`, a CA the test makes), a primary and replica followed through a
+//! sentinel while it fails over. Each runs the pipeline through waves of
 //! creates, updates and deletes and checks every mailbox against the latest state.
 
 use std::time::Duration;
@@ -11,7 +12,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::faults::{Book, add_company, dead_letters, impatient, sandbox, settle};
-use crate::redis_servers::{Certs, RedisProcess, free_port, wait_ping};
+use crate::redis_servers::{Certs, RedisProcess, SentinelSet, free_port, wait_ping};
 
 /// Points the sandbox at `cfg_redis` (its URL and CA) and reconnects everything that holds Redis.
 async fn use_redis(sb: &mut Sandbox, url: String, ca: &str) {
@@ -136,4 +137,127 @@ async fn a_redis_certificate_from_an_unknown_ca_or_for_another_host_is_refused_s
     let mut r = outlook_sync::store::connect(&cfg).await.unwrap();
     let pong: String = redis::cmd("PING").query_async(&mut r).await.unwrap();
     assert_eq!(pong, "PONG");
+}
+
+/// Waits until the sentinel names another primary than `old`.
+async fn switched(set: &SentinelSet, old: u16) -> u16 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(p) = set.primary_now().filter(|p| *p != old) {
+            return p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sentinel never switched"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_follows_a_sentinel_failover_mid_history_and_every_mailbox_converges() {
+    let set = SentinelSet::start().await;
+    let mut sb = sandbox("topology-sentinel").await;
+    use_redis(&mut sb, set.url(), "").await;
+    add_company(&sb).await;
+    let old = set.primary_port;
+    converge(&sb, 41, 5, |round| {
+        if round == 1 {
+            set.failover();
+        }
+    })
+    .await;
+    assert_eq!(
+        switched(&set, old).await,
+        set.replica_port,
+        "the replica was promoted"
+    );
+    sb.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_follows_the_replica_promoted_when_the_primary_is_killed_and_loses_nothing_acked()
+{
+    let mut set = SentinelSet::start().await;
+    let mut sb = sandbox("topology-sentinel-kill").await;
+    // Staging waits for the replica (WAIT 1), so what was acked survives the primary's death.
+    sb.cfg.redis.wait_replicas = 1;
+    sb.cfg.redis.wait_timeout_ms = 200;
+    use_redis(&mut sb, set.url(), "").await;
+    add_company(&sb).await;
+    let old = set.primary_port;
+    let mut killed = false;
+    converge(&sb, 43, 5, |round| {
+        if round == 1 {
+            set.primary.kill();
+            killed = true;
+        }
+    })
+    .await;
+    assert!(killed);
+    assert_eq!(
+        switched(&set, old).await,
+        set.replica_port,
+        "the replica was promoted"
+    );
+    sb.cleanup().await;
+}
+
+/// With `redis.wait_replicas = 1`, a batch is on the replica when staging returns (so it is
+/// acked only then); prints what WAIT costs per batch against staging without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_staged_with_wait_replicas_is_on_the_replica_when_staging_returns() {
+    use outlook_sync::demo::Ev;
+    use outlook_sync::window::{Staging, Windows};
+    let set = SentinelSet::start().await;
+    let mut cfg = crate::support::config("topology-wait");
+    cfg.redis.url = set.url();
+    let redis = outlook_sync::store::connect(&cfg).await.unwrap();
+    let keys = outlook_sync::store::keys(&cfg);
+    let plain = Windows::new(redis.clone(), keys.clone(), Duration::from_secs(300));
+    let waiting = plain.clone().replicated(1, Duration::from_millis(1000));
+    let replica = redis::Client::open(format!("redis://127.0.0.1:{}/", set.replica_port)).unwrap();
+    let mut replica = replica.get_multiplexed_async_connection().await.unwrap();
+    let (batches, size) = (100, 100);
+    let mut took = [Duration::ZERO; 2];
+    for round in 0..batches {
+        for (i, windows) in [&plain, &waiting].into_iter().enumerate() {
+            let bodies: Vec<Vec<u8>> = (0..size)
+                .map(|k| {
+                    let s = format!("s-{i}-{round}-{k}");
+                    serde_json::to_vec(&Ev::created("acme", &s).people("u-1", &[]).wire()).unwrap()
+                })
+                .collect();
+            let events: Vec<_> = bodies
+                .iter()
+                .map(|b| outlook_sync::event::decode(b).unwrap())
+                .collect();
+            let batch: Vec<Staging<'_>> = events
+                .iter()
+                .zip(&bodies)
+                .map(|(e, b)| Staging::new(e, b))
+                .collect();
+            let t = std::time::Instant::now();
+            windows.stage(&batch).await.unwrap();
+            took[i] += t.elapsed();
+            if i == 1 {
+                let last =
+                    outlook_sync::store::Member::new("acme", format!("s-1-{round}-{}", size - 1));
+                let on_replica: bool = redis::cmd("HEXISTS")
+                    .arg(keys.staged(&last))
+                    .arg("e:1")
+                    .query_async(&mut replica)
+                    .await
+                    .unwrap();
+                assert!(on_replica, "batch {round} acked before the replica had it");
+            }
+        }
+    }
+    let per = |d: Duration| d.as_secs_f64() * 1e3 / batches as f64;
+    println!(
+        "RELIABILITY wait_replicas batches={batches} events_per_batch={size} \
+         staging_ms_per_batch={:.3} with_wait_1_ms_per_batch={:.3}",
+        per(took[0]),
+        per(took[1])
+    );
 }
