@@ -260,6 +260,8 @@ pub struct Windows {
     keys: Keys,
     window_ms: u64,
     consolidate: std::sync::Arc<Script>,
+    /// Which shard the next claim starts at.
+    claim_turn: std::sync::Arc<std::sync::atomic::AtomicU32>,
     /// `WAIT` for this many replicas, this long (ms), after each staged batch.
     wait: Option<(u32, u64)>,
     /// After a `WAIT` that came back short, none until this time (ms): a missing replica must
@@ -311,6 +313,7 @@ impl Windows {
             window_ms: window.as_millis().max(1) as u64,
             consolidate: std::sync::Arc::new(Script::new(CONSOLIDATE_LUA)),
             wait: None,
+            claim_turn: Default::default(),
             wait_paused_until: Default::default(),
             claim: std::sync::Arc::new(Script::new(CLAIM_LUA)),
             settle: std::sync::Arc::new(Script::new(SETTLE_LUA)),
@@ -471,9 +474,47 @@ impl Windows {
         }
     }
 
-    /// Claims up to `limit` due schedules (and expired claims) for `lease`.
+    /// Claims up to `limit` due schedules (and expired claims) for `lease`, from every shard in
+    /// turn: each call starts at the next shard and asks each for its share, then gives what
+    /// is left to the shards that had more.
     pub async fn claim(
         &self,
+        token: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Member>, redis::RedisError> {
+        let n = self.keys.shards();
+        let start = self
+            .claim_turn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let share = limit.div_ceil(n as usize);
+        let mut out = Vec::new();
+        let mut full = Vec::new();
+        for i in 0..n {
+            let shard = (start + i) % n;
+            let want = share.min(limit - out.len());
+            if want == 0 {
+                break;
+            }
+            let got = self.claim_in(shard, token, want, lease).await?;
+            if got.len() == want {
+                full.push(shard);
+            }
+            out.extend(got);
+        }
+        for shard in full {
+            let want = limit - out.len();
+            if want == 0 {
+                break;
+            }
+            out.extend(self.claim_in(shard, token, want, lease).await?);
+        }
+        Ok(out)
+    }
+
+    async fn claim_in(
+        &self,
+        shard: u32,
         token: &str,
         limit: usize,
         lease: Duration,
@@ -481,9 +522,9 @@ impl Windows {
         let mut r = self.redis.clone();
         let members: Vec<String> = self
             .claim
-            .key(self.keys.due())
-            .key(self.keys.inflight())
-            .key(self.keys.owner())
+            .key(self.keys.due_in(shard))
+            .key(self.keys.inflight_in(shard))
+            .key(self.keys.owner_in(shard))
             .arg(now_ms())
             .arg(lease.as_millis() as u64)
             .arg(limit)
@@ -493,31 +534,44 @@ impl Windows {
         Ok(members.iter().filter_map(|m| Member::decode(m)).collect())
     }
 
+    /// `members` by shard.
+    fn by_shard<'m>(
+        &self,
+        members: &'m [Member],
+    ) -> std::collections::BTreeMap<u32, Vec<&'m Member>> {
+        let mut out: std::collections::BTreeMap<u32, Vec<&Member>> = Default::default();
+        for m in members {
+            out.entry(self.keys.shard_of(m)).or_default().push(m);
+        }
+        out
+    }
+
     async fn settle(
         &self,
         token: &str,
         members: &[Member],
         retry_at: Option<u64>,
     ) -> Result<usize, redis::RedisError> {
-        if members.is_empty() {
-            return Ok(0);
+        let mut n = 0;
+        for (shard, members) in self.by_shard(members) {
+            let mut inv = self.settle.prepare_invoke();
+            inv.key(self.keys.inflight_in(shard))
+                .key(self.keys.owner_in(shard))
+                .key(self.keys.due_in(shard))
+                .arg(token)
+                .arg(if retry_at.is_some() {
+                    "retry_at"
+                } else {
+                    "done"
+                })
+                .arg(retry_at.unwrap_or(0));
+            for m in members {
+                inv.arg(m.encode());
+            }
+            let mut r = self.redis.clone();
+            n += inv.invoke_async::<usize>(&mut r).await?;
         }
-        let mut inv = self.settle.prepare_invoke();
-        inv.key(self.keys.inflight())
-            .key(self.keys.owner())
-            .key(self.keys.due())
-            .arg(token)
-            .arg(if retry_at.is_some() {
-                "retry_at"
-            } else {
-                "done"
-            })
-            .arg(retry_at.unwrap_or(0));
-        for m in members {
-            inv.arg(m.encode());
-        }
-        let mut r = self.redis.clone();
-        inv.invoke_async(&mut r).await
+        Ok(n)
     }
 
     /// The claimed schedules are done (a newer change staged meanwhile is already due again).
@@ -547,19 +601,20 @@ impl Windows {
         members: &[Member],
         lease: Duration,
     ) -> Result<usize, redis::RedisError> {
-        if members.is_empty() {
-            return Ok(0);
+        let mut n = 0;
+        for (shard, members) in self.by_shard(members) {
+            let mut inv = self.renew.prepare_invoke();
+            inv.key(self.keys.inflight_in(shard))
+                .key(self.keys.owner_in(shard))
+                .arg(token)
+                .arg(now_ms() + lease.as_millis() as u64);
+            for m in members {
+                inv.arg(m.encode());
+            }
+            let mut r = self.redis.clone();
+            n += inv.invoke_async::<usize>(&mut r).await?;
         }
-        let mut inv = self.renew.prepare_invoke();
-        inv.key(self.keys.inflight())
-            .key(self.keys.owner())
-            .arg(token)
-            .arg(now_ms() + lease.as_millis() as u64);
-        for m in members {
-            inv.arg(m.encode());
-        }
-        let mut r = self.redis.clone();
-        inv.invoke_async(&mut r).await
+        Ok(n)
     }
 
     /// Reads the staged state of several schedules in one round trip, under their claims:
@@ -598,10 +653,10 @@ impl Windows {
             .arg(self.keys.staged(m))
             .arg(&["rev", "event", "kind", "staged_at", "replay"])
             .cmd("ZSCORE")
-            .arg(self.keys.due())
+            .arg(self.keys.due_in(self.keys.shard_of(m)))
             .arg(&encoded)
             .cmd("ZSCORE")
-            .arg(self.keys.inflight())
+            .arg(self.keys.inflight_in(self.keys.shard_of(m)))
             .arg(&encoded)
             .query_async(&mut r)
             .await?;
@@ -651,53 +706,81 @@ impl Windows {
     /// The schedules a worker's claim token holds.
     pub async fn claimed_by(&self, token: &str) -> Result<Vec<Member>, redis::RedisError> {
         let mut r = self.redis.clone();
-        let owners: std::collections::HashMap<String, String> =
-            r.hgetall(self.keys.owner()).await?;
-        Ok(owners
-            .iter()
-            .filter(|(_, t)| t.as_str() == token)
-            .filter_map(|(m, _)| Member::decode(m))
-            .collect())
+        let mut out = Vec::new();
+        for shard in 0..self.keys.shards() {
+            let owners: std::collections::HashMap<String, String> =
+                r.hgetall(self.keys.owner_in(shard)).await?;
+            out.extend(
+                owners
+                    .iter()
+                    .filter(|(_, t)| t.as_str() == token)
+                    .filter_map(|(m, _)| Member::decode(m)),
+            );
+        }
+        Ok(out)
     }
 
     /// How many schedules are staged and not due yet, due and unclaimed, and claimed; and the
-    /// due time of the oldest due one (ms). One round trip.
+    /// due time of the oldest due one (ms). One round trip per shard.
     pub async fn counts(&self) -> Result<Counts, redis::RedisError> {
         let now = now_ms();
         let mut r = self.redis.clone();
-        let (staged, due, claimed, first): (u64, u64, u64, Vec<(String, f64)>) = redis::pipe()
-            .cmd("ZCOUNT")
-            .arg(self.keys.due())
-            .arg(format!("({now}"))
-            .arg("+inf")
-            .cmd("ZCOUNT")
-            .arg(self.keys.due())
-            .arg("-inf")
-            .arg(now)
-            .cmd("ZCARD")
-            .arg(self.keys.inflight())
-            .cmd("ZRANGE")
-            .arg(self.keys.due())
-            .arg(0)
-            .arg(0)
-            .arg("WITHSCORES")
-            .query_async(&mut r)
-            .await?;
-        let oldest_due_ms = first.first().map(|(_, s)| *s as u64).filter(|t| *t <= now);
-        Ok(Counts {
-            staged,
-            due,
-            claimed,
-            oldest_due_ms,
-        })
+        let mut total = Counts::default();
+        for shard in 0..self.keys.shards() {
+            let due_key = self.keys.due_in(shard);
+            let (staged, due, claimed, first): (u64, u64, u64, Vec<(String, f64)>) = redis::pipe()
+                .cmd("ZCOUNT")
+                .arg(&due_key)
+                .arg(format!("({now}"))
+                .arg("+inf")
+                .cmd("ZCOUNT")
+                .arg(&due_key)
+                .arg("-inf")
+                .arg(now)
+                .cmd("ZCARD")
+                .arg(self.keys.inflight_in(shard))
+                .cmd("ZRANGE")
+                .arg(&due_key)
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES")
+                .query_async(&mut r)
+                .await?;
+            let oldest = first.first().map(|(_, s)| *s as u64).filter(|t| *t <= now);
+            total.staged += staged;
+            total.due += due;
+            total.claimed += claimed;
+            total.oldest_due_ms = match (total.oldest_due_ms, oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(total)
     }
 
     /// The due backlog: how many schedules wait and the due time of the oldest (ms).
     pub async fn backlog(&self) -> Result<(u64, Option<u64>), redis::RedisError> {
         let mut r = self.redis.clone();
-        let due = self.keys.due();
-        let n: u64 = r.zcard(&due).await?;
-        let first: Vec<(String, f64)> = r.zrange_withscores(&due, 0, 0).await?;
-        Ok((n, first.first().map(|(_, s)| *s as u64)))
+        let (mut n, mut oldest) = (0, None::<u64>);
+        for shard in 0..self.keys.shards() {
+            let due = self.keys.due_in(shard);
+            n += r.zcard::<_, u64>(&due).await?;
+            let first: Vec<(String, f64)> = r.zrange_withscores(&due, 0, 0).await?;
+            if let Some(t) = first.first().map(|(_, s)| *s as u64) {
+                oldest = Some(oldest.map_or(t, |o| o.min(t)));
+            }
+        }
+        Ok((n, oldest))
+    }
+
+    /// How many schedules are due or claimed, over every shard (the sandbox's idleness).
+    pub async fn due_or_claimed(&self) -> Result<u64, redis::RedisError> {
+        let mut r = self.redis.clone();
+        let mut n = 0;
+        for shard in 0..self.keys.shards() {
+            n += r.zcard::<_, u64>(self.keys.due_in(shard)).await?;
+            n += r.zcard::<_, u64>(self.keys.inflight_in(shard)).await?;
+        }
+        Ok(n)
     }
 }

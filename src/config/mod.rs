@@ -181,6 +181,9 @@ pub struct RedisConfig {
     /// How long staging waits for `wait_replicas`; a batch not on them by then is acked all
     /// the same, with a warning (a missing replica must not stop ingest).
     pub wait_timeout_ms: u64,
+    /// The due set and the claims are spread over this many shards (each in a hash slot of its
+    /// own): over a cluster's primaries, so that no node carries every claim.
+    pub shards: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -321,6 +324,7 @@ impl Default for RedisConfig {
             tls_ca_file: String::new(),
             wait_replicas: 0,
             wait_timeout_ms: 1000,
+            shards: 1,
         }
     }
 }

@@ -83,6 +83,12 @@ impl Config {
             checks::pem_ca_file(&self.redis.tls_ca_file)
                 .map_err(|m| bad("redis.tls_ca_file", m))?;
         }
+        if !(1..=64).contains(&self.redis.shards) {
+            return Err(bad(
+                "redis.shards",
+                format!("{} is out of range 1..=64", self.redis.shards),
+            ));
+        }
         if self.redis.wait_replicas > 0 {
             if matches!(
                 super::RedisTopology::parse(&self.redis.url),

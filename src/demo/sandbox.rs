@@ -297,13 +297,15 @@ impl Sandbox {
     pub async fn wait_idle(&self, timeout: Duration) -> Result<bool, SandboxError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut quiet_since: Option<tokio::time::Instant> = None;
-        let mut r = self.redis.clone();
-        let keys = crate::store::keys(&self.cfg);
+        let r = self.redis.clone();
+        let windows = crate::window::Windows::new(
+            r.clone(),
+            crate::store::keys(&self.cfg),
+            self.cfg.window(),
+        );
         while tokio::time::Instant::now() < deadline {
             let depth = self.queue_depth(&self.cfg.amqp.queue).await?;
-            let due: u64 = r.zcard(keys.due()).await?;
-            let inflight: u64 = r.zcard(keys.inflight()).await?;
-            if depth == 0 && due == 0 && inflight == 0 {
+            if depth == 0 && windows.due_or_claimed().await? == 0 {
                 let since = *quiet_since.get_or_insert_with(tokio::time::Instant::now);
                 if since.elapsed() >= Duration::from_millis(500) {
                     return Ok(true);

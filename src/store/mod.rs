@@ -182,5 +182,9 @@ pub fn connect_lazy(cfg: &Config) -> Result<Redis, redis::RedisError> {
 
 /// The key names of this configuration.
 pub fn keys(cfg: &Config) -> Keys {
-    Keys::new(&cfg.redis.key_prefix)
+    let cluster = matches!(
+        RedisTopology::parse(&cfg.redis.url),
+        Ok(RedisTopology::Cluster { .. })
+    );
+    Keys::sharded(&cfg.redis.key_prefix, cfg.redis.shards, cluster)
 }

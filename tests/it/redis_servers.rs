@@ -321,3 +321,95 @@ impl SentinelSet {
         );
     }
 }
+
+/// Three primaries on free ports made one Redis Cluster (`redis-cli --cluster create`).
+pub struct ClusterSet {
+    pub ports: Vec<u16>,
+    _nodes: Vec<RedisProcess>,
+    _dir: tempfile::TempDir,
+}
+
+impl ClusterSet {
+    pub async fn start() -> ClusterSet {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let nodes: Vec<RedisProcess> = ports
+            .iter()
+            .map(|p| {
+                let conf = format!("nodes-{p}.conf");
+                RedisProcess::spawn(
+                    dir.path(),
+                    &node_args(
+                        *p,
+                        &["--cluster-enabled", "yes", "--cluster-config-file", &conf],
+                    ),
+                )
+            })
+            .collect();
+        for p in &ports {
+            let c = redis::Client::open(format!("redis://127.0.0.1:{p}/")).unwrap();
+            wait_ping(&c, &format!("cluster node on {p}")).await;
+        }
+        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        args.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
+        args.extend([
+            "--cluster-replicas".into(),
+            "0".into(),
+            "--cluster-yes".into(),
+        ]);
+        let out = Command::new("redis-cli")
+            .args(&args)
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for p in &ports {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &p.to_string(), "CLUSTER", "INFO"])
+                    .output()
+                    .expect("redis-cli");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the cluster never became ok");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        ClusterSet {
+            ports,
+            _nodes: nodes,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// How many keys each node holds.
+    pub fn keys_per_node(&self) -> Vec<u64> {
+        self.ports
+            .iter()
+            .map(|p| {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &p.to_string(), "DBSIZE"])
+                    .output()
+                    .expect("redis-cli");
+                String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse()
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+}

@@ -1,6 +1,6 @@
 //! Redis as production runs it, each test against `redis-server` processes of its own on free
 //! ports: TLS only (`rediss://`, a CA the test makes), a primary and replica followed through a
-//! sentinel while it fails over. Each runs the pipeline through waves of
+//! sentinel while it fails over, a 3-primary Redis Cluster. Each runs the pipeline through waves of
 //! creates, updates and deletes and checks every mailbox against the latest state.
 
 use std::time::Duration;
@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::faults::{Book, add_company, dead_letters, impatient, sandbox, settle};
-use crate::redis_servers::{Certs, RedisProcess, SentinelSet, free_port, wait_ping};
+use crate::redis_servers::{Certs, ClusterSet, RedisProcess, SentinelSet, free_port, wait_ping};
 
 /// Points the sandbox at `cfg_redis` (its URL and CA) and reconnects everything that holds Redis.
 async fn use_redis(sb: &mut Sandbox, url: String, ca: &str) {
@@ -260,4 +260,60 @@ async fn a_batch_staged_with_wait_replicas_is_on_the_replica_when_staging_return
         per(took[0]),
         per(took[1])
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_runs_the_pipeline_on_a_three_primary_cluster_with_claims_spread_over_every_primary()
+ {
+    let cluster = ClusterSet::start().await;
+    let mut sb = sandbox("topology-cluster").await;
+    sb.cfg.redis.shards = 3;
+    use_redis(&mut sb, cluster.url(), "").await;
+    add_company(&sb).await;
+    // Each shard's due set and claims live on a primary of their own.
+    let keys = outlook_sync::store::keys(&sb.cfg);
+    let mut r = sb.redis.clone();
+    let mut owners = std::collections::BTreeSet::new();
+    for shard in 0..3 {
+        let _: () = redis::cmd("ZADD")
+            .arg(keys.due_in(shard))
+            .arg(i64::MAX)
+            .arg("probe/probe")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        let slot = outlook_sync::store::keys::hash_slot(&keys.due_in(shard));
+        let node: Vec<redis::Value> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        let owner = node.iter().find_map(|range| {
+            let redis::Value::Array(v) = range else {
+                return None;
+            };
+            let lo: u16 = redis::from_redis_value(v[0].clone()).ok()?;
+            let hi: u16 = redis::from_redis_value(v[1].clone()).ok()?;
+            let redis::Value::Array(primary) = &v[2] else {
+                return None;
+            };
+            let port: u16 = redis::from_redis_value(primary[1].clone()).ok()?;
+            (lo..=hi).contains(&slot).then_some(port)
+        });
+        owners.insert(owner.expect("a primary serves the slot"));
+        let _: () = redis::cmd("ZREM")
+            .arg(keys.due_in(shard))
+            .arg("probe/probe")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+    assert_eq!(owners.len(), 3, "the shards' slots are on {owners:?}");
+    converge(&sb, 47, 4, |_| {}).await;
+    let per_node = cluster.keys_per_node();
+    assert!(
+        per_node.iter().all(|n| *n > 0),
+        "keys per node: {per_node:?}"
+    );
+    sb.cleanup().await;
 }
