@@ -405,6 +405,9 @@ pub async fn report(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharedSettings {
     pub redis_key_prefix: String,
+    /// `redis.shards`: a worker with another count would stage into shards no one claims from.
+    #[serde(default = "one_shard")]
+    pub redis_shards: u32,
     pub window_seconds: u64,
     pub amqp_exchange: String,
     pub amqp_dead_letter_exchange: String,
@@ -416,10 +419,15 @@ pub struct SharedSettings {
     pub graph_mailbox_budget_window_seconds: u64,
 }
 
+fn one_shard() -> u32 {
+    1
+}
+
 impl SharedSettings {
     pub fn of(cfg: &Config) -> SharedSettings {
         SharedSettings {
             redis_key_prefix: cfg.redis.key_prefix.clone(),
+            redis_shards: cfg.redis.shards,
             window_seconds: cfg.window.seconds,
             amqp_exchange: cfg.amqp.exchange.clone(),
             amqp_dead_letter_exchange: cfg.amqp.dead_letter_exchange.clone(),
@@ -444,6 +452,11 @@ impl SharedSettings {
             "redis.key_prefix",
             self.redis_key_prefix.clone(),
             fleet.redis_key_prefix.clone(),
+        );
+        cmp(
+            "redis.shards",
+            self.redis_shards.to_string(),
+            fleet.redis_shards.to_string(),
         );
         cmp(
             "window.seconds",
