@@ -13,9 +13,8 @@
 pub enum RedisTopology {
     /// One Redis at this URL.
     Single { url: String },
-    /// The primary that the sentinels (`redis://host:port/` each) name `master`; `node` is the
-    /// URL's scheme, credentials and database for the primary, with no host
-    /// (`redis://user:password@/db`).
+    /// The primary that the sentinels (`redis://host:port/` each) name `master`, reached with
+    /// the URL's database, credentials and TLS.
     Sentinel {
         master: String,
         sentinels: Vec<String>,
