@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -138,12 +137,12 @@ pub enum BacklogError {
 /// The workers' reports in Redis.
 #[derive(Clone)]
 pub struct Fleet {
-    redis: ConnectionManager,
+    redis: crate::store::Redis,
     keys: Keys,
 }
 
 impl Fleet {
-    pub fn new(redis: ConnectionManager, keys: Keys) -> Fleet {
+    pub fn new(redis: crate::store::Redis, keys: Keys) -> Fleet {
         Fleet { redis, keys }
     }
 
@@ -218,7 +217,7 @@ impl Fleet {
 }
 
 /// Everything still waiting, fleet-wide: the broker's queue, the workers' reports and Redis.
-pub async fn backlog(cfg: &Config, redis: ConnectionManager) -> Result<Backlog, BacklogError> {
+pub async fn backlog(cfg: &Config, redis: crate::store::Redis) -> Result<Backlog, BacklogError> {
     let mut probe = QueueProbe::default();
     let b = backlog_with(cfg, redis, &mut probe).await;
     probe.close().await;
@@ -228,7 +227,7 @@ pub async fn backlog(cfg: &Config, redis: ConnectionManager) -> Result<Backlog, 
 /// [`backlog`], asking the broker through `probe` (kept open between calls).
 async fn backlog_with(
     cfg: &Config,
-    redis: ConnectionManager,
+    redis: crate::store::Redis,
     probe: &mut QueueProbe,
 ) -> Result<Backlog, BacklogError> {
     let redis_err = |source| BacklogError::Redis {
@@ -332,7 +331,7 @@ impl QueueProbe {
 /// for it). Ends on shutdown, taking the worker out of the fleet.
 pub async fn report(
     cfg: Arc<Config>,
-    redis: ConnectionManager,
+    redis: crate::store::Redis,
     token: String,
     load: Arc<Load>,
     metrics: Arc<crate::metrics::Metrics>,
@@ -406,6 +405,9 @@ pub async fn report(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharedSettings {
     pub redis_key_prefix: String,
+    /// `redis.shards`: a worker with another count would stage into shards no one claims from.
+    #[serde(default = "one_shard")]
+    pub redis_shards: u32,
     pub window_seconds: u64,
     pub amqp_exchange: String,
     pub amqp_dead_letter_exchange: String,
@@ -417,10 +419,15 @@ pub struct SharedSettings {
     pub graph_mailbox_budget_window_seconds: u64,
 }
 
+fn one_shard() -> u32 {
+    1
+}
+
 impl SharedSettings {
     pub fn of(cfg: &Config) -> SharedSettings {
         SharedSettings {
             redis_key_prefix: cfg.redis.key_prefix.clone(),
+            redis_shards: cfg.redis.shards,
             window_seconds: cfg.window.seconds,
             amqp_exchange: cfg.amqp.exchange.clone(),
             amqp_dead_letter_exchange: cfg.amqp.dead_letter_exchange.clone(),
@@ -445,6 +452,11 @@ impl SharedSettings {
             "redis.key_prefix",
             self.redis_key_prefix.clone(),
             fleet.redis_key_prefix.clone(),
+        );
+        cmp(
+            "redis.shards",
+            self.redis_shards.to_string(),
+            fleet.redis_shards.to_string(),
         );
         cmp(
             "window.seconds",
@@ -528,7 +540,7 @@ const SETTINGS_TTL: Duration = Duration::from_secs(30);
 
 /// Joins the fleet of the work queue: records this worker's shared settings if no worker runs,
 /// else checks them against the fleet's. Refreshed with every report ([`keep_settings`]).
-pub async fn join(cfg: &Config, redis: &ConnectionManager) -> Result<(), JoinError> {
+pub async fn join(cfg: &Config, redis: &crate::store::Redis) -> Result<(), JoinError> {
     let key = settings_key(cfg);
     let mine = SharedSettings::of(cfg);
     let json = serde_json::to_string(&mine).expect("settings serialize");
@@ -574,7 +586,7 @@ pub enum JoinError {
 }
 
 /// Keeps the shared settings recorded while this worker runs (with each report).
-async fn keep_settings(cfg: &Config, redis: &ConnectionManager) {
+async fn keep_settings(cfg: &Config, redis: &crate::store::Redis) {
     let mut r = redis.clone();
     let _: Result<(), _> = redis::cmd("PEXPIRE")
         .arg(settings_key(cfg))

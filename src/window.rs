@@ -2,11 +2,14 @@
 //! set (each staged schedule's window end), and claims on due schedules with a lease.
 //!
 //! Keys (named in `store::keys`):
-//! - `s:{company}/{schedule}`: hash `rev`, `event` (the raw message), `kind`, `born` (a
-//!   `schedule.created` of this schedule was staged here, so every copy of it was created through
-//!   this Redis), `staged_at`, `replay` (the revision an operator's replay made due again, until
-//!   a newer revision is staged; the sync ledger clears it when the replay is applied); expires
-//!   `RETENTION` after its last staging.
+//! - `s:{company}/{schedule}`: hash. Ingest appends each event as `e:{rev}` (plain pipelined
+//!   commands, no script: the hot path costs Redis little); the flush, under its claim,
+//!   consolidates them (one script on this one key): `rev`, `event` (the raw message), `kind` of
+//!   the highest revision, `born` (a `schedule.created` of this schedule was staged here, so
+//!   every copy of it was created through this Redis), `staged_at`, `replay` (the revision an
+//!   operator's replay made due again, until a newer revision is staged; the sync ledger clears
+//!   it when the replay is applied); lower revisions are dropped. Expires `RETENTION` after its
+//!   last consolidation.
 //! - `due`: sorted set of `{company}/{schedule}` scored by the end of its window (ms).
 //! - `inflight`: sorted set of claimed members scored by their lease expiry (ms); `owner`: hash
 //!   member → the claim token of the worker holding it.
@@ -17,7 +20,6 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use crate::event::{EventType, ScheduleEvent};
@@ -77,70 +79,81 @@ pub struct StagedSchedule {
     pub staged_at_ms: Option<u64>,
 }
 
-/// `HMGET rev event born staged_at` of one schedule.
-type StagedRow = (Option<u64>, Option<Vec<u8>>, Option<String>, Option<u64>);
-
-/// KEYS[1] = due; KEYS[1+i] = the schedule hash of event i.
-/// ARGV[1] = due score (ms), ARGV[2] = retention (s), ARGV[3] = now (ms);
-/// then per event 5 values: revision, member, kind (c/u/d), replay (0/1), raw.
-/// A replay of the staged revision, or of an older one, makes the schedule due again: the flush
-/// re-applies the staged (newest) revision only where a copy is behind, so a replay never
-/// writes an older revision. Anything else older is stale.
+/// Stages a batch with plain pipelined commands (no script): per event, `HGET rev` (the revision
+/// the last flush consolidated, which tells newest from stale) and `HSETNX e:{rev}` (the event
+/// appended under its schedule's key, once per revision); one `ZADD NX` per batch. The flush's
+/// [`CONSOLIDATE_LUA`] picks the highest revision later, under its claim.
 ///
-/// Staging is the hot path of ingest and its cost is Redis's CPU, so each event costs as few
-/// commands as the rules allow: one `HMGET`, one `HSET` (every field at once), one `EXPIRE`,
-/// an `HDEL` only when a replay mark must go, and one `ZADD NX` for the whole batch.
-const STAGE_LUA: &str = r#"
-local out = {}
-local due = {}
-local n = (#ARGV - 3) / 5
-for i = 1, n do
-  local key = KEYS[1 + i]
-  local base = 3 + (i - 1) * 5
-  local rev = tonumber(ARGV[base + 1])
-  local kind = ARGV[base + 3]
-  local replay = ARGV[base + 4] == '1'
-  local state = redis.call('HMGET', key, 'rev', 'replay')
-  local curs = state[1]
-  local cur = tonumber(curs or '0')
-  if rev > cur then
-    -- Four spelled-out HSETs rather than one built from a table: building the table per event
-    -- cost redis-server about 6% more instructions per staged event (callgrind).
-    if replay then
-      if kind == 'c' then
-        redis.call('HSET', key, 'rev', ARGV[base + 1], 'event', ARGV[base + 5], 'kind', kind, 'staged_at', ARGV[3], 'replay', ARGV[base + 1], 'born', '1')
-      else
-        redis.call('HSET', key, 'rev', ARGV[base + 1], 'event', ARGV[base + 5], 'kind', kind, 'staged_at', ARGV[3], 'replay', ARGV[base + 1])
-      end
-    else
-      if kind == 'c' then
-        redis.call('HSET', key, 'rev', ARGV[base + 1], 'event', ARGV[base + 5], 'kind', kind, 'staged_at', ARGV[3], 'born', '1')
-      else
-        redis.call('HSET', key, 'rev', ARGV[base + 1], 'event', ARGV[base + 5], 'kind', kind, 'staged_at', ARGV[3])
-      end
-      if state[2] then redis.call('HDEL', key, 'replay') end
-    end
-    due[#due + 1] = ARGV[1]
-    due[#due + 1] = ARGV[base + 2]
-    out[i] = 1
-  elseif replay then
-    redis.call('HSET', key, 'replay', curs, 'staged_at', ARGV[3])
-    due[#due + 1] = ARGV[1]
-    due[#due + 1] = ARGV[base + 2]
-    out[i] = 2
-  elseif rev == cur then
-    out[i] = 0
-  else
-    out[i] = -1
+/// A pending entry `e:{rev}` holds `{kind}{replay}{staged_at}:{raw}`: kind `c`/`u`/`d`, replay
+/// `0`/`1`, staged_at in ms.
+fn pending_entry(kind: &str, replay: bool, staged_at: u64, raw: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(raw.len() + 20);
+    v.extend_from_slice(kind.as_bytes());
+    v.push(if replay { b'1' } else { b'0' });
+    v.extend_from_slice(staged_at.to_string().as_bytes());
+    v.push(b':');
+    v.extend_from_slice(raw);
+    v
+}
+
+/// KEYS[1] = a schedule's staging hash; ARGV[1] = retention (s).
+/// Folds the pending entries (`e:{rev}`) into the staged state: the highest revision becomes
+/// `rev`/`event`/`kind` (a lower one is dropped), a `c` among them sets `born`, `staged_at` is
+/// the latest of those newer than the staged one (or replayed); a replay among them marks the
+/// resulting revision (`replay`), and a newer revision without one clears the mark. The pending
+/// entries go, and the key is retained `RETENTION` from now. One key, so one hash slot.
+/// Returns false when nothing is staged, else {rev, event, born or false, staged_at}.
+const CONSOLIDATE_LUA: &str = r#"
+local h = redis.call('HGETALL', KEYS[1])
+if #h == 0 then return false end
+local rev, event, kind, born, staged_at, replay = 0, false, false, false, 0, false
+local pending = {}
+for i = 1, #h, 2 do
+  local f = h[i]
+  if f == 'rev' then rev = tonumber(h[i + 1])
+  elseif f == 'event' then event = h[i + 1]
+  elseif f == 'kind' then kind = h[i + 1]
+  elseif f == 'born' then born = h[i + 1]
+  elseif f == 'staged_at' then staged_at = tonumber(h[i + 1])
+  elseif f == 'replay' then replay = h[i + 1]
+  elseif string.sub(f, 1, 2) == 'e:' then pending[#pending + 1] = i
   end
-  redis.call('EXPIRE', key, ARGV[2])
 end
--- Lua's unpack is bounded by its stack; 2,000 values at a time stays well inside it.
-for j = 1, #due, 2000 do
-  redis.call('ZADD', KEYS[1], 'NX', unpack(due, j, math.min(j + 1999, #due)))
+if #pending > 0 then
+  local old, replayed, names = rev, false, {}
+  for _, i in ipairs(pending) do
+    local f, v = h[i], h[i + 1]
+    names[#names + 1] = f
+    local r = tonumber(string.sub(f, 3))
+    local k = string.sub(v, 1, 1)
+    local rp = string.sub(v, 2, 2) == '1'
+    local c = string.find(v, ':', 3, true)
+    local at = tonumber(string.sub(v, 3, c - 1))
+    if k == 'c' then born = '1' end
+    if rp then replayed = true end
+    if (r > old or rp) and at > staged_at then staged_at = at end
+    if r > rev then rev = r; event = string.sub(v, c + 1); kind = k end
+  end
+  local had = replay
+  if replayed then replay = tostring(rev) elseif rev > old then replay = false end
+  if event then
+    local set = {'rev', rev, 'event', event, 'kind', kind, 'staged_at', staged_at}
+    if born then set[#set + 1] = 'born'; set[#set + 1] = born end
+    if replay then set[#set + 1] = 'replay'; set[#set + 1] = replay end
+    redis.call('HSET', KEYS[1], unpack(set))
+  end
+  if had and not replay then names[#names + 1] = 'replay' end
+  for j = 1, #names, 1000 do
+    redis.call('HDEL', KEYS[1], unpack(names, j, math.min(j + 999, #names)))
+  end
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
 end
-return out
+if not event then return false end
+return {rev, event, born, staged_at}
 "#;
+
+/// What [`CONSOLIDATE_LUA`] returns for one schedule.
+type Consolidated = Option<(u64, Vec<u8>, Option<String>, u64)>;
 
 /// KEYS: due, inflight, owner. ARGV: now, lease, limit, token.
 /// Takes expired claims first (their worker died), then due members not held by a live claim.
@@ -243,13 +256,49 @@ pub struct Counts {
 /// The staging store.
 #[derive(Clone)]
 pub struct Windows {
-    redis: ConnectionManager,
+    redis: crate::store::Redis,
     keys: Keys,
     window_ms: u64,
-    stage: std::sync::Arc<Script>,
+    consolidate: std::sync::Arc<Script>,
+    /// Which shard the next claim starts at.
+    claim_turn: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    /// `WAIT` for this many replicas, this long (ms), after each staged batch.
+    wait: Option<(u32, u64)>,
+    /// After a `WAIT` that came back short, none until this time (ms): a missing replica must
+    /// not slow every batch by the timeout.
+    wait_paused_until: std::sync::Arc<std::sync::atomic::AtomicU64>,
     claim: std::sync::Arc<Script>,
     settle: std::sync::Arc<Script>,
     renew: std::sync::Arc<Script>,
+}
+
+fn kind_code(t: EventType) -> &'static str {
+    match t {
+        EventType::Created => "c",
+        EventType::Updated => "u",
+        EventType::Deleted => "d",
+    }
+}
+
+/// Per event, its outcome if the batch itself decides it: at or below a revision of its
+/// schedule earlier in the batch (a replay always goes to Redis).
+fn within_batch(batch: &[Staging<'_>]) -> Vec<Option<Staged>> {
+    let mut best: std::collections::HashMap<(&str, &str), u64> = Default::default();
+    batch
+        .iter()
+        .map(|s| {
+            let key = (s.company_id, s.schedule_id);
+            let prior = best.get(&key).copied();
+            if prior.is_none_or(|p| s.revision > p) {
+                best.insert(key, s.revision);
+            }
+            match prior {
+                Some(p) if !s.replay && s.revision < p => Some(Staged::Stale),
+                Some(p) if !s.replay && s.revision == p => Some(Staged::Duplicate),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 pub fn now_ms() -> u64 {
@@ -257,12 +306,15 @@ pub fn now_ms() -> u64 {
 }
 
 impl Windows {
-    pub fn new(redis: ConnectionManager, keys: Keys, window: Duration) -> Self {
+    pub fn new(redis: crate::store::Redis, keys: Keys, window: Duration) -> Self {
         Self {
             redis,
             keys,
             window_ms: window.as_millis().max(1) as u64,
-            stage: std::sync::Arc::new(Script::new(STAGE_LUA)),
+            consolidate: std::sync::Arc::new(Script::new(CONSOLIDATE_LUA)),
+            wait: None,
+            claim_turn: Default::default(),
+            wait_paused_until: Default::default(),
             claim: std::sync::Arc::new(Script::new(CLAIM_LUA)),
             settle: std::sync::Arc::new(Script::new(SETTLE_LUA)),
             renew: std::sync::Arc::new(Script::new(RENEW_LUA)),
@@ -273,8 +325,15 @@ impl Windows {
         &self.keys
     }
 
+    /// Staging returns only once `replicas` replicas have the batch (`WAIT`, at most
+    /// `timeout`), else fails (the batch is held unacked and staged again).
+    pub fn replicated(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait = (replicas > 0).then_some((replicas, timeout.as_millis() as u64));
+        self
+    }
+
     /// The Redis connection the staging uses.
-    pub fn redis(&self) -> &ConnectionManager {
+    pub fn redis(&self) -> &crate::store::Redis {
         &self.redis
     }
 
@@ -287,48 +346,175 @@ impl Windows {
         (t_ms / self.window_ms + 1) * self.window_ms
     }
 
-    /// Stages a batch with one round trip (one script call, atomic). Returns one outcome per event.
+    /// Stages a batch with one round trip of plain commands (see [`pending_entry`]). Returns one
+    /// outcome per event: within the batch, an event at or below a revision of its schedule
+    /// earlier in it is a duplicate or stale and is not sent; otherwise, against the revision
+    /// the last flush consolidated. A replay (rare: an operator's) is consolidated at once, in a
+    /// second round trip, so the mark it sets is there for the ledger.
     pub async fn stage(&self, batch: &[Staging<'_>]) -> Result<Vec<Staged>, redis::RedisError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         let now = now_ms();
-        let mut inv = self.stage.prepare_invoke();
-        inv.key(self.keys.due());
-        for s in batch {
-            inv.key(self.schedule_key(s.company_id, s.schedule_id));
+        let local = within_batch(batch);
+        // The due entries go first: Redis persists and replicates in command order, so an
+        // appended event that survives a crash or a failover is due too.
+        let mut due = redis::cmd("ZADD");
+        due.arg(self.keys.due()).arg("NX");
+        let mut pipe = redis::pipe();
+        let end = self.window_end(now);
+        for (s, _) in batch.iter().zip(&local).filter(|(_, l)| l.is_none()) {
+            due.arg(end)
+                .arg(format!("{}/{}", s.company_id, s.schedule_id));
         }
-        inv.arg(self.window_end(now))
-            .arg(RETENTION.as_secs())
-            .arg(now);
-        for s in batch {
-            let kind = match s.event_type {
-                EventType::Created => "c",
-                EventType::Updated => "u",
-                EventType::Deleted => "d",
-            };
-            inv.arg(s.revision)
-                .arg(format!("{}/{}", s.company_id, s.schedule_id))
-                .arg(kind)
-                .arg(if s.replay { "1" } else { "0" })
-                .arg(s.raw);
+        pipe.add_command(due).ignore();
+        for (s, _) in batch.iter().zip(&local).filter(|(_, l)| l.is_none()) {
+            let key = self.schedule_key(s.company_id, s.schedule_id);
+            let entry = pending_entry(kind_code(s.event_type), s.replay, now, s.raw);
+            pipe.cmd("HGET").arg(&key).arg("rev");
+            pipe.cmd(if s.replay { "HSET" } else { "HSETNX" })
+                .arg(&key)
+                .arg(format!("e:{}", s.revision))
+                .arg(entry);
+        }
+        let paused = &self.wait_paused_until;
+        let wait = self
+            .wait
+            .filter(|_| paused.load(std::sync::atomic::Ordering::Relaxed) <= now);
+        if let Some((n, ms)) = wait {
+            pipe.cmd("WAIT").arg(n).arg(ms);
         }
         let mut r = self.redis.clone();
-        let out: Vec<i64> = inv.invoke_async(&mut r).await?;
-        Ok(out
-            .into_iter()
-            .map(|v| match v {
-                1 => Staged::Newest,
-                0 => Staged::Duplicate,
-                2 => Staged::Replayed,
-                _ => Staged::Stale,
-            })
-            .collect())
+        let mut rows: Vec<redis::Value> = pipe.query_async(&mut r).await?;
+        if let Some((n, ms)) = wait {
+            let acked: u32 = redis::from_redis_value(rows.pop().unwrap_or(redis::Value::Nil))?;
+            if acked < n {
+                // Staged on the primary; holding the batch would stop ingest for as long as a
+                // replica is missing (after a failover there may be none yet), so it is acked,
+                // and said; the next 10 s of batches do not wait.
+                paused.store(now_ms() + 10_000, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    replicas = acked,
+                    wanted = n,
+                    timeout_ms = ms,
+                    "staging: fewer replicas than redis.wait_replicas had the batch in time; acked all the same, and not waiting for 10 s (a failover now could lose these batches): check the replicas"
+                );
+            }
+        }
+        let mut rows = rows.chunks(2);
+        let mut replays = Vec::new();
+        let mut out = Vec::with_capacity(batch.len());
+        for (i, (s, l)) in batch.iter().zip(local).enumerate() {
+            if let Some(o) = l {
+                out.push(o);
+                continue;
+            }
+            let Some([cur, appended]) = rows.next() else {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "staging: fewer answers than commands",
+                )));
+            };
+            let cur: Option<u64> = redis::from_redis_value(cur.clone())?;
+            let appended: i64 = redis::from_redis_value(appended.clone())?;
+            let cur = cur.unwrap_or(0);
+            out.push(if s.replay {
+                replays.push((i, cur));
+                Staged::Replayed
+            } else if s.revision > cur && appended == 1 {
+                Staged::Newest
+            } else if s.revision < cur {
+                Staged::Stale
+            } else {
+                Staged::Duplicate
+            });
+        }
+        if !replays.is_empty() {
+            let members: Vec<Member> = replays
+                .iter()
+                .map(|(i, _)| Member::new(batch[*i].company_id, batch[*i].schedule_id))
+                .collect();
+            for ((i, cur), c) in replays.iter().zip(self.consolidate(&members).await?) {
+                let rev = batch[*i].revision;
+                if rev > *cur && c.is_some_and(|(r, ..)| r == rev) {
+                    out[*i] = Staged::Newest;
+                }
+            }
+        }
+        Ok(out)
     }
 
-    /// Claims up to `limit` due schedules (and expired claims) for `lease`.
+    /// Folds each schedule's pending entries into its staged state ([`CONSOLIDATE_LUA`]), one
+    /// script call per schedule (one hash slot each), pipelined.
+    async fn consolidate(
+        &self,
+        members: &[Member],
+    ) -> Result<Vec<Consolidated>, redis::RedisError> {
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipe = || {
+            let mut pipe = redis::pipe();
+            for m in members {
+                pipe.cmd("EVALSHA")
+                    .arg(self.consolidate.get_hash())
+                    .arg(1)
+                    .arg(self.keys.staged(m))
+                    .arg(RETENTION.as_secs());
+            }
+            pipe
+        };
+        let mut r = self.redis.clone();
+        match pipe().query_async(&mut r).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.consolidate.prepare_invoke().load_async(&mut r).await?;
+                pipe().query_async(&mut r).await
+            }
+            other => other,
+        }
+    }
+
+    /// Claims up to `limit` due schedules (and expired claims) for `lease`, from every shard in
+    /// turn: each call starts at the next shard and asks each for its share, then gives what
+    /// is left to the shards that had more.
     pub async fn claim(
         &self,
+        token: &str,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<Member>, redis::RedisError> {
+        let n = self.keys.shards();
+        let start = self
+            .claim_turn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let share = limit.div_ceil(n as usize);
+        let mut out = Vec::new();
+        let mut full = Vec::new();
+        for i in 0..n {
+            let shard = (start + i) % n;
+            let want = share.min(limit - out.len());
+            if want == 0 {
+                break;
+            }
+            let got = self.claim_in(shard, token, want, lease).await?;
+            if got.len() == want {
+                full.push(shard);
+            }
+            out.extend(got);
+        }
+        for shard in full {
+            let want = limit - out.len();
+            if want == 0 {
+                break;
+            }
+            out.extend(self.claim_in(shard, token, want, lease).await?);
+        }
+        Ok(out)
+    }
+
+    async fn claim_in(
+        &self,
+        shard: u32,
         token: &str,
         limit: usize,
         lease: Duration,
@@ -336,9 +522,9 @@ impl Windows {
         let mut r = self.redis.clone();
         let members: Vec<String> = self
             .claim
-            .key(self.keys.due())
-            .key(self.keys.inflight())
-            .key(self.keys.owner())
+            .key(self.keys.due_in(shard))
+            .key(self.keys.inflight_in(shard))
+            .key(self.keys.owner_in(shard))
             .arg(now_ms())
             .arg(lease.as_millis() as u64)
             .arg(limit)
@@ -348,31 +534,44 @@ impl Windows {
         Ok(members.iter().filter_map(|m| Member::decode(m)).collect())
     }
 
+    /// `members` by shard.
+    fn by_shard<'m>(
+        &self,
+        members: &'m [Member],
+    ) -> std::collections::BTreeMap<u32, Vec<&'m Member>> {
+        let mut out: std::collections::BTreeMap<u32, Vec<&Member>> = Default::default();
+        for m in members {
+            out.entry(self.keys.shard_of(m)).or_default().push(m);
+        }
+        out
+    }
+
     async fn settle(
         &self,
         token: &str,
         members: &[Member],
         retry_at: Option<u64>,
     ) -> Result<usize, redis::RedisError> {
-        if members.is_empty() {
-            return Ok(0);
+        let mut n = 0;
+        for (shard, members) in self.by_shard(members) {
+            let mut inv = self.settle.prepare_invoke();
+            inv.key(self.keys.inflight_in(shard))
+                .key(self.keys.owner_in(shard))
+                .key(self.keys.due_in(shard))
+                .arg(token)
+                .arg(if retry_at.is_some() {
+                    "retry_at"
+                } else {
+                    "done"
+                })
+                .arg(retry_at.unwrap_or(0));
+            for m in members {
+                inv.arg(m.encode());
+            }
+            let mut r = self.redis.clone();
+            n += inv.invoke_async::<usize>(&mut r).await?;
         }
-        let mut inv = self.settle.prepare_invoke();
-        inv.key(self.keys.inflight())
-            .key(self.keys.owner())
-            .key(self.keys.due())
-            .arg(token)
-            .arg(if retry_at.is_some() {
-                "retry_at"
-            } else {
-                "done"
-            })
-            .arg(retry_at.unwrap_or(0));
-        for m in members {
-            inv.arg(m.encode());
-        }
-        let mut r = self.redis.clone();
-        inv.invoke_async(&mut r).await
+        Ok(n)
     }
 
     /// The claimed schedules are done (a newer change staged meanwhile is already due again).
@@ -421,53 +620,47 @@ impl Windows {
         members: &[Member],
         lease: Duration,
     ) -> Result<usize, redis::RedisError> {
-        if members.is_empty() {
-            return Ok(0);
+        let mut n = 0;
+        for (shard, members) in self.by_shard(members) {
+            let mut inv = self.renew.prepare_invoke();
+            inv.key(self.keys.inflight_in(shard))
+                .key(self.keys.owner_in(shard))
+                .arg(token)
+                .arg(now_ms() + lease.as_millis() as u64);
+            for m in members {
+                inv.arg(m.encode());
+            }
+            let mut r = self.redis.clone();
+            n += inv.invoke_async::<usize>(&mut r).await?;
         }
-        let mut inv = self.renew.prepare_invoke();
-        inv.key(self.keys.inflight())
-            .key(self.keys.owner())
-            .arg(token)
-            .arg(now_ms() + lease.as_millis() as u64);
-        for m in members {
-            inv.arg(m.encode());
-        }
-        let mut r = self.redis.clone();
-        inv.invoke_async(&mut r).await
+        Ok(n)
     }
 
-    /// Reads the staged state of several schedules in one round trip.
+    /// Reads the staged state of several schedules in one round trip, under their claims:
+    /// each schedule's pending events are consolidated first (the highest revision kept).
     pub async fn read(
         &self,
         members: &[Member],
     ) -> Result<Vec<Option<StagedSchedule>>, redis::RedisError> {
-        let mut pipe = redis::pipe();
-        for m in members {
-            pipe.cmd("HMGET")
-                .arg(self.schedule_key(&m.company_id, &m.schedule_id))
-                .arg("rev")
-                .arg("event")
-                .arg("born")
-                .arg("staged_at");
-        }
-        let mut r = self.redis.clone();
-        let rows: Vec<StagedRow> = pipe.query_async(&mut r).await?;
-        Ok(rows
+        Ok(self
+            .consolidate(members)
+            .await?
             .into_iter()
-            .map(|(rev, raw, born, staged_at)| match (rev, raw) {
-                (Some(revision), Some(raw)) => Some(StagedSchedule {
+            .map(|c| {
+                c.map(|(revision, raw, born, staged_at)| StagedSchedule {
                     revision,
                     raw,
                     born_here: born.is_some(),
-                    staged_at_ms: staged_at,
-                }),
-                _ => None,
+                    staged_at_ms: Some(staged_at).filter(|t| *t > 0),
+                })
             })
             .collect())
     }
 
-    /// Everything staged about one schedule, for the ledger's view (one round trip).
+    /// Everything staged about one schedule, for the ledger's view (its pending events
+    /// consolidated first, then one round trip).
     pub async fn inspect(&self, m: &Member) -> Result<Inspection, redis::RedisError> {
+        self.consolidate(std::slice::from_ref(m)).await?;
         let mut r = self.redis.clone();
         let encoded = m.encode();
         let ((revision, raw, kind, staged_at, replay), due, inflight): (
@@ -479,10 +672,10 @@ impl Windows {
             .arg(self.keys.staged(m))
             .arg(&["rev", "event", "kind", "staged_at", "replay"])
             .cmd("ZSCORE")
-            .arg(self.keys.due())
+            .arg(self.keys.due_in(self.keys.shard_of(m)))
             .arg(&encoded)
             .cmd("ZSCORE")
-            .arg(self.keys.inflight())
+            .arg(self.keys.inflight_in(self.keys.shard_of(m)))
             .arg(&encoded)
             .query_async(&mut r)
             .await?;
@@ -532,45 +725,56 @@ impl Windows {
     /// The schedules a worker's claim token holds.
     pub async fn claimed_by(&self, token: &str) -> Result<Vec<Member>, redis::RedisError> {
         let mut r = self.redis.clone();
-        let owners: std::collections::HashMap<String, String> =
-            r.hgetall(self.keys.owner()).await?;
-        Ok(owners
-            .iter()
-            .filter(|(_, t)| t.as_str() == token)
-            .filter_map(|(m, _)| Member::decode(m))
-            .collect())
+        let mut out = Vec::new();
+        for shard in 0..self.keys.shards() {
+            let owners: std::collections::HashMap<String, String> =
+                r.hgetall(self.keys.owner_in(shard)).await?;
+            out.extend(
+                owners
+                    .iter()
+                    .filter(|(_, t)| t.as_str() == token)
+                    .filter_map(|(m, _)| Member::decode(m)),
+            );
+        }
+        Ok(out)
     }
 
     /// How many schedules are staged and not due yet, due and unclaimed, and claimed; and the
-    /// due time of the oldest due one (ms). One round trip.
+    /// due time of the oldest due one (ms). One round trip per shard.
     pub async fn counts(&self) -> Result<Counts, redis::RedisError> {
         let now = now_ms();
         let mut r = self.redis.clone();
-        let (staged, due, claimed, first): (u64, u64, u64, Vec<(String, f64)>) = redis::pipe()
-            .cmd("ZCOUNT")
-            .arg(self.keys.due())
-            .arg(format!("({now}"))
-            .arg("+inf")
-            .cmd("ZCOUNT")
-            .arg(self.keys.due())
-            .arg("-inf")
-            .arg(now)
-            .cmd("ZCARD")
-            .arg(self.keys.inflight())
-            .cmd("ZRANGE")
-            .arg(self.keys.due())
-            .arg(0)
-            .arg(0)
-            .arg("WITHSCORES")
-            .query_async(&mut r)
-            .await?;
-        let oldest_due_ms = first.first().map(|(_, s)| *s as u64).filter(|t| *t <= now);
-        Ok(Counts {
-            staged,
-            due,
-            claimed,
-            oldest_due_ms,
-        })
+        let mut total = Counts::default();
+        for shard in 0..self.keys.shards() {
+            let due_key = self.keys.due_in(shard);
+            let (staged, due, claimed, first): (u64, u64, u64, Vec<(String, f64)>) = redis::pipe()
+                .cmd("ZCOUNT")
+                .arg(&due_key)
+                .arg(format!("({now}"))
+                .arg("+inf")
+                .cmd("ZCOUNT")
+                .arg(&due_key)
+                .arg("-inf")
+                .arg(now)
+                .cmd("ZCARD")
+                .arg(self.keys.inflight_in(shard))
+                .cmd("ZRANGE")
+                .arg(&due_key)
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES")
+                .query_async(&mut r)
+                .await?;
+            let oldest = first.first().map(|(_, s)| *s as u64).filter(|t| *t <= now);
+            total.staged += staged;
+            total.due += due;
+            total.claimed += claimed;
+            total.oldest_due_ms = match (total.oldest_due_ms, oldest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(total)
     }
 
     /// The due backlog: how many schedules wait and the due time of the oldest (ms).
@@ -582,9 +786,26 @@ impl Windows {
 
     pub async fn backlog(&self) -> Result<(u64, Option<u64>), redis::RedisError> {
         let mut r = self.redis.clone();
-        let due = self.keys.due();
-        let n: u64 = r.zcard(&due).await?;
-        let first: Vec<(String, f64)> = r.zrange_withscores(&due, 0, 0).await?;
-        Ok((n, first.first().map(|(_, s)| *s as u64)))
+        let (mut n, mut oldest) = (0, None::<u64>);
+        for shard in 0..self.keys.shards() {
+            let due = self.keys.due_in(shard);
+            n += r.zcard::<_, u64>(&due).await?;
+            let first: Vec<(String, f64)> = r.zrange_withscores(&due, 0, 0).await?;
+            if let Some(t) = first.first().map(|(_, s)| *s as u64) {
+                oldest = Some(oldest.map_or(t, |o| o.min(t)));
+            }
+        }
+        Ok((n, oldest))
+    }
+
+    /// How many schedules are due or claimed, over every shard (the sandbox's idleness).
+    pub async fn due_or_claimed(&self) -> Result<u64, redis::RedisError> {
+        let mut r = self.redis.clone();
+        let mut n = 0;
+        for shard in 0..self.keys.shards() {
+            n += r.zcard::<_, u64>(self.keys.due_in(shard)).await?;
+            n += r.zcard::<_, u64>(self.keys.inflight_in(shard)).await?;
+        }
+        Ok(n)
     }
 }

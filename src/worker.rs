@@ -50,7 +50,7 @@ pub struct Stopped {
 /// The running parts of a worker, for tests and the demo that drive one in-process.
 pub struct Worker {
     pub ingest: Arc<Ingest>,
-    pub redis: redis::aio::ConnectionManager,
+    pub redis: crate::store::Redis,
     pub flusher: Flusher,
     pub metrics: Arc<Metrics>,
     shutdown: watch::Sender<bool>,
@@ -83,7 +83,10 @@ impl Worker {
             Ok(Err(crate::fleet::JoinError::Redis(_))) | Err(_) | Ok(Ok(())) => {}
         }
         let metrics = Metrics::new();
-        let windows = Windows::new(redis.clone(), store::keys(&cfg), cfg.window());
+        let windows = Windows::new(redis.clone(), store::keys(&cfg), cfg.window()).replicated(
+            cfg.redis.wait_replicas,
+            Duration::from_millis(cfg.redis.wait_timeout_ms),
+        );
         let load = crate::fleet::Load::new();
         let ingest =
             Arc::new(Ingest::new((*cfg).clone(), windows, metrics.clone()).with_load(load.clone()));

@@ -25,7 +25,7 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Health {
     pub metrics: Arc<Metrics>,
     pub consumer_ready: tokio::sync::watch::Receiver<bool>,
-    pub redis: redis::aio::ConnectionManager,
+    pub redis: crate::store::Redis,
     /// The directory's PostgreSQL (while it is down, cached companies keep syncing; the admin's
     /// writes answer 503).
     pub database: crate::tenants::db::Db,

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -48,12 +47,12 @@ pub struct JobRecord {
 
 #[derive(Clone)]
 pub struct Jobs {
-    redis: ConnectionManager,
+    redis: crate::store::Redis,
     keys: crate::store::Keys,
 }
 
 impl Jobs {
-    pub fn new(redis: ConnectionManager, keys: crate::store::Keys) -> Jobs {
+    pub fn new(redis: crate::store::Redis, keys: crate::store::Keys) -> Jobs {
         Jobs { redis, keys }
     }
 

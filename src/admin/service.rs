@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::Retryable;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -143,14 +142,14 @@ pub struct Admin {
     pub(crate) copies: Copies,
     pub(super) leases: MailboxLeases,
     pub(crate) graph: GraphClient,
-    pub(crate) redis: ConnectionManager,
+    pub(crate) redis: crate::store::Redis,
     pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Admin {
     pub fn new(
         cfg: Arc<Config>,
-        redis: ConnectionManager,
+        redis: crate::store::Redis,
         graph: GraphClient,
         metrics: Arc<Metrics>,
     ) -> Admin {

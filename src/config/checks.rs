@@ -83,21 +83,41 @@ pub(super) fn amqp_url(v: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `redis.url`: what the Redis client will parse when it connects. This build has no TLS to
-/// Redis, so `rediss://` could never connect.
+/// `redis.url`: one Redis, Sentinel or Cluster ([`super::RedisTopology`]), each address as the
+/// Redis client will parse it when it connects. `rediss://` always checks the server's
+/// certificate and name: redis-rs's `#insecure` (no check at all) is refused.
 pub(super) fn redis_url(v: &str) -> Result<(), String> {
+    let single = match super::RedisTopology::parse(v)? {
+        super::RedisTopology::Single { url } => url,
+        super::RedisTopology::Sentinel { sentinels, .. } => {
+            return sentinels.iter().try_for_each(|s| redis_single_url(s));
+        }
+        super::RedisTopology::Cluster { nodes } => {
+            return nodes.iter().try_for_each(|n| redis_single_url(n));
+        }
+    };
+    redis_single_url(&single)
+}
+
+fn redis_single_url(v: &str) -> Result<(), String> {
     let u = url::Url::parse(v)
         .map_err(|e| format!("is not a URL ({e}); the form is redis://[:password@]host:6379/db"))?;
     match u.scheme() {
-        "redis" | "valkey" | "unix" | "redis+unix" | "valkey+unix" => {}
-        "rediss" | "valkeys" => {
+        "redis" | "valkey" | "unix" | "redis+unix" | "valkey+unix" | "rediss" | "valkeys" => {}
+        _ => {
             return Err(
-                "asks for TLS (rediss://), which this build cannot speak to Redis; use \
-                        redis:// to a Redis on a private network, with a password"
+                "must start with redis://, rediss://, unix://, redis+sentinel:// or \
+                        redis+cluster://"
                     .into(),
             );
         }
-        _ => return Err("must start with redis:// or unix://".into()),
+    }
+    if u.fragment().is_some() {
+        return Err(
+            "has a #fragment; #insecure would turn off the check of Redis's TLS \
+                    certificate: give the CA that signs it in redis.tls_ca_file instead"
+                .into(),
+        );
     }
     redis::IntoConnectionInfo::into_connection_info(v)
         .map_err(|e| format!("cannot be used by the Redis client: {e}"))?;
@@ -129,6 +149,25 @@ pub(super) fn schema_name(v: &str) -> Result<(), String> {
     } else {
         Err("must be 1 to 63 of a-z, 0-9 and _, not starting with a digit".into())
     }
+}
+
+/// Whether `redis.url` asks for TLS.
+pub(super) fn redis_url_is_tls(v: &str) -> bool {
+    super::RedisTopology::parse(v).is_ok_and(|t| t.tls())
+}
+
+/// `redis.tls_ca_file`: a readable PEM file with at least one certificate.
+pub(super) fn pem_ca_file(path: &str) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!("cannot read {path}: {e}; give a PEM file of the CA that signs Redis's certificate")
+    })?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----); give the CA that \
+             signs Redis's certificate"
+        ));
+    }
+    Ok(())
 }
 
 /// `graph.base_url` and `graph.login_url`: paths are appended to them, and the client secret is

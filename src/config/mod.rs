@@ -8,7 +8,10 @@
 mod checks;
 mod redact;
 mod source;
+mod topology;
 mod validate;
+
+pub use topology::RedisTopology;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -254,6 +257,18 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// Timeout of one Redis call (a large pipeline needs more than redis-rs's 500 ms default).
     pub response_timeout_ms: u64,
+    /// With `rediss://`: a PEM file of the CA(s) that sign Redis's certificate, trusted instead
+    /// of the system's roots; empty: the system's roots.
+    pub tls_ca_file: String,
+    /// Staging waits until this many replicas have each batch (`WAIT`) before it is acked; 0:
+    /// not at all (asynchronous replication: a failover can lose the last acked batches).
+    pub wait_replicas: u32,
+    /// How long staging waits for `wait_replicas`; a batch not on them by then is acked all
+    /// the same, with a warning (a missing replica must not stop ingest).
+    pub wait_timeout_ms: u64,
+    /// The due set and the claims are spread over this many shards (each in a hash slot of its
+    /// own): over a cluster's primaries, so that no node carries every claim.
+    pub shards: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -393,6 +408,10 @@ impl Default for RedisConfig {
             url: "redis://127.0.0.1:6379/".into(),
             key_prefix: "outlook-sync".into(),
             response_timeout_ms: 5000,
+            tls_ca_file: String::new(),
+            wait_replicas: 0,
+            wait_timeout_ms: 1000,
+            shards: 1,
         }
     }
 }

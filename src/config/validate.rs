@@ -102,6 +102,45 @@ impl Config {
     /// The Redis URL and timeout; the window, its poll and its claims.
     fn validate_redis_and_window(&self) -> Result<(), ConfigError> {
         checks::redis_url(&self.redis.url).map_err(|m| bad("redis.url", m))?;
+        if !self.redis.tls_ca_file.is_empty() {
+            if !checks::redis_url_is_tls(&self.redis.url) {
+                return Err(bad(
+                    "redis.tls_ca_file",
+                    "is set but redis.url does not ask for TLS: use rediss://, or leave \
+                     tls_ca_file empty",
+                ));
+            }
+            checks::pem_ca_file(&self.redis.tls_ca_file)
+                .map_err(|m| bad("redis.tls_ca_file", m))?;
+        }
+        if !(1..=64).contains(&self.redis.shards) {
+            return Err(bad(
+                "redis.shards",
+                format!("{} is out of range 1..=64", self.redis.shards),
+            ));
+        }
+        if self.redis.wait_replicas > 0 {
+            if matches!(
+                super::RedisTopology::parse(&self.redis.url),
+                Ok(super::RedisTopology::Cluster { .. })
+            ) {
+                return Err(bad(
+                    "redis.wait_replicas",
+                    "applies to one Redis or Sentinel, not to a cluster (WAIT is per node): set \
+                     it to 0",
+                ));
+            }
+            // WAIT holds the connection it is sent on (every stage shares one), so it must end
+            // well within a call's timeout.
+            if self.redis.wait_timeout_ms == 0
+                || self.redis.wait_timeout_ms * 4 > self.redis.response_timeout_ms
+            {
+                return Err(bad(
+                    "redis.wait_timeout_ms",
+                    "must be at least 1 and at most a quarter of redis.response_timeout_ms",
+                ));
+            }
+        }
         if self.redis.response_timeout_ms < 100 {
             return Err(bad("redis.response_timeout_ms", "must be at least 100"));
         }

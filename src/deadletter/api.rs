@@ -31,7 +31,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use redis::aio::ConnectionManager;
 use serde::Deserialize;
 
 use super::ops::{Archive, Dlq, DlqError, PurgeRequest, ReplayRequest};
@@ -47,11 +46,11 @@ use crate::metrics::Metrics;
 pub struct DlqApi {
     dlq: Dlq,
     cfg: Arc<Config>,
-    redis: ConnectionManager,
+    redis: crate::store::Redis,
 }
 
 impl DlqApi {
-    pub fn new(cfg: &Config, redis: ConnectionManager, metrics: Option<Arc<Metrics>>) -> Self {
+    pub fn new(cfg: &Config, redis: crate::store::Redis, metrics: Option<Arc<Metrics>>) -> Self {
         let mut dlq = Dlq::new(cfg, redis.clone());
         if let Some(m) = metrics {
             dlq = dlq.with_metrics(m);

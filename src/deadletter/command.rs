@@ -179,7 +179,7 @@ pub enum CommandError {
     Io(#[from] std::io::Error),
 }
 
-async fn redis(cfg: &Config) -> Result<redis::aio::ConnectionManager, CommandError> {
+async fn redis(cfg: &Config) -> Result<crate::store::Redis, CommandError> {
     crate::store::connect(cfg)
         .await
         .map_err(|error| CommandError::Redis {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use super::error::DlqError;
@@ -35,7 +34,7 @@ pub(crate) struct OpsLock {
 impl OpsLock {
     /// Takes the lock for `op`, waiting up to `wait` for another operation to finish.
     pub(crate) async fn acquire(
-        redis: &ConnectionManager,
+        redis: &crate::store::Redis,
         key: String,
         op: &str,
         wait: Duration,

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 pub use super::error::DlqError;
@@ -33,7 +32,7 @@ pub struct Dlq {
     amqp_url: String,
     queue: String,
     work_exchange: String,
-    redis: ConnectionManager,
+    redis: crate::store::Redis,
     keys: crate::store::Keys,
     batch: usize,
     archive_dir: PathBuf,
@@ -171,7 +170,7 @@ pub struct Archived {
 }
 
 impl Dlq {
-    pub fn new(cfg: &Config, redis: ConnectionManager) -> Self {
+    pub fn new(cfg: &Config, redis: crate::store::Redis) -> Self {
         Self {
             amqp_url: cfg.amqp.connection_url(),
             queue: cfg.amqp.dead_letter_queue.clone(),

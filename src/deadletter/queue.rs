@@ -35,7 +35,6 @@ use lapin::Confirmation;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use super::error::DlqError;
@@ -133,7 +132,7 @@ pub(crate) struct Rotation<'a> {
     pub(crate) ch: &'a Channel,
     pub(crate) queue: &'a str,
     pub(crate) work_exchange: &'a str,
-    pub(crate) redis: ConnectionManager,
+    pub(crate) redis: crate::store::Redis,
     pub(crate) head_key: String,
     pub(crate) batch: usize,
     pub(crate) control: &'a Control,

@@ -8,7 +8,6 @@ use jiff::Timestamp;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 
 use crate::amqp::{self, Publisher, Topology};
 use crate::config::Config;
@@ -59,7 +58,7 @@ pub struct Sandbox {
     pub cfg: Config,
     pub emulator: RunningEmulator,
     pub directory: Directory,
-    pub redis: ConnectionManager,
+    pub redis: crate::store::Redis,
     conn: lapin::Connection,
     publisher: Publisher,
 }
@@ -321,13 +320,15 @@ impl Sandbox {
     pub async fn wait_idle(&self, timeout: Duration) -> Result<bool, SandboxError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut quiet_since: Option<tokio::time::Instant> = None;
-        let mut r = self.redis.clone();
-        let keys = crate::store::keys(&self.cfg);
+        let r = self.redis.clone();
+        let windows = crate::window::Windows::new(
+            r.clone(),
+            crate::store::keys(&self.cfg),
+            self.cfg.window(),
+        );
         while tokio::time::Instant::now() < deadline {
             let depth = self.queue_depth(&self.cfg.amqp.queue).await?;
-            let due: u64 = r.zcard(keys.due()).await?;
-            let inflight: u64 = r.zcard(keys.inflight()).await?;
-            if depth == 0 && due == 0 && inflight == 0 {
+            if depth == 0 && windows.due_or_claimed().await? == 0 {
                 let since = *quiet_since.get_or_insert_with(tokio::time::Instant::now);
                 if since.elapsed() >= Duration::from_millis(500) {
                     return Ok(true);

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
@@ -191,7 +190,7 @@ pub fn words(reason: &str) -> &'static str {
 
 #[derive(Clone)]
 pub struct Ledger {
-    redis: ConnectionManager,
+    redis: crate::store::Redis,
     keys: Keys,
     /// The staging, whose replay marks an applied entry clears.
     windows: Windows,
@@ -202,7 +201,7 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn new(
-        redis: ConnectionManager,
+        redis: crate::store::Redis,
         windows: Windows,
         retention: Duration,
         max_entries: usize,
@@ -218,7 +217,7 @@ impl Ledger {
     }
 
     /// The ledger with `ledger.retention_days` and `ledger.max_entries`.
-    pub fn from_config(redis: ConnectionManager, cfg: &Config) -> Self {
+    pub fn from_config(redis: crate::store::Redis, cfg: &Config) -> Self {
         let windows = Windows::new(redis.clone(), crate::store::keys(cfg), cfg.window());
         Self::new(
             redis,

@@ -5,7 +5,6 @@
 use std::fmt::Write as _;
 
 use jiff::Timestamp;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use super::{Entry, EntryFilter, Ledger, Outcome, words};
@@ -92,7 +91,7 @@ pub enum LedgerError {
 /// Reads everything known about one schedule's sync (a few round trips).
 pub async fn sync_view(
     cfg: &Config,
-    redis: ConnectionManager,
+    redis: crate::store::Redis,
     company: &str,
     schedule: &str,
     filter: &EntryFilter,

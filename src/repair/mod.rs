@@ -101,7 +101,7 @@ struct Inner {
 impl Repairer {
     pub fn new(
         cfg: Arc<Config>,
-        redis: redis::aio::ConnectionManager,
+        redis: crate::store::Redis,
         graph: GraphClient,
         metrics: Arc<Metrics>,
     ) -> Self {

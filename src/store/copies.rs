@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use super::keys::{Keys, Member};
@@ -73,12 +72,12 @@ pub type CopyChange = (String, Member, Option<CopyRecord>);
 /// The copies store.
 #[derive(Clone)]
 pub struct Copies {
-    redis: ConnectionManager,
+    redis: crate::store::Redis,
     keys: Keys,
 }
 
 impl Copies {
-    pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
+    pub fn new(redis: crate::store::Redis, keys: Keys) -> Self {
         Self { redis, keys }
     }
 

@@ -7,6 +7,14 @@
 //! | `due` | sorted set | `{company}/{schedule}` by the end of its window (ms) | `window` |
 //! | `inflight` | sorted set | claimed `{company}/{schedule}` by its lease expiry (ms) | `window` |
 //! | `owner` | hash | claimed `{company}/{schedule}` → the claiming worker's token | `window` |
+//!
+//! `due`, `inflight` and `owner` are one set of three per shard (`redis.shards`; a schedule's
+//! shard is a hash of its member): `due:{shard-…}`, `inflight:{shard-…}`, `owner:{shard-…}`, the
+//! three of a shard in one hash slot (the claim scripts touch them together) and the shards'
+//! slots spread evenly over the 16,384 (so over a cluster's primaries). One shard outside a
+//! cluster keeps the plain names `due`, `inflight`, `owner`. Every other key is touched alone
+//! (each script and command names one key, pipelines are not transactions), so it needs no
+//! hash tag; which is why a schedule's `s:`, `m:` and `ledger:` keys keep their names.
 //! | `m:{company}/{schedule}` | hash | mailbox → the copy (`store::copies`) | `store::copies` |
 //! | `copies-of:{company}:{mailbox}` | set | the schedules with a copy in a mailbox | `store::copies` |
 //! | `lease:{company}:{mailbox}` | string | the token of the worker writing to the mailbox | `store::lease` |
@@ -59,13 +67,96 @@ impl Member {
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
+    /// The hash tag of each shard's `due`, `inflight` and `owner`; empty: one shard, plain names.
+    shard_tags: Vec<String>,
+}
+
+/// The hash slot of `key` (Redis Cluster: CRC16/XMODEM of the key, or of its `{tag}`, mod 16,384).
+pub fn hash_slot(key: &str) -> u16 {
+    let b = key.as_bytes();
+    let tagged = b.iter().position(|c| *c == b'{').and_then(|open| {
+        let close = b[open + 1..].iter().position(|c| *c == b'}')?;
+        (close > 0).then(|| &b[open + 1..open + 1 + close])
+    });
+    let mut crc: u16 = 0;
+    for byte in tagged.unwrap_or(b) {
+        crc ^= u16::from(*byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
 }
 
 impl Keys {
     pub fn new(prefix: &str) -> Keys {
         Keys {
             prefix: prefix.to_string(),
+            shard_tags: Vec::new(),
         }
+    }
+
+    /// Keys with the due set and the claims over `shards` shards, each in a hash slot of its
+    /// own, spread evenly: shard `i` of `n` lies in the `i`-th `n`-th of the slots. `tagged`:
+    /// give even one shard a hash tag (a cluster).
+    pub fn sharded(prefix: &str, shards: u32, tagged: bool) -> Keys {
+        let n = shards.max(1);
+        if n == 1 && !tagged {
+            return Keys::new(prefix);
+        }
+        let shard_tags = (0..n)
+            .map(|i| {
+                let (lo, hi) = (i * 16384 / n, (i + 1) * 16384 / n);
+                (0u32..)
+                    .map(|k| format!("shard-{i}-{k}"))
+                    .find(|t| (lo..hi).contains(&u32::from(hash_slot(t))))
+                    .expect("some tag lands in every range")
+            })
+            .collect();
+        Keys {
+            prefix: prefix.to_string(),
+            shard_tags,
+        }
+    }
+
+    /// How many shards the due set and the claims are spread over.
+    pub fn shards(&self) -> u32 {
+        self.shard_tags.len().max(1) as u32
+    }
+
+    /// The shard of a schedule (FNV-1a of its member).
+    pub fn shard_of(&self, m: &Member) -> u32 {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in m.encode().bytes() {
+            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+        h % self.shards()
+    }
+
+    fn sharded_name(&self, name: &str, shard: u32) -> String {
+        match self.shard_tags.get(shard as usize) {
+            Some(tag) => format!("{}:{name}:{{{tag}}}", self.prefix),
+            None => format!("{}:{name}", self.prefix),
+        }
+    }
+
+    /// A shard's due set.
+    pub fn due_in(&self, shard: u32) -> String {
+        self.sharded_name("due", shard)
+    }
+
+    /// A shard's claims by lease expiry.
+    pub fn inflight_in(&self, shard: u32) -> String {
+        self.sharded_name("inflight", shard)
+    }
+
+    /// A shard's claim owners.
+    pub fn owner_in(&self, shard: u32) -> String {
+        self.sharded_name("owner", shard)
     }
 
     pub fn prefix(&self) -> &str {
@@ -81,16 +172,19 @@ impl Keys {
         format!("{}:s:{}", self.prefix, m.encode())
     }
 
+    /// The due set of shard 0 (of the only shard, unless `redis.shards` says otherwise).
     pub fn due(&self) -> String {
-        format!("{}:due", self.prefix)
+        self.due_in(0)
     }
 
+    /// The claims of shard 0 (see [`Keys::due`]).
     pub fn inflight(&self) -> String {
-        format!("{}:inflight", self.prefix)
+        self.inflight_in(0)
     }
 
+    /// The claim owners of shard 0 (see [`Keys::due`]).
     pub fn owner(&self) -> String {
-        format!("{}:owner", self.prefix)
+        self.owner_in(0)
     }
 
     pub fn copies(&self, m: &Member) -> String {
@@ -221,6 +315,45 @@ mod tests {
         assert!(
             k.copies_of("c", "a@b")
                 .starts_with(&k.copies_of_company("c"))
+        );
+    }
+
+    #[test]
+    fn the_hash_slot_is_redis_clusters() {
+        // The values `CLUSTER KEYSLOT` gives.
+        assert_eq!(hash_slot("foo"), 12182);
+        assert_eq!(hash_slot("123456789"), 12739);
+        assert_eq!(hash_slot("{user1000}.following"), hash_slot("user1000"));
+        assert_eq!(hash_slot("foo{}{bar}"), hash_slot("foo{}{bar}"));
+        assert_eq!(hash_slot("{}x"), hash_slot("{}x"));
+    }
+
+    #[test]
+    fn each_shards_due_inflight_and_owner_share_a_slot_and_the_shards_spread_over_the_slots() {
+        let k = Keys::sharded("p", 3, true);
+        assert_eq!(k.shards(), 3);
+        for i in 0..3 {
+            let slot = hash_slot(&k.due_in(i));
+            assert_eq!(slot, hash_slot(&k.inflight_in(i)));
+            assert_eq!(slot, hash_slot(&k.owner_in(i)));
+            let (lo, hi) = (i * 16384 / 3, (i + 1) * 16384 / 3);
+            assert!(
+                (lo..hi).contains(&u32::from(slot)),
+                "shard {i}: slot {slot}"
+            );
+        }
+        // Schedules spread over the shards.
+        let mut seen = [0; 3];
+        for s in 0..300 {
+            seen[k.shard_of(&Member::new("c", format!("s-{s}"))) as usize] += 1;
+        }
+        assert!(seen.iter().all(|n| *n > 60), "{seen:?}");
+        // One shard outside a cluster keeps the plain names.
+        assert_eq!(Keys::sharded("p", 1, false).due(), "p:due");
+        assert!(
+            Keys::sharded("p", 1, true)
+                .due()
+                .starts_with("p:due:{shard-0-")
         );
     }
 }

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tracing::warn;
 
 use super::keys::Keys;
@@ -33,14 +32,14 @@ pub type Held = Arc<std::sync::Mutex<BTreeMap<String, String>>>;
 /// Leases of one length on any keys.
 #[derive(Clone)]
 pub struct Leases {
-    redis: ConnectionManager,
+    redis: crate::store::Redis,
     ttl: Duration,
     release: Arc<redis::Script>,
     extend: Arc<redis::Script>,
 }
 
 impl Leases {
-    pub fn new(redis: ConnectionManager, ttl: Duration) -> Leases {
+    pub fn new(redis: crate::store::Redis, ttl: Duration) -> Leases {
         Leases {
             redis,
             ttl,
@@ -116,7 +115,7 @@ impl Leases {
         held: &[(String, String)],
         extra: &[u64],
         mut pipe: redis::Pipeline,
-        r: &mut ConnectionManager,
+        r: &mut crate::store::Redis,
     ) -> Result<T, redis::RedisError> {
         for (key, token) in held {
             let mut inv = script.key(key);
@@ -224,7 +223,7 @@ impl LeaseGuard {
 }
 
 impl MailboxLeases {
-    pub fn new(redis: ConnectionManager, keys: Keys, ttl: Duration, budget: Budget) -> Self {
+    pub fn new(redis: crate::store::Redis, keys: Keys, ttl: Duration, budget: Budget) -> Self {
         Self {
             leases: Leases::new(redis, ttl),
             keys,

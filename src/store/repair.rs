@@ -5,7 +5,7 @@
 //! the directory.
 
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use super::Redis;
 use serde::{Deserialize, Serialize};
 
 use super::keys::Keys;
@@ -33,13 +33,13 @@ return due
 /// The repair pass's Redis state.
 #[derive(Clone)]
 pub struct RepairStore {
-    redis: ConnectionManager,
+    redis: Redis,
     keys: Keys,
     claim: redis::Script,
 }
 
 impl RepairStore {
-    pub fn new(redis: ConnectionManager, keys: Keys) -> Self {
+    pub fn new(redis: Redis, keys: Keys) -> Self {
         Self {
             redis,
             keys,

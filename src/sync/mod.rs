@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -75,7 +74,7 @@ pub(crate) struct Shared {
 impl Flusher {
     pub fn new(
         cfg: Arc<Config>,
-        redis: ConnectionManager,
+        redis: crate::store::Redis,
         graph: GraphClient,
         metrics: Arc<Metrics>,
         load: Arc<crate::fleet::Load>,

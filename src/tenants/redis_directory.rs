@@ -6,14 +6,14 @@
 use std::collections::HashMap;
 
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use crate::store::Redis;
 
 use super::directory::{CompanyDoc, DirectoryError};
 use super::{Directory, LinkedUser};
 
 /// The old directory in Redis, read only.
 pub struct RedisDirectory {
-    redis: ConnectionManager,
+    redis: Redis,
     names: crate::store::Keys,
 }
 
@@ -27,7 +27,7 @@ pub struct ImportReport {
 }
 
 impl RedisDirectory {
-    pub fn new(redis: ConnectionManager, names: crate::store::Keys) -> Self {
+    pub fn new(redis: Redis, names: crate::store::Keys) -> Self {
         Self { redis, names }
     }
 

@@ -152,6 +152,34 @@ fn only_the_directory_module_talks_to_postgresql() {
 }
 
 #[test]
+fn no_module_but_the_store_opens_a_redis_connection() {
+    let mut found = Vec::new();
+    for f in rust_files(&repo_path("src")) {
+        let r = rel(&f);
+        if r.starts_with("src/store/") {
+            continue;
+        }
+        for (n, line) in production_code(&f).lines().enumerate() {
+            for word in [
+                "ConnectionManager",
+                "Client::open",
+                "ClusterClient",
+                "SentinelClient",
+            ] {
+                if line.contains(word) {
+                    found.push(format!("{r}:{}: {}", n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "Redis connections opened outside store (hold a store::Redis from store::connect or \
+         store::connect_lazy, so every topology works): {found:#?}"
+    );
+}
+
+#[test]
 fn no_source_file_is_over_800_lines() {
     let mut long = Vec::new();
     for dir in ["src", "crates/graph-emulator/src"] {

@@ -393,9 +393,20 @@ fn configuration_that_can_never_work_is_refused_with_its_key_named() {
             "invalid port",
         ),
         (
-            "[redis]\nurl = \"rediss://127.0.0.1:6380/\"".into(),
+            "[redis]\nurl = \"rediss://127.0.0.1:6380/#insecure\"".into(),
             "redis.url",
-            "TLS",
+            "redis.tls_ca_file",
+        ),
+        (
+            "[redis]\ntls_ca_file = \"/nonexistent/ca.pem\"".into(),
+            "redis.tls_ca_file",
+            "does not ask for TLS",
+        ),
+        (
+            "[redis]\nurl = \"rediss://127.0.0.1:6380/\"\ntls_ca_file = \"/nonexistent/ca.pem\""
+                .into(),
+            "redis.tls_ca_file",
+            "cannot read /nonexistent/ca.pem",
         ),
         (
             "[graph]\nlogin_url = \"http://login.example.com\"".into(),

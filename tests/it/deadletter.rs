@@ -30,7 +30,7 @@ struct World {
     cfg: Config,
     conn: lapin::Connection,
     ch: Channel,
-    redis: redis::aio::ConnectionManager,
+    redis: outlook_sync::store::Redis,
 }
 
 async fn world(name: &str) -> World {

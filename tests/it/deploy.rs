@@ -1569,3 +1569,66 @@ async fn services_sh_brings_rabbitmq_redis_and_postgres_up_from_not_running_and_
         "after down: {out}"
     );
 }
+
+#[test]
+fn sentinel_conf_starts_a_real_sentinel_watching_the_master_redis_url_names() {
+    // The example's host and port are the cluster's; here, a primary of the test's own.
+    let dir = tempfile::tempdir().unwrap();
+    let (primary_port, sentinel_port) = (free_port(), free_port());
+    let mut primary = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &primary_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("this test needs redis-server: scripts/services.sh installs it");
+    let conf = read("deploy/redis/sentinel.conf")
+        .replace("redis-0.redis 6379", &format!("127.0.0.1 {primary_port}"))
+        .replace(
+            "port 26379",
+            &format!("port {sentinel_port}\nbind 127.0.0.1"),
+        );
+    let path = dir.path().join("sentinel.conf");
+    std::fs::write(&path, conf).unwrap();
+    let mut sentinel = std::process::Command::new("redis-server")
+        .arg(&path)
+        .arg("--sentinel")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = redis::Client::open(format!("redis://127.0.0.1:{sentinel_port}/")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let addr = loop {
+        if let Ok(mut c) = client.get_connection()
+            && let Ok(a) = redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg("outlook-sync")
+                .query::<Vec<String>>(&mut c)
+        {
+            break a;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a sentinel on deploy/redis/sentinel.conf never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = sentinel.kill();
+    let _ = primary.kill();
+    let _ = (sentinel.wait(), primary.wait());
+    assert_eq!(
+        addr,
+        vec!["127.0.0.1".to_string(), primary_port.to_string()]
+    );
+    // The URL the file's comment gives is one the configuration takes.
+    let text = read("deploy/redis/sentinel.conf");
+    assert!(text.contains("redis+sentinel://s1:26379,s2:26379,s3:26379/outlook-sync"));
+    let mut cfg = outlook_sync::config::Config::default();
+    cfg.redis.url = "redis+sentinel://s1:26379,s2:26379,s3:26379/outlook-sync".into();
+    cfg.validate().unwrap();
+}

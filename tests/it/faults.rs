@@ -35,14 +35,20 @@ fn mailbox(local: &str) -> String {
 
 /// The schedules of a test and the latest revision of each: what the mailboxes must show.
 #[derive(Default)]
-struct Book {
-    latest: BTreeMap<String, (u64, Option<String>)>,
-    events: usize,
+pub(crate) struct Book {
+    pub(crate) latest: BTreeMap<String, (u64, Option<String>)>,
+    pub(crate) events: usize,
 }
 
 impl Book {
     /// A wave: `new` creates, updates of up to `updates` live schedules, and one delete.
-    fn wave(&mut self, rng: &mut StdRng, tag: &str, new: usize, updates: usize) -> Vec<WireEvent> {
+    pub(crate) fn wave(
+        &mut self,
+        rng: &mut StdRng,
+        tag: &str,
+        new: usize,
+        updates: usize,
+    ) -> Vec<WireEvent> {
         let mut out = Vec::new();
         let live: Vec<String> = self
             .latest
@@ -85,7 +91,7 @@ impl Book {
     }
 
     /// (lost, duplicated, stale, extra, problems) over both mailboxes.
-    fn check(
+    pub(crate) fn check(
         &self,
         calendar: impl Fn(&str) -> Vec<Value>,
     ) -> (usize, usize, usize, usize, Vec<String>) {
@@ -139,14 +145,14 @@ impl Book {
     }
 }
 
-async fn sandbox(name: &str) -> Sandbox {
+pub(crate) async fn sandbox(name: &str) -> Sandbox {
     match Sandbox::start(name, 1, Settings::default()).await {
         Ok(sb) => sb,
         Err(e) => panic!("this test needs the local RabbitMQ and Redis: {e}"),
     }
 }
 
-async fn add_company(sb: &Sandbox) {
+pub(crate) async fn add_company(sb: &Sandbox) {
     let users: Vec<_> = USERS
         .iter()
         .map(|(u, l)| (*u, *l, MailboxKind::Ok))
@@ -166,7 +172,7 @@ fn port_of(url: &str) -> u16 {
 }
 
 /// Timeouts short enough that a stalled link is noticed within seconds.
-fn impatient(cfg: &mut Config) {
+pub(crate) fn impatient(cfg: &mut Config) {
     cfg.amqp.heartbeat_seconds = 2;
     cfg.redis.response_timeout_ms = 1_000;
     cfg.graph.request_timeout_ms = 2_000;
@@ -175,7 +181,7 @@ fn impatient(cfg: &mut Config) {
 
 /// Waits until the mailboxes match the book and the pipeline is idle (a batch held unacked while
 /// Redis is down looks idle from outside, so idleness alone is not enough), or `limit` passes.
-async fn settle(sb: &Sandbox, book: &Book, limit: Duration) {
+pub(crate) async fn settle(sb: &Sandbox, book: &Book, limit: Duration) {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         // The test's own connection to a restarted Redis may fail once before it reconnects.
@@ -192,7 +198,7 @@ async fn settle(sb: &Sandbox, book: &Book, limit: Duration) {
     }
 }
 
-async fn dead_letters(sb: &Sandbox) -> u32 {
+pub(crate) async fn dead_letters(sb: &Sandbox) -> u32 {
     sb.queue_depth(&sb.cfg.amqp.dead_letter_queue)
         .await
         .unwrap()

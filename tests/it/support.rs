@@ -40,10 +40,10 @@ pub async fn rabbitmq() -> lapin::Connection {
 
 #[allow(dead_code)] // used by the pipeline tests
 /// Connects to the local Redis or fails the test saying it is absent and how to start it.
-pub async fn redis() -> redis::aio::ConnectionManager {
+pub async fn redis() -> outlook_sync::store::Redis {
     let client = redis::Client::open(REDIS_URL).expect("redis url");
     match tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager()).await {
-        Ok(Ok(c)) => c,
+        Ok(Ok(c)) => c.into(),
         Ok(Err(e)) => panic!(
             "this test needs Redis at 127.0.0.1:6379 and it is absent: {e}. Start it with \
              `redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\" --appendonly no`."

@@ -1,6 +1,7 @@
-//! Staging in Redis, straight through `Windows::stage`: per schedule only the newest revision is
-//! kept, each event's outcome is reported, the marks the flush and the ledger read (`born`,
-//! `replay`) follow the rules, and the largest batch ingest can send is staged in one call.
+//! Staging in Redis, straight through `Windows::stage` (ingest appends) and `Windows::read` (the
+//! flush consolidates under its claim): per schedule only the newest revision is kept, each
+//! event's outcome is reported, the marks the flush and the ledger read (`born`, `replay`)
+//! follow the rules, and the largest batch ingest can send is staged in one call.
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use crate::support;
 
 struct Fixture {
     windows: Windows,
-    redis: redis::aio::ConnectionManager,
+    redis: outlook_sync::store::Redis,
     prefix: String,
 }
 
@@ -84,6 +85,10 @@ async fn staging_keeps_the_newest_revision_and_reports_each_event_as_newest_stal
             Staged::Newest
         ]
     );
+    // The flush reads (and consolidates) under its claim.
+    let read = f.windows.read(&[Member::new("acme", "s-1")]).await.unwrap();
+    let s = read[0].as_ref().expect("staged");
+    assert_eq!((s.revision, s.born_here, &s.raw), (3, true, &r3));
     assert_eq!(f.field("s-1", "rev").await.as_deref(), Some("3"));
     assert_eq!(
         f.field("s-1", "event").await.map(String::into_bytes),
@@ -98,17 +103,47 @@ async fn staging_keeps_the_newest_revision_and_reports_each_event_as_newest_stal
     let mut due = f.due().await;
     due.sort();
     assert_eq!(due, vec!["acme/s-1".to_string(), "acme/s-2".to_string()]);
-    // The flush reads the same state.
-    let read = f
-        .windows
-        .read(&[Member {
-            company_id: "acme".into(),
-            schedule_id: "s-1".into(),
-        }])
-        .await
-        .unwrap();
+    // Against what the flush consolidated, a later batch's older revision is stale, the same one
+    // a duplicate, and neither moves the staged state.
+    assert_eq!(
+        f.windows
+            .stage(&[Staging::new(&e2, &r2), Staging::new(&e3, &r3)])
+            .await
+            .unwrap(),
+        vec![Staged::Stale, Staged::Duplicate]
+    );
+    let read = f.windows.read(&[Member::new("acme", "s-1")]).await.unwrap();
+    assert_eq!(read[0].as_ref().map(|s| s.revision), Some(3));
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flush_keeps_the_highest_revision_of_batches_staged_in_any_order_and_drops_the_rest() {
+    let f = Fixture::new("window-order").await;
+    let (r1, e1) = body(Ev::created("acme", "s-1"));
+    let (r2, e2) = body(Ev::updated("acme", "s-1", 2).title("second"));
+    let (r3, e3) = body(Ev::updated("acme", "s-1", 3).title("third"));
+    // Three batches, the newest in the middle: nothing is decided at ingest but per batch.
+    for (e, r) in [(&e1, &r1), (&e3, &r3), (&e2, &r2)] {
+        f.windows.stage(&[Staging::new(e, r)]).await.unwrap();
+    }
+    let m = Member::new("acme", "s-1");
+    let read = f.windows.read(std::slice::from_ref(&m)).await.unwrap();
     let s = read[0].as_ref().expect("staged");
     assert_eq!((s.revision, s.born_here, &s.raw), (3, true, &r3));
+    // The lower revisions are gone; only the staged state remains.
+    let mut r = f.redis.clone();
+    let fields: Vec<String> = r.hkeys(format!("{}:s:acme/s-1", f.prefix)).await.unwrap();
+    assert!(
+        fields.iter().all(|k| !k.starts_with("e:")),
+        "pending entries left: {fields:?}"
+    );
+    // Reading again (another claim) sees the same.
+    let again = f.windows.read(&[m]).await.unwrap();
+    assert_eq!(
+        again[0].as_ref().map(|s| (s.revision, s.born_here)),
+        Some((3, true))
+    );
     f.cleanup().await;
 }
 
@@ -134,11 +169,13 @@ async fn a_replay_marks_the_staged_revision_and_a_newer_revision_clears_the_mark
     );
     assert_eq!(f.field("s-1", "replay").await.as_deref(), Some("2"));
     assert_eq!(f.field("s-1", "rev").await.as_deref(), Some("2"));
-    // A newer revision supersedes the replay: the mark goes, the rest of the state moves on.
+    // A newer revision supersedes the replay: the mark goes (when the flush consolidates), the
+    // rest of the state moves on.
     assert_eq!(
         f.windows.stage(&[Staging::new(&e3, &r3)]).await.unwrap(),
         vec![Staged::Newest]
     );
+    f.windows.read(&[Member::new("acme", "s-1")]).await.unwrap();
     assert_eq!(f.field("s-1", "replay").await, None);
     assert_eq!(f.field("s-1", "rev").await.as_deref(), Some("3"));
     assert_eq!(f.field("s-1", "born").await.as_deref(), Some("1"));
@@ -169,7 +206,16 @@ async fn the_largest_batch_ingest_sends_is_staged_in_one_call_and_every_schedule
     assert_eq!(outcomes.len(), n);
     assert!(outcomes.iter().all(|o| *o == Staged::Newest));
     assert_eq!(f.due().await.len(), n);
-    // Each is due at the end of the current window, and staging retains it well beyond that.
+    // Each is due at the end of the current window, and once the flush has consolidated it,
+    // retained well beyond that.
+    let members: Vec<Member> = (0..n)
+        .map(|i| Member::new("acme", format!("s-{i}")))
+        .collect();
+    let read = f.windows.read(&members).await.unwrap();
+    assert!(
+        read.iter()
+            .all(|s| s.as_ref().is_some_and(|s| s.revision == 1 && s.born_here))
+    );
     let mut r = f.redis.clone();
     let ttl: i64 = r.ttl(format!("{}:s:acme/s-1999", f.prefix)).await.unwrap();
     assert!(
