@@ -4,8 +4,8 @@
 //! Both are rebuildable: a lost cursor costs one full round, a lost schedule is refilled from
 //! the directory.
 
-use redis::AsyncCommands;
 use super::Redis;
+use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 
 use super::keys::Keys;

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
-use redis::AsyncCommands;
 use crate::store::Redis;
+use redis::AsyncCommands;
 
 use super::directory::{CompanyDoc, DirectoryError};
 use super::{Directory, LinkedUser};

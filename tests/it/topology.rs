@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use outlook_sync::config::Config;
 use outlook_sync::demo::Sandbox;
-use outlook_sync::tenants::Directory;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::faults::{Book, add_company, dead_letters, impatient, sandbox, settle};
 use crate::redis_servers::{Certs, ClusterSet, RedisProcess, SentinelSet, free_port, wait_ping};
 
-/// Points the sandbox at `cfg_redis` (its URL and CA) and reconnects everything that holds Redis.
+/// Points the sandbox at `cfg_redis` (its URL and CA) and reconnects everything that holds Redis
+/// (the directory is in PostgreSQL: it stays).
 async fn use_redis(sb: &mut Sandbox, url: String, ca: &str) {
     sb.cfg.redis.url = url;
     sb.cfg.redis.tls_ca_file = ca.to_string();
@@ -23,7 +23,6 @@ async fn use_redis(sb: &mut Sandbox, url: String, ca: &str) {
         .expect("the test's Redis configuration is valid");
     impatient(&mut sb.cfg);
     sb.redis = outlook_sync::store::connect(&sb.cfg).await.unwrap();
-    sb.directory = Directory::from_config(sb.redis.clone(), &sb.cfg);
 }
 
 /// Publishes `rounds` waves (with `between` run after each), then waits for the mailboxes to
