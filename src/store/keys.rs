@@ -3,10 +3,22 @@
 //!
 //! | key | type | holds | owner |
 //! |---|---|---|---|
-//! | `s:{company}/{schedule}` | hash | the staged newest revision: `rev`, `event`, `kind`, `born`, `staged_at`, `replay` | `window` |
+//! | `s:{company}/{schedule}` | hash | events appended by ingest as `e:{rev}`; the newest revision the flush consolidated: `rev`, `event`, `kind`, `born`, `staged_at`, `replay` | `window` |
 //! | `due` | sorted set | `{company}/{schedule}` by the end of its window (ms) | `window` |
 //! | `inflight` | sorted set | claimed `{company}/{schedule}` by its lease expiry (ms) | `window` |
 //! | `owner` | hash | claimed `{company}/{schedule}` → the claiming worker's token | `window` |
+//! | `m:{company}/{schedule}` | hash | mailbox → the copy (`store::copies`) | `store::copies` |
+//! | `copies-of:{company}:{mailbox}` | set | the schedules with a copy in a mailbox | `store::copies` |
+//! | `lease:{company}:{mailbox}` | string | the token of the worker writing to the mailbox | `store::lease` |
+//! | `rate:{company}:{mailbox}` | string | the mailbox's paced request budget (µs) while no one holds it | `store::pace` |
+//! | `delta:{company}:{mailbox}` | string | the mailbox's delta cursor: the deltaLink and the range it reads | `store::repair` |
+//! | `repair-due` | sorted set | `{company}/{mailbox}` by when its next repair pass is due (ms) | `store::repair` |
+//! | `ledger:{company}/{schedule}` | list | the sync ledger's entries, newest first | `ledger` |
+//! | `company:{company}`, `companies`, `users:{company}` | string, set, hash | the tenant directory of versions before PostgreSQL, read once by `db import-redis-directory` | `tenants::redis_directory` |
+//! | `consent-state:{sha256}` | string | a pending admin consent | `admin::consent` |
+//! | `job:{id}` | string | a long admin job's record | `admin::jobs` |
+//! | `dlq:{queue}:{what}` | string | the dead-letter operations' lock and marks | `deadletter` |
+//! | `fleet`, `fleet:{token}`, `fleet-reporter` | sorted set, string, string | what each worker holds; who exports the fleet-wide figures | `fleet` |
 //!
 //! `due`, `inflight` and `owner` are one set of three per shard (`redis.shards`; a schedule's
 //! shard is a hash of its member): `due:{shard-…}`, `inflight:{shard-…}`, `owner:{shard-…}`, the
@@ -15,18 +27,6 @@
 //! cluster keeps the plain names `due`, `inflight`, `owner`. Every other key is touched alone
 //! (each script and command names one key, pipelines are not transactions), so it needs no
 //! hash tag; which is why a schedule's `s:`, `m:` and `ledger:` keys keep their names.
-//! | `m:{company}/{schedule}` | hash | mailbox → the copy (`store::copies`) | `store::copies` |
-//! | `copies-of:{company}:{mailbox}` | set | the schedules with a copy in a mailbox | `store::copies` |
-//! | `lease:{company}:{mailbox}` | string | the token of the worker writing to the mailbox | `store::lease` |
-//! | `rate:{company}:{mailbox}` | string | the mailbox's paced request budget (µs) while no one holds it | `store::pace` |
-//! | `delta:{company}:{mailbox}` | string | the mailbox's delta cursor: the deltaLink and the range it reads | `store::repair` |
-//! | `repair-due` | sorted set | `{company}/{mailbox}` by when its next repair pass is due (ms) | `store::repair` |
-//! | `ledger:{company}/{schedule}` | list | the sync ledger's entries, newest first | `ledger` |
-//! | `company:{company}`, `companies`, `users:{company}` | string, set, hash | the tenant directory | `tenants` |
-//! | `consent-state:{sha256}` | string | a pending admin consent | `admin::consent` |
-//! | `job:{id}` | string | a long admin job's record | `admin::jobs` |
-//! | `dlq:{queue}:{what}` | string | the dead-letter operations' lock and marks | `deadletter` |
-//! | `fleet`, `fleet:{token}`, `fleet-reporter` | sorted set, string, string | what each worker holds; who exports the fleet-wide figures | `fleet` |
 //!
 //! And one key outside the prefix: `outlook-sync-fleet:{vhost}/{queue}` ([`fleet_settings`]).
 
