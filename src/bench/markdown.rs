@@ -71,6 +71,19 @@ const METHOD: &str = r#"
   least 1) requests per mailbox. The second finds nothing changed: its floor is one delta request
   per mailbox (its one page carries the next deltaLink). Ratios: requests / floor, for each; both
   passes must make no write (our own writes are never drift).
+- **What users feel (issue #18).** One sandbox per worker count (one worker, then two; window 2 s
+  in a quick run, 5 s in a full one), 200 linked mailboxes (2,000 full), the emulator enforcing
+  Graph's limits (4 in flight per mailbox) with 50 ms per request. At each rate step (100, 500,
+  1,000, 2,000, 4,000 changes/s for 15 s; 250 to 4,000 for 60 s full) new schedules are
+  published through RabbitMQ, one participant each (one copy per change), paced by the clock in
+  batches every 20 ms; each change's publish time is read just before its batch is published.
+  Once the pipeline is idle, each copy's write time is its `createdDateTime` in the emulator (in
+  this process, same clock, 100 ns resolution). The delay is write time − publish time; the
+  figure gives p50 and p99 per step, ratio p99 / (window + 30 s), target ≤ 1.00 with no copy
+  missing. The knee is the first rate whose p99 exceeds 1.5 × the lowest rate's p99 (or which
+  loses a copy): the rate at which the delay starts to grow; its row's ratio is that p99 over the
+  lowest rate's, and it is marked met when the knee lies above 1,000 changes/s (the issue's
+  example rate).
 
 ## Reproduce
 

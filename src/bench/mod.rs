@@ -2,12 +2,14 @@
 //! Redis and the embedded emulator. Every figure is a ratio of two things measured side by side
 //! in the same run (the machine is shared and noisy), and `BENCHMARKS.md` is written from it.
 //!
-//! One file per figure (`ingest`, `coalescing`, `drain`, `memory`, `scale`, `repair`), over the shared
+//! One file per figure (`ingest`, `coalescing`, `drain`, `memory`, `scale`, `repair`,
+//! `latency`), over the shared
 //! workloads (`load`) and readings (`measure`); `markdown` writes BENCHMARKS.md.
 
 mod coalescing;
 mod drain;
 mod ingest;
+mod latency;
 mod load;
 mod markdown;
 mod measure;
@@ -132,6 +134,10 @@ pub async fn run(
     // 6. The repair pass: Graph requests per pass, unchanged and full (issue #19).
     if wanted(only, "repair") {
         repair::measure(quick, &mut figures, &mut notes).await?;
+    }
+    // 7. What users feel: publish-to-copy delay at sustained rates, and the knee (issue #18).
+    if wanted(only, "latency") {
+        latency::measure(quick, &mut figures, &mut notes).await?;
     }
     notes.push(format!(
         "machine: {} cores; RabbitMQ and Redis local; Graph: the embedded emulator",
