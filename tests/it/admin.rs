@@ -124,6 +124,30 @@ impl Api {
         (status, v)
     }
 
+    /// GETs a job's state as a polling client would: a request refused at the connection (the
+    /// server closed an idle keep-alive, which it does when the process runs short of file
+    /// descriptors, as the half-open flood of `security` makes it in the same test process) is
+    /// sent again on a new connection; any HTTP answer but 200 fails the test.
+    async fn poll(&self, path: &str) -> Value {
+        let url = format!("{}{path}", self.base);
+        for _ in 0..5 {
+            match self.http.get(&url).bearer_auth(TOKEN).send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let text = resp.text().await.unwrap();
+                    assert_eq!(status, 200, "GET {path}: {text}");
+                    return serde_json::from_str(&text).unwrap();
+                }
+                Err(e) if e.is_connect() || e.is_request() => {
+                    eprintln!("GET {path}: {e}; sending it again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("GET {path}: {e}"),
+            }
+        }
+        panic!("GET {path}: the connection failed five times in a row");
+    }
+
     async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let (status, v) = self.call(method, path, body).await;
         assert_eq!(status, 200, "{method} {path}: {v}");
@@ -1019,7 +1043,7 @@ async fn ten_thousand_rows_run_as_a_job_with_progress_and_bounded_concurrency() 
     let mut seen_progress = false;
     let path = format!("/v1/jobs/{}", job["id"].as_str().unwrap());
     let done = loop {
-        let v = api.ok("GET", &path, None).await;
+        let v = api.poll(&path).await;
         let d = v["done"].as_u64().unwrap();
         seen_progress |= d > 0 && d < N as u64;
         if v["state"] != "running" {
