@@ -218,12 +218,9 @@ pub fn parse_csv(text: &str) -> (Vec<Row>, Vec<(usize, String)>) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn csv_rows_with_quotes_crlf_bom_header_and_actions() {
-        let text = "\u{feff}cyzen_user_id,email,action\r\nu-1,taro@a.com\r\n\r\n\"u-2\",\"o'neil, jr@a.com\",unlink\nu-3,\"x\"\"y@a.com\",LINK\nu-4,a@b.com,frobnicate\nonly-one-field\n";
-        let (rows, bad) = parse_csv(text);
-        let got: Vec<(usize, &str, &str, Result<Action, String>)> = rows
-            .iter()
+    /// Each row as (line, user id, email, action), for comparing.
+    fn fields(rows: &[Row]) -> Vec<(usize, &str, &str, Result<Action, String>)> {
+        rows.iter()
             .map(|r| {
                 (
                     r.line,
@@ -232,7 +229,14 @@ mod tests {
                     r.action.clone(),
                 )
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn csv_rows_with_quotes_crlf_bom_header_and_actions() {
+        let text = "\u{feff}cyzen_user_id,email,action\r\nu-1,taro@a.com\r\n\r\n\"u-2\",\"o'neil, jr@a.com\",unlink\nu-3,\"x\"\"y@a.com\",LINK\nu-4,a@b.com,frobnicate\nonly-one-field\n";
+        let (rows, bad) = parse_csv(text);
+        let got = fields(&rows);
         assert_eq!(
             got,
             vec![
@@ -251,17 +255,7 @@ mod tests {
         let text = "氏名,メールアドレス,ユーザーＩＤ,操作\r\n山田 太郎,taro@a.com,u-1,\r\n鈴木 一郎,ichiro@a.com,u-2,解除\r\n佐藤,sato@a.com,u-3,消す\r\n";
         let (rows, bad) = parse_csv(text);
         assert!(bad.is_empty(), "{bad:?}");
-        let got: Vec<(usize, &str, &str, Result<Action, String>)> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r.line,
-                    r.user_id.as_str(),
-                    r.email.as_str(),
-                    r.action.clone(),
-                )
-            })
-            .collect();
+        let got = fields(&rows);
         assert_eq!(
             got,
             vec![
