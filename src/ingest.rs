@@ -369,7 +369,7 @@ impl Stager {
         let mut report = BatchReport::default();
         for (o, s) in outcomes.iter().zip(&staging) {
             match o {
-                Staged::Newest | Staged::Replayed => report.staged += 1,
+                Staged::Appended | Staged::Newest | Staged::Replayed => report.staged += 1,
                 Staged::Duplicate => report.duplicates += 1,
                 Staged::Stale => report.stale += 1,
             }
@@ -377,7 +377,7 @@ impl Stager {
                 // An operator's replay of a dead letter (`outlook-sync dlq replay`).
                 let outcome = match o {
                     Staged::Replayed => "restaged",
-                    Staged::Newest => "newest",
+                    Staged::Newest | Staged::Appended => "newest",
                     Staged::Duplicate => "duplicate",
                     Staged::Stale => "stale",
                 };

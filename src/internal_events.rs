@@ -201,13 +201,43 @@ pub struct BatchStaged {
 impl InternalEvent for BatchStaged {
     fn emit(self, m: &Metrics) {
         m.events_staged.inc_by(self.staged as u64);
-        for (kind, n) in [("duplicate", self.duplicates), ("stale", self.stale)] {
-            if n > 0 {
-                m.events_deduplicated
-                    .get_or_create(&Metrics::label("kind", kind))
-                    .inc_by(n as u64);
-            }
+        deduplicated(m, "ingest", self.duplicates as u64, self.stale as u64);
+    }
+}
+
+fn deduplicated(m: &Metrics, at: &str, duplicates: u64, stale: u64) {
+    for (kind, n) in [("duplicate", duplicates), ("stale", stale)] {
+        if n > 0 {
+            m.events_deduplicated
+                .get_or_create(&crate::metrics::deduplicated_labels(kind, at))
+                .inc_by(n);
         }
+    }
+}
+
+/// The flush (or the repair, reading under a claim) consolidated schedules and dropped the
+/// appended events that were not news.
+pub struct StagedConsolidated {
+    pub dropped: crate::window::Dropped,
+}
+
+impl StagedConsolidated {
+    /// What the consolidation of `staged` dropped, summed.
+    pub fn of<'a>(
+        staged: impl IntoIterator<Item = &'a Option<crate::window::StagedSchedule>>,
+    ) -> Self {
+        let mut dropped = crate::window::Dropped::default();
+        for s in staged.into_iter().flatten() {
+            dropped.duplicates += s.dropped.duplicates;
+            dropped.stale += s.dropped.stale;
+        }
+        StagedConsolidated { dropped }
+    }
+}
+
+impl InternalEvent for StagedConsolidated {
+    fn emit(self, m: &Metrics) {
+        deduplicated(m, "flush", self.dropped.duplicates, self.dropped.stale);
     }
 }
 

@@ -210,12 +210,12 @@ impl Metrics {
         );
         registry.register(
             "events_staged",
-            "Events staged as the newest revision of their schedule",
+            "Events appended to their schedule's pending events (the flush keeps the newest)",
             self.events_staged.clone(),
         );
         registry.register(
             "events_deduplicated",
-            "Events dropped at staging as a duplicate or a stale revision (label kind)",
+            "Events dropped as a duplicate or a stale revision (labels kind, and at: ingest when their batch held a newer or the same revision, flush when the consolidation found one)",
             self.events_deduplicated.clone(),
         );
         registry.register(
@@ -377,7 +377,9 @@ impl Metrics {
             let _created = f.get_or_create(&labels);
         };
         for kind in known::DEDUPLICATED_KINDS {
-            touch(&self.events_deduplicated, Self::label("kind", *kind));
+            for at in known::DEDUPLICATED_AT {
+                touch(&self.events_deduplicated, deduplicated_labels(kind, at));
+            }
         }
         for reason in known::invalid_reasons() {
             touch(&self.events_invalid, Self::label("reason", reason));
@@ -483,6 +485,11 @@ impl Metrics {
     }
 }
 
+/// The labels of `events_deduplicated`: `kind` (duplicate, stale) and `at` (ingest, flush).
+pub fn deduplicated_labels(kind: &str, at: &str) -> Labels {
+    vec![("kind", kind.to_string()), ("at", at.to_string())]
+}
+
 fn dead_letter_labels(stage: &str, reason: &str) -> Labels {
     vec![("stage", stage.to_string()), ("reason", reason.to_string())]
 }
@@ -496,8 +503,10 @@ pub mod known {
     use crate::graph::error::{MailboxProblem, TokenProblem};
     use crate::tenants::NotSyncing;
 
-    /// `events_deduplicated{kind}`: staging dropped a duplicate or an older revision.
+    /// `events_deduplicated{kind}`: a duplicate or an older revision was dropped.
     pub const DEDUPLICATED_KINDS: &[&str] = &["duplicate", "stale"];
+    /// `events_deduplicated{at}`: by ingest (within its batch) or by the flush's consolidation.
+    pub const DEDUPLICATED_AT: &[&str] = &["ingest", "flush"];
     /// `events_deferred{reason}`: why the directory cache could not answer (`tenants::Lookup`).
     pub const DEFERRED_REASONS: &[&str] = &[
         "directory_not_loaded",

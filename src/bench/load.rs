@@ -112,16 +112,19 @@ pub(super) async fn stage_backlog(
             .collect();
         Windows::stage(&windows, &staging).await?;
     }
-    // Make everything due now.
+    // Make everything due now, in every shard.
     let mut r = sb.redis.clone();
-    let due = crate::store::keys(&sb.cfg).due();
-    let members: Vec<String> = r.zrange(&due, 0, -1).await?;
-    for chunk in members.chunks(1000) {
-        let mut pipe = redis::pipe();
-        for m in chunk {
-            pipe.zadd(&due, m, 0).ignore();
+    let keys = crate::store::keys(&sb.cfg);
+    for shard in 0..keys.shards() {
+        let due = keys.due_in(shard);
+        let members: Vec<String> = r.zrange(&due, 0, -1).await?;
+        for chunk in members.chunks(1000) {
+            let mut pipe = redis::pipe();
+            for m in chunk {
+                pipe.zadd(&due, m, 0).ignore();
+            }
+            pipe.query_async::<()>(&mut r).await?;
         }
-        pipe.query_async::<()>(&mut r).await?;
     }
     Ok(())
 }

@@ -72,6 +72,14 @@ impl Config {
                 return Err(bad(key, "must not be empty"));
             }
         }
+        if self.redis.key_prefix.contains(['{', '}']) {
+            // Each schedule's pending events share its staged key's hash slot through a hash
+            // tag naming that key whole (`store::keys`); a brace of the prefix's would break it.
+            return Err(bad(
+                "redis.key_prefix",
+                "must not contain '{' or '}': the service places its own hash tags; choose a prefix without braces",
+            ));
+        }
         if a.queue == a.dead_letter_queue {
             return Err(bad("amqp.dead_letter_queue", "must differ from amqp.queue"));
         }

@@ -35,6 +35,7 @@ use self::read::{Range, Reader, Round, today};
 use crate::config::Config;
 use crate::graph::client::GraphClient;
 use crate::graph::error::GraphError;
+use crate::internal_events::InternalEvent;
 use crate::ledger::{self, Entry, Ledger};
 use crate::metrics::Metrics;
 use crate::store::repair::{DeltaCursor, RepairStore};
@@ -456,7 +457,9 @@ impl Repairer {
         if members.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(self.inner.windows.read(members).await?)
+        let staged = self.inner.windows.read(members).await?;
+        crate::internal_events::StagedConsolidated::of(&staged).emit(&self.inner.metrics);
+        Ok(staged)
     }
 
     /// When a mailbox's next pass is due (ms since the epoch), if it is scheduled.

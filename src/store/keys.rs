@@ -3,7 +3,8 @@
 //!
 //! | key | type | holds | owner |
 //! |---|---|---|---|
-//! | `s:{company}/{schedule}` | hash | events appended by ingest as `e:{rev}`; the newest revision the flush consolidated: `rev`, `event`, `kind`, `born`, `staged_at`, `replay` | `window` |
+//! | `s:{company}/{schedule}` | hash | the newest revision the flush consolidated: `rev`, `event`, `kind`, `born`, `staged_at`, `replay` (and, from versions before December 2026, events appended as `e:{rev}`) | `window` |
+//! | `pending:{…:s:{company}/{schedule}}` | string | the events ingest appended since the last consolidation, one record each | `window` |
 //! | `due` | sorted set | `{company}/{schedule}` by the end of its window (ms) | `window` |
 //! | `inflight` | sorted set | claimed `{company}/{schedule}` by its lease expiry (ms) | `window` |
 //! | `owner` | hash | claimed `{company}/{schedule}` → the claiming worker's token | `window` |
@@ -172,6 +173,13 @@ impl Keys {
         format!("{}:s:{}", self.prefix, m.encode())
     }
 
+    /// The events ingest appended for a schedule since the flush last consolidated it. Its hash
+    /// tag is the whole name of the schedule's [`Keys::staged`] key, which has no braces: both
+    /// are in one hash slot, so the consolidation's script may touch the two.
+    pub fn pending(&self, m: &Member) -> String {
+        format!("{}:pending:{{{}}}", self.prefix, self.staged(m))
+    }
+
     /// The due set of shard 0 (of the only shard, unless `redis.shards` says otherwise).
     pub fn due(&self) -> String {
         self.due_in(0)
@@ -293,6 +301,7 @@ mod tests {
         let m = Member::new("c", "s");
         for key in [
             k.staged(&m),
+            k.pending(&m),
             k.due(),
             k.inflight(),
             k.owner(),
@@ -326,6 +335,22 @@ mod tests {
         assert_eq!(hash_slot("{user1000}.following"), hash_slot("user1000"));
         assert_eq!(hash_slot("foo{}{bar}"), hash_slot("foo{}{bar}"));
         assert_eq!(hash_slot("{}x"), hash_slot("{}x"));
+    }
+
+    #[test]
+    fn a_schedules_pending_events_share_the_hash_slot_of_its_staged_state() {
+        for prefix in ["outlook-sync", "p", "tenant-a.sync"] {
+            let k = Keys::new(prefix);
+            for s in ["s-1", "S_2.a:b", "x"] {
+                let m = Member::new("acme-co", s);
+                assert_eq!(
+                    hash_slot(&k.pending(&m)),
+                    hash_slot(&k.staged(&m)),
+                    "{}",
+                    k.pending(&m)
+                );
+            }
+        }
     }
 
     #[test]

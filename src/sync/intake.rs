@@ -10,7 +10,9 @@ use tracing::warn;
 use super::Shared;
 use super::plan::{Op, plan};
 use crate::event::{self, ScheduleEvent};
-use crate::internal_events::{ChangeSkipped, DirectoryUnanswered, InternalEvent};
+use crate::internal_events::{
+    ChangeSkipped, DirectoryUnanswered, InternalEvent, StagedConsolidated,
+};
 use crate::ledger::{self, Entry};
 use crate::store::Member;
 use crate::tenants::{Company, Lookup, NotSyncing};
@@ -97,6 +99,7 @@ pub(crate) async fn intake(s: &Shared, limit: usize) -> Result<Intake, redis::Re
         return Ok(Intake::default());
     }
     let staged = s.windows.read(&members).await?;
+    StagedConsolidated::of(&staged).emit(&s.metrics);
     let copies = s.copies.all(&members).await?;
     let mut intake = Intake {
         report: FlushReport {

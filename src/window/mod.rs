@@ -2,14 +2,17 @@
 //! set (each staged schedule's window end), and claims on due schedules with a lease.
 //!
 //! Keys (named in `store::keys`):
-//! - `s:{company}/{schedule}`: hash. Ingest appends each event as `e:{rev}` (plain pipelined
-//!   commands, no script: the hot path costs Redis little); the flush, under its claim,
-//!   consolidates them (one script on this one key): `rev`, `event` (the raw message), `kind` of
-//!   the highest revision, `born` (a `schedule.created` of this schedule was staged here, so
-//!   every copy of it was created through this Redis), `staged_at`, `replay` (the revision an
-//!   operator's replay made due again, until a newer revision is staged; the sync ledger clears
-//!   it when the replay is applied); lower revisions are dropped. Expires `RETENTION` after its
-//!   last consolidation.
+//! - `s:{company}/{schedule}`: hash, the schedule's staged state as the flush last consolidated
+//!   it: `rev`, `event` (the raw message), `kind` of the highest revision, `born` (a
+//!   `schedule.created` of this schedule was staged here, so every copy of it was created through
+//!   this Redis), `staged_at`, `replay` (the revision an operator's replay made due again, until
+//!   a newer revision is staged; the sync ledger clears it when the replay is applied). Expires
+//!   `RETENTION` after its last consolidation.
+//! - `pending:{…s:{company}/{schedule}}`: string, in the same hash slot. Ingest `APPEND`s each
+//!   event to it as one record (plain pipelined commands, no script: the hot path costs Redis
+//!   about what a `SET` of the event would); the flush, under its claim, consolidates the
+//!   records into the hash (one script on these two keys), keeping the highest revision and
+//!   counting the duplicates and stale ones it drops.
 //! - `due`: sorted set of `{company}/{schedule}` scored by the end of its window (ms).
 //! - `inflight`: sorted set of claimed members scored by their lease expiry (ms); `owner`: hash
 //!   member → the claim token of the worker holding it.
@@ -60,11 +63,15 @@ impl<'a> Staging<'a> {
 /// What staging did with one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Staged {
-    /// The newest revision so far: kept, and the schedule is due at its window's end.
+    /// Appended to its schedule's pending events, and the schedule is due at its window's end.
+    /// The flush keeps it if it is the newest revision then, and counts it as a duplicate or
+    /// stale otherwise ([`StagedSchedule::dropped`]).
+    Appended,
+    /// A replay that is the newest revision so far: kept (replays are consolidated at once).
     Newest,
-    /// The same revision was already staged (a redelivery or a duplicate publish).
+    /// The same revision came earlier in the batch (a redelivery or a duplicate publish).
     Duplicate,
-    /// An older revision than the one staged: dropped.
+    /// An older revision than one earlier in the batch: dropped.
     Stale,
     /// A replay of the staged revision or an older one: due again; the staged (newest)
     /// revision is re-applied only where a copy is behind.
@@ -80,27 +87,38 @@ pub struct StagedSchedule {
     pub born_here: bool,
     /// When it was last staged (or replayed), ms since the epoch: the retry budget counts from it.
     pub staged_at_ms: Option<u64>,
+    /// What this consolidation dropped of the events appended since the last one.
+    pub dropped: Dropped,
 }
 
-/// Stages a batch with plain pipelined commands (no script): per event, `HGET rev` (the revision
-/// the last flush consolidated, which tells newest from stale) and `HSETNX e:{rev}` (the event
-/// appended under its schedule's key, once per revision); one `ZADD NX` per batch. The flush's
-/// [`scripts::CONSOLIDATE_LUA`] picks the highest revision later, under its claim.
-///
-/// A pending entry `e:{rev}` holds `{kind}{replay}{staged_at}:{raw}`: kind `c`/`u`/`d`, replay
-/// `0`/`1`, staged_at in ms.
-fn pending_entry(kind: &str, replay: bool, staged_at: u64, raw: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(raw.len() + 20);
-    v.extend_from_slice(kind.as_bytes());
-    v.push(if replay { b'1' } else { b'0' });
-    v.extend_from_slice(staged_at.to_string().as_bytes());
-    v.push(b':');
+/// Appended events a consolidation dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// A revision already consolidated, or appended twice (a redelivery, a duplicate publish).
+    pub duplicates: u64,
+    /// Older than the revision already consolidated.
+    pub stale: u64,
+}
+
+/// One pending record, as ingest appends it to a schedule's `pending` key:
+/// `{rev} {kind}{replay} {staged_at} {len}\n{raw}`, kind `c`/`u`/`d`, replay `0`/`1`,
+/// staged_at in ms, `len` the raw message's length in bytes. [`scripts::CONSOLIDATE_LUA`] reads
+/// them back.
+fn pending_record(revision: u64, kind: &str, replay: bool, staged_at: u64, raw: &[u8]) -> Vec<u8> {
+    let head = format!(
+        "{revision} {kind}{} {staged_at} {}\n",
+        if replay { '1' } else { '0' },
+        raw.len()
+    );
+    let mut v = Vec::with_capacity(head.len() + raw.len());
+    v.extend_from_slice(head.as_bytes());
     v.extend_from_slice(raw);
     v
 }
 
-/// What [`scripts::CONSOLIDATE_LUA`] returns for one schedule.
-type Consolidated = Option<(u64, Vec<u8>, Option<String>, u64)>;
+/// What [`scripts::CONSOLIDATE_LUA`] returns for one schedule: revision, event, born,
+/// staged_at, duplicates and stale records dropped.
+type Consolidated = Option<(u64, Vec<u8>, Option<String>, u64, u64, u64)>;
 
 /// `HMGET rev event kind staged_at replay` of one schedule.
 type InspectedFields = (
@@ -219,45 +237,56 @@ impl Windows {
         &self.redis
     }
 
-    fn schedule_key(&self, company: &str, schedule: &str) -> String {
-        self.keys.staged(&Member::new(company, schedule))
-    }
-
     /// The end of the aligned window containing `t_ms`.
     pub fn window_end(&self, t_ms: u64) -> u64 {
         (t_ms / self.window_ms + 1) * self.window_ms
     }
 
-    /// Stages a batch with one round trip of plain commands (see [`pending_entry`]). Returns one
-    /// outcome per event: within the batch, an event at or below a revision of its schedule
-    /// earlier in it is a duplicate or stale and is not sent; otherwise, against the revision
-    /// the last flush consolidated. A replay (rare: an operator's) is consolidated at once, in a
-    /// second round trip, so the mark it sets is there for the ledger.
+    /// Stages a batch with one round trip of plain commands: one `APPEND` of a
+    /// [`pending_record`] per event, one `ZADD NX` per shard. Returns one outcome per event:
+    /// within the batch, an event at or below a revision of its schedule earlier in it is a
+    /// duplicate or stale and is not sent; the others are appended, and the flush decides
+    /// against what it consolidated. A replay (rare: an operator's) is consolidated at once, in a
+    /// second round trip, so the mark it sets is there for the ledger; its outcome says whether
+    /// it was the newest revision.
     pub async fn stage(&self, batch: &[Staging<'_>]) -> Result<Vec<Staged>, redis::RedisError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         let now = now_ms();
         let local = within_batch(batch);
+        let sent: Vec<(usize, Member)> = batch
+            .iter()
+            .zip(&local)
+            .enumerate()
+            .filter(|(_, (_, l))| l.is_none())
+            .map(|(i, (s, _))| (i, Member::new(s.company_id, s.schedule_id)))
+            .collect();
         // The due entries go first: Redis persists and replicates in command order, so an
-        // appended event that survives a crash or a failover is due too.
-        let mut due = redis::cmd("ZADD");
-        due.arg(self.keys.due()).arg("NX");
+        // appended event that survives a crash or a failover is due too. One `ZADD NX` per
+        // shard: each schedule is due in its own shard, where its claim and settle look.
         let mut pipe = redis::pipe();
         let end = self.window_end(now);
-        for (s, _) in batch.iter().zip(&local).filter(|(_, l)| l.is_none()) {
-            due.arg(end)
-                .arg(format!("{}/{}", s.company_id, s.schedule_id));
+        let members: Vec<Member> = sent.iter().map(|(_, m)| m.clone()).collect();
+        for (shard, members) in self.by_shard(&members) {
+            let mut due = redis::cmd("ZADD");
+            due.arg(self.keys.due_in(shard)).arg("NX");
+            for m in members {
+                due.arg(end).arg(m.encode());
+            }
+            pipe.add_command(due).ignore();
         }
-        pipe.add_command(due).ignore();
-        for (s, _) in batch.iter().zip(&local).filter(|(_, l)| l.is_none()) {
-            let key = self.schedule_key(s.company_id, s.schedule_id);
-            let entry = pending_entry(kind_code(s.event_type), s.replay, now, s.raw);
-            pipe.cmd("HGET").arg(&key).arg("rev");
-            pipe.cmd(if s.replay { "HSET" } else { "HSETNX" })
-                .arg(&key)
-                .arg(format!("e:{}", s.revision))
-                .arg(entry);
+        for (i, m) in &sent {
+            let s = &batch[*i];
+            if s.replay {
+                // The revision consolidated before: whether the replay is the newest.
+                pipe.cmd("HGET").arg(self.keys.staged(m)).arg("rev");
+            }
+            let record = pending_record(s.revision, kind_code(s.event_type), s.replay, now, s.raw);
+            pipe.cmd("APPEND")
+                .arg(self.keys.pending(m))
+                .arg(record)
+                .ignore();
         }
         let paused = &self.wait_paused_until;
         let wait = self
@@ -283,45 +312,34 @@ impl Windows {
                 );
             }
         }
-        let mut rows = rows.chunks(2);
-        let mut replays = Vec::new();
-        let mut out = Vec::with_capacity(batch.len());
-        for (i, (s, l)) in batch.iter().zip(local).enumerate() {
-            if let Some(o) = l {
-                out.push(o);
-                continue;
-            }
-            let Some([cur, appended]) = rows.next() else {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::UnexpectedReturnType,
-                    "staging: fewer answers than commands",
-                )));
-            };
-            let cur: Option<u64> = redis::from_redis_value(cur.clone())?;
-            let appended: i64 = redis::from_redis_value(appended.clone())?;
-            let cur = cur.unwrap_or(0);
-            out.push(if s.replay {
-                replays.push((i, cur));
-                Staged::Replayed
-            } else if s.revision > cur && appended == 1 {
-                Staged::Newest
-            } else if s.revision < cur {
-                Staged::Stale
-            } else {
-                Staged::Duplicate
-            });
+        let mut out: Vec<Staged> = local
+            .into_iter()
+            .map(|l| l.unwrap_or(Staged::Appended))
+            .collect();
+        let replays: Vec<(usize, &Member)> = sent
+            .iter()
+            .filter(|(i, _)| batch[*i].replay)
+            .map(|(i, m)| (*i, m))
+            .collect();
+        if replays.is_empty() {
+            return Ok(out);
         }
-        if !replays.is_empty() {
-            let members: Vec<Member> = replays
-                .iter()
-                .map(|(i, _)| Member::new(batch[*i].company_id, batch[*i].schedule_id))
-                .collect();
-            for ((i, cur), c) in replays.iter().zip(self.consolidate(&members).await?) {
-                let rev = batch[*i].revision;
-                if rev > *cur && c.is_some_and(|(r, ..)| r == rev) {
-                    out[*i] = Staged::Newest;
-                }
-            }
+        if rows.len() != replays.len() {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "staging: fewer answers than replays",
+            )));
+        }
+        let members: Vec<Member> = replays.iter().map(|(_, m)| (*m).clone()).collect();
+        let consolidated = self.consolidate(&members).await?;
+        for (((i, _), cur), c) in replays.iter().zip(rows).zip(consolidated) {
+            let cur: Option<u64> = redis::from_redis_value(cur)?;
+            let rev = batch[*i].revision;
+            out[*i] = if rev > cur.unwrap_or(0) && c.is_some_and(|(r, ..)| r == rev) {
+                Staged::Newest
+            } else {
+                Staged::Replayed
+            };
         }
         Ok(out)
     }
@@ -340,8 +358,9 @@ impl Windows {
             for m in members {
                 pipe.cmd("EVALSHA")
                     .arg(self.consolidate.get_hash())
-                    .arg(1)
+                    .arg(2)
                     .arg(self.keys.staged(m))
+                    .arg(self.keys.pending(m))
                     .arg(RETENTION.as_secs());
             }
             pipe
@@ -485,7 +504,7 @@ impl Windows {
         let mut pipe = redis::pipe();
         for m in members {
             pipe.cmd("ZADD")
-                .arg(self.keys.due())
+                .arg(self.keys.due_in(self.keys.shard_of(m)))
                 .arg("LT")
                 .arg(now_ms())
                 .arg(m.encode())
@@ -529,12 +548,15 @@ impl Windows {
             .await?
             .into_iter()
             .map(|c| {
-                c.map(|(revision, raw, born, staged_at)| StagedSchedule {
-                    revision,
-                    raw,
-                    born_here: born.is_some(),
-                    staged_at_ms: Some(staged_at).filter(|t| *t > 0),
-                })
+                c.map(
+                    |(revision, raw, born, staged_at, duplicates, stale)| StagedSchedule {
+                        revision,
+                        raw,
+                        born_here: born.is_some(),
+                        staged_at_ms: Some(staged_at).filter(|t| *t > 0),
+                        dropped: Dropped { duplicates, stale },
+                    },
+                )
             })
             .collect())
     }
@@ -659,13 +681,21 @@ impl Windows {
         Ok(total)
     }
 
-    /// The due backlog: how many schedules wait and the due time of the oldest (ms).
-    /// How many schedules are due now (their window has ended) and not yet claimed.
+    /// How many schedules are due now (their window has ended) and not yet claimed, over every
+    /// shard.
     pub async fn due_now(&self) -> Result<u64, redis::RedisError> {
         let mut r = self.redis.clone();
-        r.zcount(self.keys.due(), "-inf", now_ms()).await
+        let now = now_ms();
+        let mut n = 0;
+        for shard in 0..self.keys.shards() {
+            n += r
+                .zcount::<_, _, _, u64>(self.keys.due_in(shard), "-inf", now)
+                .await?;
+        }
+        Ok(n)
     }
 
+    /// The due backlog: how many schedules wait and the due time of the oldest (ms).
     pub async fn backlog(&self) -> Result<(u64, Option<u64>), redis::RedisError> {
         let mut r = self.redis.clone();
         let (mut n, mut oldest) = (0, None::<u64>);

@@ -2,18 +2,25 @@
 //! consolidation of a schedule's pending entries, and the claim, settle, renew and replay-mark
 //! scripts.
 
-/// KEYS[1] = a schedule's staging hash; ARGV[1] = retention (s).
-/// Folds the pending entries (`e:{rev}`) into the staged state: the highest revision becomes
-/// `rev`/`event`/`kind` (a lower one is dropped), a `c` among them sets `born`, `staged_at` is
-/// the latest of those newer than the staged one (or replayed); a replay among them marks the
-/// resulting revision (`replay`), and a newer revision without one clears the mark. The pending
-/// entries go, and the key is retained `RETENTION` from now. One key, so one hash slot.
-/// Returns false when nothing is staged, else {rev, event, born or false, staged_at}.
+/// KEYS[1] = a schedule's staging hash, KEYS[2] = its pending events (one hash slot: see
+/// `store::keys`); ARGV[1] = retention (s).
+/// Folds the pending records (appended by ingest to KEYS[2], see `window::pending_record`; and,
+/// from versions before December 2026, `e:{rev}` fields of the hash) into the staged state: the
+/// highest revision becomes `rev`/`event`/`kind` (a lower one is dropped), a `c` among them sets
+/// `born`, `staged_at` is the latest of those newer than the staged one (or replayed); a replay
+/// among them marks the resulting revision (`replay`), and a newer revision without one clears
+/// the mark. It counts the records that were not news: a revision already consolidated or seen
+/// twice (duplicate), or below the consolidated one (stale). The pending records go, and the
+/// hash is retained `RETENTION` from now.
+/// Returns false when nothing is staged, else {rev, event, born or false, staged_at, duplicates,
+/// stale}.
 pub(super) const CONSOLIDATE_LUA: &str = r#"
 local h = redis.call('HGETALL', KEYS[1])
-if #h == 0 then return false end
+local p = redis.call('GET', KEYS[2])
+if #h == 0 and not p then return false end
 local rev, event, kind, born, staged_at, replay = 0, false, false, false, 0, false
-local pending = {}
+-- Each record: {rev, kind, replay, staged_at, source string, first byte, last byte}.
+local recs, legacy = {}, {}
 for i = 1, #h, 2 do
   local f = h[i]
   if f == 'rev' then rev = tonumber(h[i + 1])
@@ -22,24 +29,41 @@ for i = 1, #h, 2 do
   elseif f == 'born' then born = h[i + 1]
   elseif f == 'staged_at' then staged_at = tonumber(h[i + 1])
   elseif f == 'replay' then replay = h[i + 1]
-  elseif string.sub(f, 1, 2) == 'e:' then pending[#pending + 1] = i
+  elseif string.sub(f, 1, 2) == 'e:' then
+    local v = h[i + 1]
+    local c = string.find(v, ':', 3, true)
+    recs[#recs + 1] = {tonumber(string.sub(f, 3)), string.sub(v, 1, 1), string.sub(v, 2, 2) == '1',
+      tonumber(string.sub(v, 3, c - 1)), v, c + 1, #v}
+    legacy[#legacy + 1] = f
   end
 end
-if #pending > 0 then
-  local old, replayed, names = rev, false, {}
-  for _, i in ipairs(pending) do
-    local f, v = h[i], h[i + 1]
-    names[#names + 1] = f
-    local r = tonumber(string.sub(f, 3))
-    local k = string.sub(v, 1, 1)
-    local rp = string.sub(v, 2, 2) == '1'
-    local c = string.find(v, ':', 3, true)
-    local at = tonumber(string.sub(v, 3, c - 1))
-    if k == 'c' then born = '1' end
-    if rp then replayed = true end
-    if (r > old or rp) and at > staged_at then staged_at = at end
-    if r > rev then rev = r; event = string.sub(v, c + 1); kind = k end
+if p then
+  local pos = 1
+  while pos <= #p do
+    local r, k, rp, at, len, body = string.match(p, '^(%d+) (%a)([01]) (%d+) (%d+)\n()', pos)
+    if not r then
+      return redis.error_reply('ERR staging: the pending record of ' .. KEYS[2] .. ' at byte ' .. pos .. ' cannot be read')
+    end
+    len = tonumber(len)
+    recs[#recs + 1] = {tonumber(r), k, rp == '1', tonumber(at), p, body, body + len - 1}
+    pos = body + len
   end
+end
+local dup, stale = 0, 0
+if #recs > 0 then
+  local old, replayed, seen, best = rev, false, {}, false
+  for _, x in ipairs(recs) do
+    local r, k, rp, at = x[1], x[2], x[3], x[4]
+    if k == 'c' then born = '1' end
+    if rp then replayed = true
+    elseif r < old then stale = stale + 1
+    elseif r == old or seen[r] then dup = dup + 1
+    end
+    seen[r] = true
+    if (r > old or rp) and at > staged_at then staged_at = at end
+    if r > rev then rev = r; best = x; kind = k end
+  end
+  if best then event = string.sub(best[5], best[6], best[7]) end
   local had = replay
   if replayed then replay = tostring(rev) elseif rev > old then replay = false end
   if event then
@@ -48,14 +72,15 @@ if #pending > 0 then
     if replay then set[#set + 1] = 'replay'; set[#set + 1] = replay end
     redis.call('HSET', KEYS[1], unpack(set))
   end
-  if had and not replay then names[#names + 1] = 'replay' end
-  for j = 1, #names, 1000 do
-    redis.call('HDEL', KEYS[1], unpack(names, j, math.min(j + 999, #names)))
+  if had and not replay then legacy[#legacy + 1] = 'replay' end
+  for j = 1, #legacy, 1000 do
+    redis.call('HDEL', KEYS[1], unpack(legacy, j, math.min(j + 999, #legacy)))
   end
+  redis.call('DEL', KEYS[2])
   redis.call('EXPIRE', KEYS[1], ARGV[1])
 end
 if not event then return false end
-return {rev, event, born, staged_at}
+return {rev, event, born, staged_at, dup, stale}
 "#;
 
 /// KEYS: due, inflight, owner. ARGV: now, lease, limit, token.

@@ -398,6 +398,11 @@ fn configuration_that_can_never_work_is_refused_with_its_key_named() {
             "redis.tls_ca_file",
         ),
         (
+            "[redis]\nkey_prefix = \"sync{a}\"".into(),
+            "redis.key_prefix",
+            "must not contain '{' or '}'",
+        ),
+        (
             "[redis]\ntls_ca_file = \"/nonexistent/ca.pem\"".into(),
             "redis.tls_ca_file",
             "does not ask for TLS",

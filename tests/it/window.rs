@@ -8,7 +8,7 @@ use std::time::Duration;
 use outlook_sync::demo::Ev;
 use outlook_sync::event::{ScheduleEvent, decode};
 use outlook_sync::store::{Keys, Member};
-use outlook_sync::window::{Staged, Staging, Windows};
+use outlook_sync::window::{Dropped, Staged, Staging, Windows};
 use redis::AsyncCommands;
 
 use crate::support;
@@ -61,7 +61,8 @@ fn body(ev: Ev) -> (Vec<u8>, ScheduleEvent) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn staging_keeps_the_newest_revision_and_reports_each_event_as_newest_stale_or_duplicate() {
+async fn staging_appends_each_event_and_the_flush_keeps_the_newest_revision_counting_stale_and_duplicates()
+ {
     let f = Fixture::new("window-newest").await;
     let (r1, e1) = body(Ev::created("acme", "s-1"));
     let (r3, e3) = body(Ev::updated("acme", "s-1", 3).title("third"));
@@ -78,17 +79,22 @@ async fn staging_keeps_the_newest_revision_and_reports_each_event_as_newest_stal
     assert_eq!(
         outcomes,
         vec![
-            Staged::Newest,
-            Staged::Newest,
+            Staged::Appended,
+            Staged::Appended,
             Staged::Stale,
             Staged::Duplicate,
-            Staged::Newest
+            Staged::Appended
         ]
     );
     // The flush reads (and consolidates) under its claim.
     let read = f.windows.read(&[Member::new("acme", "s-1")]).await.unwrap();
     let s = read[0].as_ref().expect("staged");
     assert_eq!((s.revision, s.born_here, &s.raw), (3, true, &r3));
+    assert_eq!(
+        s.dropped,
+        Dropped::default(),
+        "revisions 1 and 3 were both news"
+    );
     assert_eq!(f.field("s-1", "rev").await.as_deref(), Some("3"));
     assert_eq!(
         f.field("s-1", "event").await.map(String::into_bytes),
@@ -103,17 +109,33 @@ async fn staging_keeps_the_newest_revision_and_reports_each_event_as_newest_stal
     let mut due = f.due().await;
     due.sort();
     assert_eq!(due, vec!["acme/s-1".to_string(), "acme/s-2".to_string()]);
-    // Against what the flush consolidated, a later batch's older revision is stale, the same one
-    // a duplicate, and neither moves the staged state.
+    // A later batch's older revision and the same one again are appended; the flush finds the
+    // first stale and the second a duplicate against what it consolidated, and neither moves
+    // the staged state.
     assert_eq!(
         f.windows
             .stage(&[Staging::new(&e2, &r2), Staging::new(&e3, &r3)])
             .await
             .unwrap(),
-        vec![Staged::Stale, Staged::Duplicate]
+        vec![Staged::Appended, Staged::Appended]
     );
     let read = f.windows.read(&[Member::new("acme", "s-1")]).await.unwrap();
-    assert_eq!(read[0].as_ref().map(|s| s.revision), Some(3));
+    let s = read[0].as_ref().expect("staged");
+    assert_eq!((s.revision, &s.raw), (3, &r3));
+    assert_eq!(
+        s.dropped,
+        Dropped {
+            duplicates: 1,
+            stale: 1
+        }
+    );
+    // Nothing is left pending.
+    let mut r = f.redis.clone();
+    let pending: bool = r
+        .exists(Keys::new(&f.prefix).pending(&Member::new("acme", "s-1")))
+        .await
+        .unwrap();
+    assert!(!pending, "the pending records went with the consolidation");
     f.cleanup().await;
 }
 
@@ -133,6 +155,8 @@ async fn the_flush_keeps_the_highest_revision_of_batches_staged_in_any_order_and
     assert_eq!((s.revision, s.born_here, &s.raw), (3, true, &r3));
     // The lower revisions are gone; only the staged state remains.
     let mut r = f.redis.clone();
+    let pending: bool = r.exists(Keys::new(&f.prefix).pending(&m)).await.unwrap();
+    assert!(!pending, "pending records left");
     let fields: Vec<String> = r.hkeys(format!("{}:s:acme/s-1", f.prefix)).await.unwrap();
     assert!(
         fields.iter().all(|k| !k.starts_with("e:")),
@@ -173,7 +197,7 @@ async fn a_replay_marks_the_staged_revision_and_a_newer_revision_clears_the_mark
     // rest of the state moves on.
     assert_eq!(
         f.windows.stage(&[Staging::new(&e3, &r3)]).await.unwrap(),
-        vec![Staged::Newest]
+        vec![Staged::Appended]
     );
     f.windows.read(&[Member::new("acme", "s-1")]).await.unwrap();
     assert_eq!(f.field("s-1", "replay").await, None);
@@ -204,7 +228,7 @@ async fn the_largest_batch_ingest_sends_is_staged_in_one_call_and_every_schedule
     let batch: Vec<Staging<'_>> = events.iter().map(|(r, e)| Staging::new(e, r)).collect();
     let outcomes = f.windows.stage(&batch).await.unwrap();
     assert_eq!(outcomes.len(), n);
-    assert!(outcomes.iter().all(|o| *o == Staged::Newest));
+    assert!(outcomes.iter().all(|o| *o == Staged::Appended));
     assert_eq!(f.due().await.len(), n);
     // Each is due at the end of the current window, and once the flush has consolidated it,
     // retained well beyond that.
@@ -221,6 +245,97 @@ async fn the_largest_batch_ingest_sends_is_staged_in_one_call_and_every_schedule
     assert!(
         ttl > 30 * 24 * 3600,
         "retained for the staging retention, got {ttl}s"
+    );
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_several_shards_each_schedule_is_due_claimed_and_settled_in_its_own_shard() {
+    let f = Fixture::new("window-shards").await;
+    let keys = Keys::sharded(&f.prefix, 3, false);
+    let windows = Windows::new(f.redis.clone(), keys.clone(), Duration::from_millis(50));
+    let n = 60;
+    let events: Vec<(Vec<u8>, ScheduleEvent)> = (0..n)
+        .map(|i| body(Ev::created("acme", &format!("s-{i}"))))
+        .collect();
+    let batch: Vec<Staging<'_>> = events.iter().map(|(r, e)| Staging::new(e, r)).collect();
+    windows.stage(&batch).await.unwrap();
+    let mut r = f.redis.clone();
+    let mut per_shard = Vec::new();
+    for shard in 0..3 {
+        let due: Vec<String> = r.zrange(keys.due_in(shard), 0, -1).await.unwrap();
+        for m in &due {
+            let m = Member::decode(m).unwrap();
+            assert_eq!(keys.shard_of(&m), shard, "{m:?} is due in shard {shard}");
+        }
+        per_shard.push(due.len());
+    }
+    assert_eq!(per_shard.iter().sum::<usize>(), n);
+    assert!(
+        per_shard.iter().all(|k| *k > 0),
+        "every shard has due schedules: {per_shard:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(windows.due_now().await.unwrap(), n as u64);
+    // A claim takes from every shard, and completing the claims leaves nothing claimed.
+    let claimed = windows
+        .claim("token-1", n, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), n);
+    assert_eq!(windows.complete("token-1", &claimed).await.unwrap(), n);
+    assert_eq!(windows.due_or_claimed().await.unwrap(), 0);
+    // Made due again by the repair, each lands in its own shard too.
+    windows.make_due_now(&claimed[..6]).await.unwrap();
+    for m in &claimed[..6] {
+        let score: Option<f64> = r
+            .zscore(keys.due_in(keys.shard_of(m)), m.encode())
+            .await
+            .unwrap();
+        assert!(score.is_some(), "{m:?} is due in its shard");
+    }
+    assert_eq!(windows.due_now().await.unwrap(), 6);
+    f.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_staged_by_the_previous_version_as_hash_fields_are_consolidated_with_new_ones() {
+    // Versions before December 2026 appended `e:{rev}` = `{kind}{replay}{staged_at}:{raw}` to
+    // the schedule's hash; a schedule staged by one and flushed by this one loses nothing.
+    let f = Fixture::new("window-upgrade").await;
+    let (r2, _) = body(Ev::updated("acme", "s-1", 2).title("second"));
+    let (r1, _) = body(Ev::created("acme", "s-1"));
+    let mut old = b"u01733240000000:".to_vec();
+    old.extend_from_slice(&r2);
+    let mut created = b"c01733240000000:".to_vec();
+    created.extend_from_slice(&r1);
+    let mut r = f.redis.clone();
+    let key = format!("{}:s:acme/s-1", f.prefix);
+    let _: () = r
+        .hset_multiple(&key, &[("e:2", old), ("e:1", created)])
+        .await
+        .unwrap();
+    let m = Member::new("acme", "s-1");
+    let read = f.windows.read(std::slice::from_ref(&m)).await.unwrap();
+    let s = read[0].as_ref().expect("staged");
+    assert_eq!((s.revision, s.born_here, &s.raw), (2, true, &r2));
+    let fields: Vec<String> = r.hkeys(&key).await.unwrap();
+    assert!(
+        fields.iter().all(|k| !k.starts_with("e:")),
+        "old entries left: {fields:?}"
+    );
+    // An old entry beside a newer appended record: the newer wins.
+    let mut stale = b"u01733240000000:".to_vec();
+    stale.extend_from_slice(&r2);
+    let _: () = r.hset(&key, "e:2", stale).await.unwrap();
+    let (r3, e3) = body(Ev::updated("acme", "s-1", 3).title("third"));
+    f.windows.stage(&[Staging::new(&e3, &r3)]).await.unwrap();
+    let read = f.windows.read(std::slice::from_ref(&m)).await.unwrap();
+    let s = read[0].as_ref().expect("staged");
+    assert_eq!((s.revision, &s.raw), (3, &r3));
+    assert_eq!(
+        s.dropped.duplicates, 1,
+        "revision 2 was consolidated already"
     );
     f.cleanup().await;
 }
