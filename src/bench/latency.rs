@@ -21,25 +21,53 @@ struct Shape {
     window_seconds: u64,
     mailboxes: usize,
     seconds: usize,
-    rates: &'static [usize],
+    rates: Vec<usize>,
 }
 
 fn shape(quick: bool) -> Shape {
+    // "RATES;SECONDS;MAILBOXES[;WINDOW_SECONDS]", e.g. "1000;120;2000" for one sustained rate
+    // (the example), rates separated by commas.
+    if let Ok(v) = std::env::var("OUTLOOK_SYNC_BENCH_LATENCY")
+        && let Some(s) = parse_shape(&v)
+    {
+        return s;
+    }
     if quick {
         Shape {
             window_seconds: 2,
             mailboxes: 200,
             seconds: 15,
-            rates: &[100, 500, 1_000, 2_000, 4_000],
+            rates: vec![100, 500, 1_000, 2_000, 4_000],
         }
     } else {
         Shape {
             window_seconds: 5,
             mailboxes: 2_000,
             seconds: 60,
-            rates: &[250, 500, 1_000, 2_000, 4_000],
+            rates: vec![250, 500, 1_000, 2_000, 4_000],
         }
     }
+}
+
+fn parse_shape(v: &str) -> Option<Shape> {
+    let mut parts = v.split(';').map(str::trim);
+    let rates = parts
+        .next()?
+        .split(',')
+        .map(|r| r.trim().parse().ok().filter(|r| *r > 0))
+        .collect::<Option<Vec<usize>>>()?;
+    let seconds = parts.next()?.parse().ok().filter(|s| *s > 0)?;
+    let mailboxes = parts.next()?.parse().ok().filter(|m| *m > 0)?;
+    let window_seconds = match parts.next() {
+        Some(w) => w.parse().ok().filter(|w| *w > 0)?,
+        None => 5,
+    };
+    Some(Shape {
+        window_seconds,
+        mailboxes,
+        seconds,
+        rates,
+    })
 }
 
 /// p99 more than this many times the lowest rate's: the delay has started to grow.
@@ -158,7 +186,7 @@ async fn steps_with(workers: usize, s: &Shape) -> Result<Vec<Step>, BenchError> 
         ws.push(sb.worker().await?);
     }
     let mut steps = Vec::new();
-    for &rate in s.rates {
+    for &rate in &s.rates {
         let got = step(
             &sb,
             &format!("w{workers}r{rate}"),
@@ -213,6 +241,18 @@ pub(super) async fn measure(
                 st.p99 <= target && st.missing == 0,
             ));
         }
+        summary.push(format!(
+            "{who}: {}",
+            steps
+                .iter()
+                .map(|st| format!("{}/s p50 {:.2} s p99 {:.2} s", st.rate, st.p50, st.p99))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        if steps.len() < 2 {
+            // One rate (OUTLOOK_SYNC_BENCH_LATENCY): no knee to find.
+            continue;
+        }
         let base = steps[0];
         let last = steps[steps.len() - 1];
         let k = knee(&steps);
@@ -238,14 +278,6 @@ pub(super) async fn measure(
             ratio,
             "knee above 1,000 changes/s",
             k.map_or(last.rate >= 1_000, |k| k.rate > 1_000),
-        ));
-        summary.push(format!(
-            "{who}: {}",
-            steps
-                .iter()
-                .map(|st| format!("{}/s p50 {:.2} s p99 {:.2} s", st.rate, st.p50, st.p99))
-                .collect::<Vec<_>>()
-                .join(", ")
         ));
     }
     notes.push(format!(
@@ -279,5 +311,26 @@ mod tests {
         assert_eq!(knee(&steps).map(|s| s.rate), Some(500));
         assert!(knee(&steps[..2]).is_none());
         assert_eq!(percentile(&[1.0, 2.0, 3.0], 0.5), 2.0);
+    }
+
+    #[test]
+    fn a_run_of_one_shape_is_read_from_the_environment_form_or_refused_whole() {
+        let s = parse_shape("1000;120;2000").expect("the issue's shape");
+        assert_eq!(
+            (s.rates, s.seconds, s.mailboxes, s.window_seconds),
+            (vec![1_000], 120, 2_000, 5)
+        );
+        let s = parse_shape("250, 500;30;100;2").expect("two rates and a window");
+        assert_eq!((s.rates, s.window_seconds), (vec![250, 500], 2));
+        for bad in [
+            "",
+            "1000",
+            "1000;0;10",
+            "x;10;10",
+            "1000;10;10;0",
+            "1000;10",
+        ] {
+            assert!(parse_shape(bad).is_none(), "{bad:?}");
+        }
     }
 }
