@@ -242,9 +242,9 @@ async fn a_batch_staged_with_wait_replicas_is_on_the_replica_when_staging_return
             if i == 1 {
                 let last =
                     outlook_sync::store::Member::new("acme", format!("s-1-{round}-{}", size - 1));
-                let on_replica: bool = redis::cmd("HEXISTS")
-                    .arg(keys.staged(&last))
-                    .arg("e:1")
+                // Ingest appends each event to the schedule's pending record.
+                let on_replica: bool = redis::cmd("EXISTS")
+                    .arg(keys.pending(&last))
                     .query_async(&mut replica)
                     .await
                     .unwrap();
