@@ -20,11 +20,12 @@ pub(super) async fn measure(
     let url = cluster.url();
     ingest::measure(quick, On::Cluster(&url), figures, notes).await?;
     drain::measure(quick, On::Cluster(&url), figures, notes).await?;
-    notes.push(format!(
+    notes.push(
         "cluster: 3 primaries, no replicas, persistence off (as the local Redis), one claim \
          shard per primary (redis.shards = 3); Redis's CPU is that of every redis-server \
          process, the three nodes and the idle local Redis"
-    ));
+            .to_string(),
+    );
     if let Some(note) = over_single(figures) {
         notes.push(note);
     }
@@ -90,8 +91,10 @@ impl LocalCluster {
             dir,
         };
         for _ in 0..3 {
-            let port = free_node_port(&cluster.ports)?;
-            cluster.nodes.push(cluster.spawn(port)?);
+            let port = free_node_port(&cluster.ports).map_err(BenchError::Other)?;
+            cluster
+                .nodes
+                .push(cluster.spawn(port).map_err(BenchError::Other)?);
             cluster.ports.push(port);
         }
         for &port in &cluster.ports {
@@ -102,7 +105,7 @@ impl LocalCluster {
         let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
         args.extend(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")));
         args.extend(["--cluster-replicas", "0", "--cluster-yes"].map(String::from));
-        let out = redis_cli(&args)?;
+        let out = redis_cli(&args).map_err(BenchError::Other)?;
         if !out.status.success() {
             return Err(BenchError::Other(format!(
                 "`redis-cli --cluster create` failed to join the bench's three nodes into a \
@@ -125,7 +128,7 @@ impl LocalCluster {
     }
 
     /// `redis-server` on `port` as a cluster node, persistence off as the local test Redis.
-    fn spawn(&self, port: u16) -> Result<Child, BenchError> {
+    fn spawn(&self, port: u16) -> Result<Child, String> {
         let p = port.to_string();
         Command::new("redis-server")
             .args(["--port", &p, "--bind", "127.0.0.1"])
@@ -140,11 +143,11 @@ impl LocalCluster {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| {
-                BenchError::Other(format!(
+                format!(
                     "the cluster figures start redis-server processes of their own, and \
                      `redis-server` could not be started ({e}): install it (Debian: \
                      redis-server) or run the bench without the cluster figures (--only)"
-                ))
+                )
             })
     }
 
@@ -160,7 +163,7 @@ impl LocalCluster {
         loop {
             let mut a = vec!["-p".to_string(), port.to_string()];
             a.extend(args.iter().map(|s| s.to_string()));
-            let out = redis_cli(&a)?;
+            let out = redis_cli(&a).map_err(BenchError::Other)?;
             if String::from_utf8_lossy(&out.stdout).contains(want) {
                 return Ok(());
             }
@@ -195,17 +198,17 @@ impl Drop for LocalCluster {
     }
 }
 
-fn redis_cli(args: &[String]) -> Result<std::process::Output, BenchError> {
+fn redis_cli(args: &[String]) -> Result<std::process::Output, String> {
     Command::new("redis-cli").args(args).output().map_err(|e| {
-        BenchError::Other(format!(
+        format!(
             "the cluster figures run `redis-cli` to join and check their nodes, and it could not \
              be started ({e}): install it (Debian: redis-tools)"
-        ))
+        )
     })
 }
 
 /// A port under 55,000 that is free, as is its cluster bus port (+10,000), and not in `taken`.
-fn free_node_port(taken: &[u16]) -> Result<u16, BenchError> {
+fn free_node_port(taken: &[u16]) -> Result<u16, String> {
     let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
     for _ in 0..200 {
         let p = rand::random_range(20_000..55_000u16);
@@ -216,9 +219,9 @@ fn free_node_port(taken: &[u16]) -> Result<u16, BenchError> {
             return Ok(p);
         }
     }
-    Err(BenchError::Other(
+    Err(
         "no free port pair (a node's and its bus port, +10,000) under 55,000 was found for the \
          bench's cluster nodes"
             .into(),
-    ))
+    )
 }

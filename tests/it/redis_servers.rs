@@ -355,7 +355,9 @@ impl ClusterSet {
             let p = free_port();
             let bus_free = p < 55_000
                 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
-                && !ports.iter().any(|&q| q == p || q == p + 10_000 || q + 10_000 == p);
+                && !ports
+                    .iter()
+                    .any(|&q| q == p || q == p + 10_000 || q + 10_000 == p);
             if bus_free {
                 ports.push(p);
             }
