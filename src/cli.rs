@@ -70,7 +70,7 @@ pub enum Command {
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
         /// Run only the figures whose name contains one of these (ingest, coalescing, drain,
-        /// memory, scale, repair, latency).
+        /// memory, scale, repair, latency, cluster).
         #[arg(long)]
         only: Vec<String>,
     },

@@ -3,15 +3,25 @@
 
 use std::time::Duration;
 
-use super::load::{broker_settle, company_with, drain_with_workers, ingest_size, stage_backlog};
+use super::load::{
+    On, broker_settle, company_with, drain_with_workers, ingest_size, stage_backlog,
+};
 use super::measure::{CpuSample, MailboxUse, mailbox_use};
 use super::{BenchError, Figure, figure};
 use crate::demo::Sandbox;
 use graph_emulator::Settings;
 
-/// The drain's time over the bound (writes per mailbox × latency / 4).
+/// The figure on the single Redis.
+pub(super) const NAME: &str = "Drain: time / lower bound of Graph's limits";
+/// The figure on a 3-primary Redis Cluster.
+pub(super) const NAME_CLUSTER: &str =
+    "Drain on a 3-primary Redis Cluster: time / lower bound of Graph's limits";
+
+/// The drain's time over the bound (writes per mailbox × latency / 4), with the backlog and the
+/// worker's state in the Redis `on` names.
 pub(super) async fn measure(
     quick: bool,
+    on: On<'_>,
     figures: &mut Vec<Figure>,
     notes: &mut Vec<String>,
 ) -> Result<(), BenchError> {
@@ -30,16 +40,45 @@ pub(super) async fn measure(
         ..Settings::default()
     };
     let mut sb = Sandbox::start("bench-drain", 1, settings).await?;
+    let r = match on.point(&mut sb).await {
+        Ok(()) => {
+            measure_in(
+                &mut sb,
+                (mailboxes, per_mailbox),
+                latency,
+                quick,
+                on,
+                figures,
+                notes,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    sb.cleanup().await;
+    r
+}
+
+async fn measure_in(
+    sb: &mut Sandbox,
+    (mailboxes, per_mailbox): (usize, usize),
+    latency: Duration,
+    quick: bool,
+    on: On<'_>,
+    figures: &mut Vec<Figure>,
+    notes: &mut Vec<String>,
+) -> Result<(), BenchError> {
+    let what = on.pick("drain", "drain on the cluster");
     // The worker's own cap on requests in flight is set high enough for every mailbox to
     // have 4: what binds is Graph's per-mailbox limit, the thing this figure measures.
     sb.cfg.graph.max_in_flight_total = sb.cfg.graph.max_in_flight_total.max(4 * mailboxes);
-    company_with(&sb, "acme", mailboxes).await?;
+    company_with(sb, "acme", mailboxes).await?;
     let schedules = mailboxes * per_mailbox;
-    stage_backlog(&sb, "acme", schedules, mailboxes, 1).await?;
+    stage_backlog(sb, "acme", schedules, mailboxes, 1).await?;
     // The ingest figure leaves the broker writing in the background for a while.
     broker_settle(ingest_size(quick)).await;
     let cpu = CpuSample::now();
-    let took = drain_with_workers(&sb, 1, Duration::from_secs(900)).await?;
+    let took = drain_with_workers(sb, 1, Duration::from_secs(900)).await?;
     let cpu = CpuSample::now().since(&cpu);
     let bound = latency.mul_f64(per_mailbox as f64 / 4.0);
     let ratio = took.as_secs_f64() / bound.as_secs_f64();
@@ -55,7 +94,7 @@ pub(super) async fn measure(
             writes: t.writes + u.writes,
         });
     notes.push(format!(
-            "drain: the longest a single mailbox was being written to: {:.2} s (bound {:.2} s); {} $batch requests for {} writes; CPU used while draining: this process (the worker and the emulator) {:.1} s, Redis {:.1} s, RabbitMQ {:.1} s, in {:.1} s on {} cores",
+            "{what}: the longest a single mailbox was being written to: {:.2} s (bound {:.2} s); {} $batch requests for {} writes; CPU used while draining: this process (the worker and the emulator) {:.1} s, Redis {:.1} s, RabbitMQ {:.1} s, in {:.1} s on {} cores",
             longest.as_secs_f64(),
             bound.as_secs_f64(),
             stats.batches,
@@ -67,14 +106,14 @@ pub(super) async fn measure(
             std::thread::available_parallelism().map_or(0, |n| n.get()),
         ));
     notes.push(format!(
-            "drain: where a mailbox's time went: writes in flight {:.0}% of its span (idle between batches the rest), {:.2} of 4 in flight on average while busy, a write took {:.1} ms on average (the emulator's latency is {} ms)",
+            "{what}: where a mailbox's time went: writes in flight {:.0}% of its span (idle between batches the rest), {:.2} of 4 in flight on average while busy, a write took {:.1} ms on average (the emulator's latency is {} ms)",
             100.0 * total.busy.as_secs_f64() / total.span.as_secs_f64().max(1e-9),
             total.item_time.as_secs_f64() / total.busy.as_secs_f64().max(1e-9),
             1000.0 * total.item_time.as_secs_f64() / (total.writes.max(1) as f64),
             latency.as_millis(),
         ));
     figures.push(figure(
-            "Drain: time / lower bound of Graph's limits",
+            on.pick(NAME, NAME_CLUSTER),
             format!(
                 "{schedules} writes over {mailboxes} mailboxes at {} ms: {:.2} s vs bound {:.2} s ({} throttled)",
                 latency.as_millis(),
@@ -86,6 +125,5 @@ pub(super) async fn measure(
             "≤ 1.25",
             ratio <= 1.25,
         ));
-    sb.cleanup().await;
     Ok(())
 }

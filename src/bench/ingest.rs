@@ -9,7 +9,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, Queu
 use lapin::types::FieldTable;
 use tokio::sync::watch;
 
-use super::load::{broker_settle, ingest_bodies, ingest_size};
+use super::load::{On, broker_settle, ingest_bodies, ingest_size};
 use super::measure::CpuSample;
 use super::{BenchError, Figure, figure};
 use crate::amqp::Topology;
@@ -19,17 +19,46 @@ use crate::metrics::Metrics;
 use crate::window::{Staging, Windows};
 use graph_emulator::Settings;
 
-/// The worker's rate over the bare consumer's, on the same messages; best of one or two rounds.
+/// The figure on the single Redis.
+pub(super) const NAME: &str = "Ingest: worker rate / bare consume-and-ack rate";
+/// The figure on a 3-primary Redis Cluster.
+pub(super) const NAME_CLUSTER: &str =
+    "Ingest on a 3-primary Redis Cluster: worker rate / bare consume-and-ack rate";
+/// The staging figure on the single Redis.
+pub(super) const STAGING: &str = "Staging: Redis CPU per staged event / a bare pipelined SET";
+/// The staging figure on a 3-primary Redis Cluster.
+pub(super) const STAGING_CLUSTER: &str =
+    "Staging on a 3-primary Redis Cluster: Redis CPU per staged event / a bare pipelined SET";
+
+/// The worker's rate over the bare consumer's, on the same messages, with the worker staging in
+/// the Redis `on` names; best of one or two rounds.
 pub(super) async fn measure(
     quick: bool,
+    on: On<'_>,
+    figures: &mut Vec<Figure>,
+    notes: &mut Vec<String>,
+) -> Result<(), BenchError> {
+    let mut sb = Sandbox::start("bench-ingest", 300, Settings::default()).await?;
+    let r = match on.point(&mut sb).await {
+        Ok(()) => measure_in(&sb, quick, on, figures, notes).await,
+        Err(e) => Err(e),
+    };
+    sb.cleanup().await;
+    r
+}
+
+async fn measure_in(
+    sb: &Sandbox,
+    quick: bool,
+    on: On<'_>,
     figures: &mut Vec<Figure>,
     notes: &mut Vec<String>,
 ) -> Result<(), BenchError> {
     let n = ingest_size(quick);
-    let sb = Sandbox::start("bench-ingest", 300, Settings::default()).await?;
+    let what = on.pick("ingest", "ingest on the cluster");
     let bodies = ingest_bodies("acme", n);
     let size = bodies.iter().map(Vec::len).sum::<usize>() / n;
-    let (note, staging) = where_the_time_goes(&sb, &bodies).await?;
+    let (note, staging) = where_the_time_goes(sb, on, &bodies).await?;
     notes.push(note);
     figures.push(staging);
     // Rounds interleave the three consumers, and each keeps its best round: a neighbour's
@@ -46,9 +75,9 @@ pub(super) async fn measure(
             &round_bodies
         };
         let runs = [
-            bare_consume(&sb, n, bodies, false).await?,
-            bare_consume(&sb, n, bodies, true).await?,
-            worker_ingest(&sb, n, bodies).await?,
+            bare_consume(sb, n, bodies, false).await?,
+            bare_consume(sb, n, bodies, true).await?,
+            worker_ingest(sb, n, bodies).await?,
         ];
         for (b, r) in best.iter_mut().zip(runs) {
             if b.as_ref().is_none_or(|(t, _)| r.0 < *t) {
@@ -62,11 +91,11 @@ pub(super) async fn measure(
         (ingest, ingest_cpu),
     ] = best.map(|b| b.expect("at least one round"));
     notes.push(format!(
-            "ingest: best of {rounds} interleaved round(s) each; the bare consumer validating each message too (staging nothing) ran at {:.2}× the bare rate",
+            "{what}: best of {rounds} interleaved round(s) each; the bare consumer validating each message too (staging nothing) ran at {:.2}× the bare rate",
             bare.as_secs_f64() / validating.as_secs_f64()
         ));
     notes.push(format!(
-            "ingest: CPU per event, bare consumer: {bare_cpu}; validating consumer: {validating_cpu}; worker's ingest: {ingest_cpu}"
+            "{what}: CPU per event, bare consumer: {bare_cpu}; validating consumer: {validating_cpu}; worker's ingest: {ingest_cpu}"
         ));
     let (b, w) = (
         n as f64 / bare.as_secs_f64(),
@@ -74,13 +103,12 @@ pub(super) async fn measure(
     );
     let ratio = w / b;
     figures.push(figure(
-        "Ingest: worker rate / bare consume-and-ack rate",
+        on.pick(NAME, NAME_CLUSTER),
         format!("{n} events of {size} B: bare {b:.0}/s, worker {w:.0}/s"),
         ratio,
         "≥ 0.80",
         ratio >= 0.8,
     ));
-    sb.cleanup().await;
     Ok(())
 }
 
@@ -88,6 +116,7 @@ pub(super) async fn measure(
 /// costs Redis against the least any per-schedule staging can cost it (the figure).
 async fn where_the_time_goes(
     sb: &Sandbox,
+    on: On<'_>,
     bodies: &[Vec<u8>],
 ) -> Result<(String, Figure), BenchError> {
     let n = bodies.len();
@@ -143,17 +172,18 @@ async fn where_the_time_goes(
     let us = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
     let ratio = stage_redis.as_secs_f64() / floor_redis.as_secs_f64().max(1e-9);
     let note = format!(
-        "ingest: decoding alone runs at {decode_rate:.0} events/s on one core; staging alone \
+        "{}: decoding alone runs at {decode_rate:.0} events/s on one core; staging alone \
              (plain commands pipelined 500 at a time) at {stage_rate:.0} events/s, costing Redis \
              {:.1} µs of CPU per event, where a bare pipelined `SET` per event costs it {:.1} µs; \
              the flush's consolidation of each schedule under its claim costs Redis {:.1} µs per \
              schedule (once per window)",
+        on.pick("ingest", "ingest on the cluster"),
         us(stage_redis),
         us(floor_redis),
         us(consolidate_redis)
     );
     let fig = figure(
-        "Staging: Redis CPU per staged event / a bare pipelined SET",
+        on.pick(STAGING, STAGING_CLUSTER),
         format!(
             "{n} events: staging {:.1} µs, SET {:.1} µs",
             us(stage_redis),

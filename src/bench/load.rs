@@ -11,6 +11,39 @@ use crate::tenants::Plan;
 use crate::window::{Staging, Windows};
 use graph_emulator::MailboxKind;
 
+/// Which Redis a figure runs on: the local one the sandbox starts with, or a Redis Cluster of
+/// the bench's own (`cluster::LocalCluster`), named by its `redis+cluster://` URL.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum On<'a> {
+    Single,
+    Cluster(&'a str),
+}
+
+impl On<'_> {
+    /// Points `sb` at this Redis: its URL, one claim shard per primary, and a connection of
+    /// its own (every worker the sandbox starts then connects there too).
+    pub(super) async fn point(self, sb: &mut Sandbox) -> Result<(), BenchError> {
+        let On::Cluster(url) = self else {
+            return Ok(());
+        };
+        sb.cfg.redis.url = url.to_string();
+        sb.cfg.redis.shards = 3;
+        sb.cfg
+            .validate()
+            .map_err(|e| BenchError::Other(format!("the bench's cluster configuration: {e}")))?;
+        sb.redis = crate::store::connect(&sb.cfg).await?;
+        Ok(())
+    }
+
+    /// The figure's name on this Redis: `single` or `cluster`, whichever applies.
+    pub(super) fn pick(self, single: &'static str, cluster: &'static str) -> &'static str {
+        match self {
+            On::Single => single,
+            On::Cluster(_) => cluster,
+        }
+    }
+}
+
 pub(super) fn event_body(
     company: &str,
     schedule: &str,

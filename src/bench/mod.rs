@@ -3,9 +3,18 @@
 //! in the same run (the machine is shared and noisy), and `BENCHMARKS.md` is written from it.
 //!
 //! One file per figure (`ingest`, `coalescing`, `drain`, `memory`, `scale`, `repair`,
-//! `latency`), over the shared
-//! workloads (`load`) and readings (`measure`); `markdown` writes BENCHMARKS.md.
+//! `latency`, `cluster`), over the shared
+//! workloads (`load`: also `On`, which Redis a figure runs on) and readings (`measure`);
+//! `markdown` writes BENCHMARKS.md.
+//!
+//! `cluster` (`--only cluster`) runs the ingest and drain figures again on a 3-primary Redis
+//! Cluster it starts for itself: "Ingest on a 3-primary Redis Cluster: worker rate / bare
+//! consume-and-ack rate", "Staging on a 3-primary Redis Cluster: Redis CPU per staged event / a
+//! bare pipelined SET" and "Drain on a 3-primary Redis Cluster: time / lower bound of Graph's
+//! limits", with the single Redis's targets, and a note of each over the single Redis's figure
+//! of the same run.
 
+mod cluster;
 mod coalescing;
 mod drain;
 mod ingest;
@@ -113,7 +122,7 @@ pub async fn run(
 
     // 1. Ingest against the broker's bare consume-and-ack rate.
     if wanted(only, "ingest") {
-        ingest::measure(quick, &mut figures, &mut notes).await?;
+        ingest::measure(quick, load::On::Single, &mut figures, &mut notes).await?;
     }
     // 2. Coalescing: several updates per schedule inside one window.
     if wanted(only, "coalescing") {
@@ -121,7 +130,7 @@ pub async fn run(
     }
     // 3. Drain under Graph's limits: 4 in flight per mailbox, fixed latency.
     if wanted(only, "drain") {
-        drain::measure(quick, &mut figures, &mut notes).await?;
+        drain::measure(quick, load::On::Single, &mut figures, &mut notes).await?;
     }
     // 4. Memory: the worker's peak RSS with many staged events.
     if wanted(only, "memory") {
@@ -138,6 +147,10 @@ pub async fn run(
     // 7. What users feel: publish-to-copy delay at sustained rates, and the knee (issue #18).
     if wanted(only, "latency") {
         latency::measure(quick, &mut figures, &mut notes).await?;
+    }
+    // 8. Ingest and drain again on a 3-primary Redis Cluster of the bench's own (issue #18).
+    if wanted(only, "cluster") {
+        cluster::measure(quick, &mut figures, &mut notes).await?;
     }
     notes.push(format!(
         "machine: {} cores; RabbitMQ and Redis local; Graph: the embedded emulator",

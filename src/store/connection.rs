@@ -46,7 +46,9 @@ pub(crate) struct Followed {
 pub(crate) struct Clustered {
     client: ClusterClient,
     connecting: tokio::sync::Mutex<()>,
-    current: Mutex<Option<ClusterConnection>>,
+    /// The cluster connection and its generation, until one of its commands times out.
+    current: Mutex<Option<(u64, ClusterConnection)>>,
+    generations: std::sync::atomic::AtomicU64,
 }
 
 impl Redis {
@@ -78,6 +80,7 @@ impl Redis {
                 client,
                 connecting: tokio::sync::Mutex::new(()),
                 current: Mutex::new(None),
+                generations: Default::default(),
             })),
         }
     }
@@ -181,7 +184,7 @@ impl Followed {
 }
 
 impl Clustered {
-    async fn connection(&self) -> RedisResult<ClusterConnection> {
+    async fn connection(&self) -> RedisResult<(u64, ClusterConnection)> {
         if let Some(c) = self.current.lock().expect("not poisoned").clone() {
             return Ok(c);
         }
@@ -189,14 +192,40 @@ impl Clustered {
         if let Some(c) = self.current.lock().expect("not poisoned").clone() {
             return Ok(c);
         }
-        // Once connected, the cluster connection follows slot moves and failovers by itself.
+        // Once connected, the cluster connection follows slot moves, failovers and a node's
+        // restart by itself.
         let conn = self.client.get_async_connection().await?;
-        *self.current.lock().expect("not poisoned") = Some(conn.clone());
-        Ok(conn)
+        let generation = self
+            .generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *self.current.lock().expect("not poisoned") = Some((generation, conn.clone()));
+        Ok((generation, conn))
+    }
+
+    /// Forgets the cluster connection after one of its commands timed out, so the next command
+    /// opens a new one. The redis crate's cluster connection runs every command through one
+    /// background task (a channel of 100 requests); under the drain's load (issue #18's cluster
+    /// bench: thousands of commands a second from one worker) that task was seen to stop taking
+    /// requests for good, with every node idle and connected: every command of the worker then
+    /// timed out, forever. The cause is inside the crate (not found yet); a new connection has
+    /// a new task, so a worker recovers after one response timeout instead of never.
+    fn failed(&self, generation: u64, e: &RedisError) {
+        if e.is_timeout() {
+            let mut current = self.current.lock().expect("not poisoned");
+            if current.as_ref().is_some_and(|(g, _)| *g == generation) {
+                tracing::warn!(error = %e, "redis: a command to the cluster timed out; the next one opens a new cluster connection");
+                *current = None;
+            }
+        }
     }
 
     async fn command(&self, cmd: &Cmd) -> RedisResult<Value> {
-        self.connection().await?.req_packed_command(cmd).await
+        let (generation, mut c) = self.connection().await?;
+        let r = c.req_packed_command(cmd).await;
+        if let Err(e) = &r {
+            self.failed(generation, e);
+        }
+        r
     }
 
     /// A pipeline's commands, each routed to its own slot's node, sent at once (the cluster
@@ -208,15 +237,17 @@ impl Clustered {
         offset: usize,
         count: usize,
     ) -> RedisResult<Vec<Value>> {
-        let conn = self.connection().await?;
+        let (generation, conn) = self.connection().await?;
         let answers = futures_util::future::join_all(pipe.cmd_iter().map(|cmd| {
             let mut c = conn.clone();
             async move {
                 // A server's refusal of one command is that command's answer, as a pipeline on
                 // one connection would have it.
-                c.req_packed_command(cmd)
-                    .await
-                    .or_else(|e| redis::ServerError::try_from(e).map(Value::ServerError))
+                let r = c.req_packed_command(cmd).await;
+                if let Err(e) = &r {
+                    self.failed(generation, e);
+                }
+                r.or_else(|e| redis::ServerError::try_from(e).map(Value::ServerError))
             }
         }))
         .await;

@@ -35,6 +35,21 @@ impl RedisProcess {
         RedisProcess { child }
     }
 
+    /// SIGTERM, as an orderly restart sends: Redis writes its AOF out and exits; waits for the
+    /// process to end (SIGKILL after 10 s).
+    pub fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+    }
+
     /// SIGKILL, as a crashed host would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -325,40 +340,55 @@ impl SentinelSet {
 /// Three primaries on free ports made one Redis Cluster (`redis-cli --cluster create`).
 pub struct ClusterSet {
     pub ports: Vec<u16>,
-    _nodes: Vec<RedisProcess>,
-    _dir: tempfile::TempDir,
+    nodes: Vec<RedisProcess>,
+    /// Each node's `redis-server` arguments, to start it again as it was.
+    args: Vec<Vec<String>>,
+    dir: tempfile::TempDir,
 }
 
 impl ClusterSet {
     pub async fn start() -> ClusterSet {
         let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let nodes: Vec<RedisProcess> = ports
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 3 {
+            // A node's cluster bus listens on its port + 10,000, which must be free too.
+            let p = free_port();
+            let bus_free = p < 55_000
+                && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
+                && !ports
+                    .iter()
+                    .any(|&q| q == p || q == p + 10_000 || q + 10_000 == p);
+            if bus_free {
+                ports.push(p);
+            }
+        }
+        let args: Vec<Vec<String>> = ports
             .iter()
             .map(|p| {
                 let conf = format!("nodes-{p}.conf");
-                RedisProcess::spawn(
-                    dir.path(),
-                    &node_args(
-                        *p,
-                        &["--cluster-enabled", "yes", "--cluster-config-file", &conf],
-                    ),
+                node_args(
+                    *p,
+                    &["--cluster-enabled", "yes", "--cluster-config-file", &conf],
                 )
             })
+            .collect();
+        let nodes: Vec<RedisProcess> = args
+            .iter()
+            .map(|a| RedisProcess::spawn(dir.path(), a))
             .collect();
         for p in &ports {
             let c = redis::Client::open(format!("redis://127.0.0.1:{p}/")).unwrap();
             wait_ping(&c, &format!("cluster node on {p}")).await;
         }
-        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
-        args.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
-        args.extend([
+        let mut create: Vec<String> = vec!["--cluster".into(), "create".into()];
+        create.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
+        create.extend([
             "--cluster-replicas".into(),
             "0".into(),
             "--cluster-yes".into(),
         ]);
         let out = Command::new("redis-cli")
-            .args(&args)
+            .args(&create)
             .output()
             .expect("redis-cli");
         assert!(
@@ -366,24 +396,27 @@ impl ClusterSet {
             "redis-cli --cluster create: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for p in &ports {
-            loop {
-                let info = Command::new("redis-cli")
-                    .args(["-p", &p.to_string(), "CLUSTER", "INFO"])
-                    .output()
-                    .expect("redis-cli");
-                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "the cluster never became ok");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        ClusterSet {
+        let set = ClusterSet {
             ports,
-            _nodes: nodes,
-            _dir: dir,
+            nodes,
+            args,
+            dir,
+        };
+        for p in &set.ports {
+            wait_cluster_ok(*p);
+        }
+        set
+    }
+
+    /// Stops node `i` gracefully (SIGTERM: its AOF written out), keeps it down for `down`, then
+    /// starts it again with the same arguments in the same directory (its `nodes-PORT.conf` and
+    /// AOF), and waits until every node reports `cluster_state:ok`. Blocks the calling thread.
+    pub fn restart(&mut self, i: usize, down: Duration) {
+        self.nodes[i].stop();
+        std::thread::sleep(down);
+        self.nodes[i] = RedisProcess::spawn(self.dir.path(), &self.args[i]);
+        for p in &self.ports {
+            wait_cluster_ok(*p);
         }
     }
 
@@ -411,5 +444,24 @@ impl ClusterSet {
                     .unwrap_or(0)
             })
             .collect()
+    }
+}
+
+/// Waits (blocking, up to 20 s) until the node on `port` reports `cluster_state:ok`.
+fn wait_cluster_ok(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "CLUSTER", "INFO"])
+            .output()
+            .expect("redis-cli");
+        if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster node on {port} never reported cluster_state:ok"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
