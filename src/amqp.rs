@@ -83,16 +83,53 @@ fn inequivalent(queue: &str, e: lapin::Error) -> AmqpError {
     ))
 }
 
-/// The URL without its password, safe to log.
+/// The URL without its password, safe to log: AMQP's and Redis's, including the forms a URL
+/// parser refuses (`redis+cluster://a:6379,b:6379`, several hosts), whose user information is
+/// cut out by hand.
 pub fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
+    if let Ok(mut u) = url::Url::parse(url) {
+        if u.password().is_some() {
+            let _ = u.set_password(Some("***"));
         }
-        Err(_) => "(unparsable amqp url)".into(),
+        return u.to_string();
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(unparsable url)".into();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((user, hosts)) => {
+            let user = user.split_once(':').map_or(user, |(name, _)| name);
+            format!("{scheme}://{user}:***@{hosts}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod redacted_tests {
+    use super::redacted;
+
+    #[test]
+    fn a_logged_url_never_shows_its_password_even_with_several_hosts() {
+        assert_eq!(
+            redacted("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redacted("redis+cluster://:s3cret@10.0.0.1:6379,10.0.0.2:6379"),
+            "redis+cluster://:***@10.0.0.1:6379,10.0.0.2:6379"
+        );
+        assert_eq!(
+            redacted("redis+sentinel://u:p@a:26379,b:26379/mymaster"),
+            "redis+sentinel://u:***@a:26379,b:26379/mymaster"
+        );
+        assert_eq!(
+            redacted("redis+cluster://a:6379,b:6379"),
+            "redis+cluster://a:6379,b:6379"
+        );
+        assert_eq!(redacted("not a url"), "(unparsable url)");
     }
 }
 
