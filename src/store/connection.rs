@@ -238,8 +238,9 @@ impl Clustered {
         r
     }
 
-    /// A pipeline's commands, each routed to its own slot's node, sent at once (the cluster
-    /// connection pipelines them per node); the answers in the pipeline's order. No pipeline of
+    /// A pipeline's commands, each routed to its own slot's node, up to [`PIPELINE_IN_FLIGHT`]
+    /// at a time (the cluster connection pipelines them per node); the answers in the
+    /// pipeline's order. No pipeline of
     /// this service is a transaction, so nothing needs its commands together on one node.
     async fn commands(
         &self,
